@@ -1,0 +1,3 @@
+from remote_introspect.cli import main
+
+main()

@@ -1,0 +1,196 @@
+"""Command-line interface (typer). stdout carries results only; progress and logs go to stderr.
+
+Never name an option `-v`/`--verbose`: nnsight switches into debug mode when it sees either in
+sys.argv (NDIF.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+out = Console(soft_wrap=True, width=160)
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
+def _parse_floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _parse_ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def _parse_concepts(text: str) -> tuple[str, ...]:
+    from .prompts import CONCEPT_WORDS
+
+    text = text.strip()
+    if text.isdigit():
+        n = int(text)
+        if not 1 <= n <= len(CONCEPT_WORDS):
+            raise UserError(f"--concepts N must be between 1 and {len(CONCEPT_WORDS)}, got {n}")
+        return CONCEPT_WORDS[:n]
+    return tuple(w.strip() for w in text.split(",") if w.strip())
+
+
+def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=os.environ.get("REMOTE_INTROSPECT_LOG", "WARNING").upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False)],
+    )
+    # HF/nnsight chatter goes to stderr only, and only what matters.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@app.command("replicate-lindsey")
+def replicate_lindsey(
+    model: Annotated[str, typer.Option(help="Preset (see `models`), HF repo id, or local model directory.")] = "gemma-270m",
+    backend: Annotated[str | None, typer.Option(help="local | ndif (default: the preset's).")] = None,
+    concepts: Annotated[str, typer.Option(help="N (the first N of Lindsey's list) or words: Dust,Oceans.")] = "5",
+    strengths: Annotated[str, typer.Option(help="Comma-separated strengths, e.g. 1,2,4,8.")] = "2,8",
+    layers: Annotated[str | None, typer.Option(help="Absolute decoder layers, e.g. 12,14.")] = None,
+    layer_fractions: Annotated[str | None, typer.Option(help="Fractions of depth, e.g. 0.67.")] = None,
+    samples: Annotated[int, typer.Option(help="Trials per concept × strength × layer.")] = 2,
+    controls: Annotated[int, typer.Option(help="No-injection trials (shared by all cells).")] = 4,
+    seed: Annotated[int, typer.Option(help="Experiment seed (part of every trial key).")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per trial.")] = 100,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 1.0,
+    prompt_set: Annotated[str, typer.Option(help="lindsey | merrill | thinking.")] = "lindsey",
+    span: Annotated[str, typer.Option(help="from-trial | all | generated.")] = "from-trial",
+    strength_mode: Annotated[
+        str, typer.Option(help="absolute | norm-matched | mlp-norm-matched | relative.")
+    ] = "absolute",
+    cache: Annotated[Path, typer.Option(help="Cache directory (SQLite + safetensors).")] = Path("cache"),
+    batch_size: Annotated[int | None, typer.Option(help="Rows per generate call (default: preset).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU).")] = None,
+    judge: Annotated[str, typer.Option(help="Grader: heuristic (offline, default).")] = "heuristic",
+) -> None:
+    """Lindsey's injected-thought experiment: vectors, injected + control trials, grades, summary."""
+    from .spec import ExperimentSpec, GenerationParams
+
+    try:
+        spec = ExperimentSpec(
+            name="lindsey",
+            model=model,
+            concepts=_parse_concepts(concepts),
+            strengths=_parse_floats(strengths, "--strengths"),
+            layers=_parse_ints(layers, "--layers") if layers else None,
+            layer_fractions=_parse_floats(layer_fractions, "--layer-fractions") if layer_fractions else None,
+            samples=samples,
+            controls=controls,
+            seed=seed,
+            generation=GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature),
+            prompt_set=prompt_set,
+            span=span,
+            strength_mode=strength_mode,  # type: ignore[arg-type]
+        )
+    except ValidationError as exc:
+        _fail(_validation_message(exc))
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
+    from .runner import RunOptions
+
+    _run_spec(spec, RunOptions(cache_root=cache, backend=backend, batch_rows=batch_size, dtype=dtype, judge=judge))
+
+
+def _run_spec(spec, opts) -> None:  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from . import runner
+    from .summary import render_summary
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=max(total, 1))
+            bar.update(tasks[stage], completed=done, total=max(total, 1))
+
+        try:
+            report = runner.run(spec, opts, progress)
+        except ValidationError as exc:
+            _fail(_validation_message(exc))
+        except UserError as exc:
+            _fail(str(exc), exc.exit_code)
+    render_summary(report, out)
+    if not report.complete:
+        for msg in sorted(set(report.errors))[:5]:
+            err.print(f"[red]failed batch:[/] {msg}", highlight=False)
+        err.print("[bold red]incomplete:[/] some trials failed or did not run; re-run the same command to retry them.")
+        raise typer.Exit(1)
+
+
+@app.command("models")
+def models() -> None:
+    """List the model presets."""
+    from rich.table import Table
+
+    from .presets import PRESETS
+
+    table = Table(title="Model presets")
+    for col in ("name", "repo id", "backend", "layers", "hidden", "description"):
+        table.add_column(col)
+    from .model_loading import resolve_model
+
+    for name, p in PRESETS.items():
+        ref = resolve_model(name)
+        table.add_row(name, p.repo_id, p.backend, str(ref.num_layers), str(ref.hidden_size), p.description)
+    out.print(table)
+
+
+def main() -> None:
+    if any(a in ("-v", "--verbose") for a in sys.argv[1:]):
+        # nnsight reads sys.argv at import and turns on debug mode for these (NDIF.md).
+        err.print("[bold red]error:[/] -v/--verbose is not an option here; set REMOTE_INTROSPECT_LOG=INFO")
+        raise SystemExit(2)
+    # Offline first (DESIGN.md invariant 9): nothing is fetched from a hub unless asked for.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _setup_logging()
+    app()

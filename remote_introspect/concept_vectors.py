@@ -1,0 +1,73 @@
+"""Concept vectors: Lindsey's mean-baseline recipe (and the seam for contrast pairs).
+
+v(word, L) = h_L(last token of the chat-rendered "Tell me about {word}") − mean over the baseline
+words of the same quantity. Not normalised (Lindsey); `normalize=True` gives a unit vector.
+All requested layers come from ONE forward pass per chunk of prompts; results are stored once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .prompts import encode_rendered, render_chat
+from .spec import VectorRecipe
+
+
+def recipe_prompt(tokenizer: object, recipe: VectorRecipe, word: str) -> list[int]:
+    """Token ids of the vector prompt. `end-of-prompt`: through the generation header (default);
+    `end-of-user`: the rendered text cut at the end of the user's words."""
+    messages = [{"role": "user", "content": recipe.template.format(word=word)}]
+    text = render_chat(tokenizer, messages, add_generation_prompt=True)
+    ids, offsets = encode_rendered(tokenizer, text)
+    if recipe.position == "end-of-user":
+        end = text.rindex(messages[0]["content"]) + len(messages[0]["content"])
+        ids = [i for i, (a, _b) in zip(ids, offsets, strict=True) if a < end]
+    return ids
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def compute_mean_baseline(
+    extract,  # Callable[[Tensor, Tensor, list[int]], Tensor [L, B, H]]
+    tokenizer: object,
+    recipe: VectorRecipe,
+    concepts: list[str],
+    layers: list[int],
+    pad_id: int,
+    chunk: int = 160,
+) -> dict[tuple[int, str], torch.Tensor]:
+    """Vectors for `concepts` at `layers`; the baseline mean is computed in the same passes."""
+    words = list(dict.fromkeys(concepts))  # unique, ordered
+    baseline = list(recipe.baseline_words)  # duplicates kept: the published recipe
+    prompts = [recipe_prompt(tokenizer, recipe, w) for w in words + baseline]
+    acts: list[torch.Tensor] = []
+    for i in range(0, len(prompts), chunk):
+        ids, mask = left_pad(prompts[i : i + chunk], pad_id)
+        acts.append(extract(ids, mask, layers))
+    stacked = torch.cat(acts, dim=1)  # [L, n_words + n_baseline, H]
+    concept_acts = stacked[:, : len(words)]
+    mean = stacked[:, len(words) :].mean(dim=1, keepdim=True)
+    diffs = concept_acts - mean
+    out: dict[tuple[int, str], torch.Tensor] = {}
+    for li, layer in enumerate(layers):
+        for wi, word in enumerate(words):
+            v = diffs[li, wi]
+            if recipe.normalize:
+                v = v / v.norm().clamp(min=1e-12)
+            out[(layer, word)] = v.clone()
+    return out
+
+
+def random_vector(like: torch.Tensor, seed: int) -> torch.Tensor:
+    """A Gaussian direction with the same norm as `like` (the norm-matched random control)."""
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.randn(like.shape, generator=gen, dtype=torch.float32)
+    return r / r.norm() * like.float().norm()

