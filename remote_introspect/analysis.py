@@ -284,7 +284,7 @@ class NetDetection:
     method: str = "newcombe-hybrid-score (Wilson)"
 
     def format(self) -> str:
-        """E.g. "net +15.0% [-2.3%, 37.1%] (hits 3/20 15.0% [...]; FP 0/40 0.0% [...])"."""
+        """E.g. "net +15.0% [+1.9%, +36.0%] (hits 3/20 15.0% [3.2%, 37.9%]; FP 0/40 0.0% [0.0%, 8.8%])"."""
         return (
             f"net {_signed_pct(self.net)} [{_signed_pct(self.lo)}, {_signed_pct(self.hi)}] "
             f"(hits {self.hit.format()}; FP {self.fp.format()})"

@@ -24,7 +24,8 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    # Plain write, not rich: the message must stay ONE line whatever the terminal width.
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
     raise typer.Exit(code)
 
 
@@ -83,9 +84,13 @@ def _setup_logging() -> None:
 
 @app.command("replicate-lindsey")
 def replicate_lindsey(
-    model: Annotated[str, typer.Option(help="Preset (see `models`), HF repo id, or local model directory.")] = "gemma-270m",
+    model: Annotated[
+        str, typer.Option(help="Preset (see `models`), HF repo id, or local model directory.")
+    ] = "gemma-270m",
     backend: Annotated[str | None, typer.Option(help="local | ndif (default: the preset's).")] = None,
-    concepts: Annotated[str, typer.Option(help="N (the first N of Lindsey's list) or words: Dust,Oceans.")] = "5",
+    concepts: Annotated[
+        str, typer.Option(help="N (the first N of Lindsey's list) or words: Dust,Oceans.")
+    ] = "5",
     strengths: Annotated[str, typer.Option(help="Comma-separated strengths, e.g. 1,2,4,8.")] = "2,8",
     layers: Annotated[str | None, typer.Option(help="Absolute decoder layers, e.g. 12,14.")] = None,
     layer_fractions: Annotated[str | None, typer.Option(help="Fractions of depth, e.g. 0.67.")] = None,
@@ -101,7 +106,9 @@ def replicate_lindsey(
     ] = "absolute",
     cache: Annotated[Path, typer.Option(help="Cache directory (SQLite + safetensors).")] = Path("cache"),
     batch_size: Annotated[int | None, typer.Option(help="Rows per generate call (default: preset).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU).")
+    ] = None,
     judge: Annotated[str, typer.Option(help="Grader: heuristic (offline, default).")] = "heuristic",
 ) -> None:
     """Lindsey's injected-thought experiment: vectors, injected + control trials, grades, summary."""
@@ -129,7 +136,9 @@ def replicate_lindsey(
         _fail(str(exc), exc.exit_code)
     from .runner import RunOptions
 
-    _run_spec(spec, RunOptions(cache_root=cache, backend=backend, batch_rows=batch_size, dtype=dtype, judge=judge))
+    _run_spec(
+        spec, RunOptions(cache_root=cache, backend=backend, batch_rows=batch_size, dtype=dtype, judge=judge)
+    )
 
 
 def _run_spec(spec, opts) -> None:  # type: ignore[no-untyped-def]
@@ -138,6 +147,10 @@ def _run_spec(spec, opts) -> None:  # type: ignore[no-untyped-def]
     from . import runner
     from .summary import render_summary
 
+    try:
+        runner.validate(spec, opts)  # reject bad input before any display or write
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -163,7 +176,9 @@ def _run_spec(spec, opts) -> None:  # type: ignore[no-untyped-def]
     if not report.complete:
         for msg in sorted(set(report.errors))[:5]:
             err.print(f"[red]failed batch:[/] {msg}", highlight=False)
-        err.print("[bold red]incomplete:[/] some trials failed or did not run; re-run the same command to retry them.")
+        err.print(
+            "[bold red]incomplete:[/] some trials failed or did not run; re-run the same command to retry them."
+        )
         raise typer.Exit(1)
 
 
@@ -188,7 +203,7 @@ def models() -> None:
 def main() -> None:
     if any(a in ("-v", "--verbose") for a in sys.argv[1:]):
         # nnsight reads sys.argv at import and turns on debug mode for these (NDIF.md).
-        err.print("[bold red]error:[/] -v/--verbose is not an option here; set REMOTE_INTROSPECT_LOG=INFO")
+        sys.stderr.write("error: -v/--verbose is not an option here; set REMOTE_INTROSPECT_LOG=INFO\n")
         raise SystemExit(2)
     # Offline first (DESIGN.md invariant 9): nothing is fetched from a hub unless asked for.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -92,7 +92,9 @@ def resolve_model(name: str) -> ModelRef:
         if not (path / "config.json").exists():
             raise UserError(f"model directory {name!r} has no config.json")
         config = _text_config(json.loads((path / "config.json").read_text()))
-        return ModelRef(name, None, str(path.resolve()), path.resolve(), config, _mlp_attr_for(config), "local")
+        return ModelRef(
+            name, None, str(path.resolve()), path.resolve(), config, _mlp_attr_for(config), "local"
+        )
     if "/" in name and not name.startswith((".", "/")):
         config = _hf_cached_config(name)
         if config is not None:
@@ -183,9 +185,10 @@ def ensure_gemma_safetensors(cache_root: Path) -> Path:
     return target
 
 
-def load_local(ref: ModelRef, cache_root: Path, dtype: str | None = None, device: str | None = None) -> LoadedModel:
+def load_local(
+    ref: ModelRef, cache_root: Path, dtype: str | None = None, device: str | None = None
+) -> LoadedModel:
     """Load weights for local execution and wrap them in nnsight's TransformersModel."""
-    import torch
     from nnsight import TransformersModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -51,7 +51,15 @@ def plan_trials(
         # to canonical values so every protocol variant on the same prompt shares its controls.
         control_common = {**common, "strength_mode": "absolute", "span": "from-trial"}
         trials.append(
-            Trial(condition="control", concept=None, recipe_id=None, layer=None, strength=0.0, sample=sample, **control_common)
+            Trial(
+                condition="control",
+                concept=None,
+                recipe_id=None,
+                layer=None,
+                strength=0.0,
+                sample=sample,
+                **control_common,
+            )
         )
     return trials
 

@@ -34,6 +34,10 @@ _EOS_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "
 @dataclass
 class RunOptions:
     cache_root: Path = Path("cache")
+
+    def __post_init__(self) -> None:
+        self.cache_root = Path(self.cache_root)
+
     backend: str | None = None
     batch_rows: int | None = None
     dtype: str | None = None
@@ -71,6 +75,13 @@ def validate(spec: ExperimentSpec, opts: RunOptions) -> tuple[ModelRef, tuple[in
         layers = spec.resolve_layers(ref.num_layers)
     except ValueError as err:
         raise UserError(str(err)) from err
+    backend = opts.backend or ref.default_backend
+    if backend not in ("local", "ndif"):
+        raise UserError(f"unknown backend {backend!r}; choose local or ndif")
+    if backend == "local" and ref.preset is not None and ref.preset.backend == "ndif":
+        raise UserError(
+            f"{ref.name} is a remote-only preset (too large for this machine); use --backend ndif"
+        )
     if opts.batch_rows is not None and opts.batch_rows < 1:
         raise UserError("--batch-size must be at least 1")
     check_writable(opts.cache_root)
@@ -83,8 +94,6 @@ def make_executor(ref: ModelRef, opts: RunOptions) -> tuple[Executor, Any]:
         from .executors.local import LocalExecutor
         from .model_loading import load_local
 
-        if ref.preset is not None and ref.preset.backend == "ndif" and opts.backend is None:
-            raise UserError(f"{ref.name} is a remote-only preset; use --backend ndif")
         loaded = load_local(ref, opts.cache_root, opts.dtype, opts.device)
         identity = (loaded.weights_id, loaded.dtype_label)
         return LocalExecutor(loaded, remote_simulation=opts.remote_simulation), identity
@@ -202,13 +211,18 @@ def run(spec: ExperimentSpec, opts: RunOptions, progress: Progress | None = None
     tok = executor.tokenizer
     rendered = {spec.prompt_set: render_prompt(tok, PROMPT_SETS[spec.prompt_set])}
     identity = ModelIdentity(
-        repo_id=ref.repo_id, weights_id=weights_id, dtype=dtype_label, tokenizer_sha=tokenizer_fingerprint(tok)
+        repo_id=ref.repo_id,
+        weights_id=weights_id,
+        dtype=dtype_label,
+        tokenizer_sha=tokenizer_fingerprint(tok),
     )
     trials = plan_trials(spec, identity, rendered[spec.prompt_set].ids_hash, layers)
     exp_id = experiment_id(spec, identity)
     store = Store(opts.cache_root)
     try:
-        store.register(exp_id, spec.name, spec.model_dump_json(), {t.key: t.model_dump_json() for t in trials})
+        store.register(
+            exp_id, spec.name, spec.model_dump_json(), {t.key: t.model_dump_json() for t in trials}
+        )
         statuses = store.statuses(t.key for t in trials)
         pending = [t for t in trials if statuses[t.key] != "done"]
         model_key = sha256_hex(canonical_json(identity.model_dump(mode="json")))[:24]
@@ -231,7 +245,9 @@ def run(spec: ExperimentSpec, opts: RunOptions, progress: Progress | None = None
         rows = opts.batch_rows or ref.batch_rows
         batches = plan_batches(pending, rows)
         stop_ids = eos_ids(tok)
-        report = RunReport(exp_id, spec, layers, trials, {}, {}, ref.preset.instruct if ref.preset else True, ref.name)
+        report = RunReport(
+            exp_id, spec, layers, trials, {}, {}, ref.preset.instruct if ref.preset else True, ref.name
+        )
         done_rows = 0
         progress("generating", 0, len(pending))
         for batch in batches:
@@ -275,7 +291,9 @@ def grade_trials(store: Store, trials: list[Trial], judge: str, progress: Progre
         return
     progress("grading", 0, len(rows))
     grades = grader.grade_many([(r["response"] or "", by_key[r["key"]].concept) for r in rows])
-    store.save_grades(grader.name, grader.version, {r["key"]: g.model_dump() for r, g in zip(rows, grades, strict=True)})
+    store.save_grades(
+        grader.name, grader.version, {r["key"]: g.model_dump() for r, g in zip(rows, grades, strict=True)}
+    )
     progress("grading", len(rows), len(rows))
 
 

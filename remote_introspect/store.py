@@ -171,7 +171,9 @@ class Store:
 
     # -- batches ------------------------------------------------------------------------------
 
-    def batch_submitted(self, batch_id: str, keys: list[str], seed: int, backend: str, job_id: str | None) -> None:
+    def batch_submitted(
+        self, batch_id: str, keys: list[str], seed: int, backend: str, job_id: str | None
+    ) -> None:
         """Persist a submission BEFORE waiting on it, so a killed client can reattach."""
         stamp = now()
         with self.tx() as c:
@@ -223,7 +225,8 @@ class Store:
         stamp = now()
         with self.tx() as c:
             c.execute(
-                "UPDATE batches SET status='failed', error=?, updated_at=? WHERE id=?", (error, stamp, batch_id)
+                "UPDATE batches SET status='failed', error=?, updated_at=? WHERE id=?",
+                (error, stamp, batch_id),
             )
             c.executemany(
                 "UPDATE trials SET status='failed', error=?, error_class=?, updated_at=?"
@@ -233,7 +236,9 @@ class Store:
 
     def open_batches(self) -> list[sqlite3.Row]:
         """Batches submitted to a remote backend whose results were never collected."""
-        return list(self.conn.execute("SELECT * FROM batches WHERE status='submitted' AND job_id IS NOT NULL"))
+        return list(
+            self.conn.execute("SELECT * FROM batches WHERE status='submitted' AND job_id IS NOT NULL")
+        )
 
     # -- vectors ------------------------------------------------------------------------------
 
@@ -282,7 +287,9 @@ class Store:
                     ),
                 )
 
-    def missing_vectors(self, model_key: str, recipe_id: str, wanted: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
+    def missing_vectors(
+        self, model_key: str, recipe_id: str, wanted: Iterable[tuple[int, str]]
+    ) -> list[tuple[int, str]]:
         have = {
             (r["layer"], r["concept"])
             for r in self.conn.execute(
@@ -311,7 +318,9 @@ class Store:
             path = self.vector_file_dir() / r["file"]
             if r["file"] not in verified:
                 if not path.exists() or file_sha(path) != r["file_sha"]:
-                    raise UserError(f"vector file {path} is missing or corrupt (sha256 mismatch); run `audit`")
+                    raise UserError(
+                        f"vector file {path} is missing or corrupt (sha256 mismatch); run `audit`"
+                    )
                 verified.add(r["file"])
             with safe_open(str(path), framework="pt") as f:
                 out[(r["layer"], r["concept"])] = f.get_tensor(r["tensor_name"])

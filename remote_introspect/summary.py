@@ -38,7 +38,16 @@ def render_summary(report: RunReport, console: Console) -> None:
         markup=False,
     )
     table = Table(title="Injected trials: strict introspection (all four criteria)", show_lines=False)
-    for col in ("layer", "strength", "n", "hits", "rate [95% CI]", "affirm.∧ident.", "coherent", "net vs controls"):
+    for col in (
+        "layer",
+        "strength",
+        "n",
+        "hits",
+        "rate [95% CI]",
+        "affirm.∧ident.",
+        "coherent",
+        "net vs controls",
+    ):
         table.add_column(col, justify="right")
     for (layer, strength), keys in sorted(_cells(report).items()):
         graded = [k for k in keys if report.statuses.get(k) == "done" and k in grades]

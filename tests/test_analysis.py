@@ -143,6 +143,22 @@ def test_trials_needed_nonzero_control_matches_exact_test(true_rate: float, cont
     assert n == _brute_force_trials(true_rate, control, 0.8, 0.05)
 
 
+def _exact_power(n: int, true_rate: float, control: float, alpha: float) -> float:
+    c = int(stats.binom.ppf(1 - alpha, n, control))  # start near the critical count
+    c = max(c - 3, 0)
+    while stats.binomtest(c, n, control, alternative="greater").pvalue > alpha:
+        c += 1
+    return float(stats.binom.sf(c - 1, n, true_rate))
+
+
+def test_trials_needed_large_n_beyond_first_search_chunk() -> None:
+    # 2% vs a 1% control at power 0.9: the answer lies past the first 1,024-trial block
+    n = trials_needed(0.02, power=0.9, control_rate=0.01)
+    assert n == 1235
+    assert _exact_power(n, 0.02, 0.01, 0.05) >= 0.9
+    assert all(_exact_power(m, 0.02, 0.01, 0.05) < 0.9 for m in range(n - 40, n))
+
+
 def test_trials_needed_more_with_control_than_without() -> None:
     assert trials_needed(0.2, control_rate=0.05) > trials_needed(0.2)
 
@@ -294,6 +310,8 @@ def test_kappa_bootstrap_counts_undefined_resamples() -> None:
         ci = kappa_bootstrap_ci(a, b, n_boot=500, seed=0)
     assert ci.kappa == pytest.approx(0.0)
     assert 0 < ci.n_undefined < 500  # P(miss) = 0.95^20 = 0.36
+    # the interval comes from the defined resamples only (kappa is 0 or negative on them)
+    assert math.isfinite(ci.lo) and math.isfinite(ci.hi) and ci.lo <= 0.0 <= ci.hi
 
 
 def test_kappa_bootstrap_undefined_point() -> None:

@@ -82,6 +82,11 @@ def test_never_crossing_reports_closest() -> None:
     assert r.description.startswith("no crossover (identification < coherence up to the highest")
 
 
+def test_closest_tie_goes_to_lower_strength() -> None:
+    r = find_crossover([(2, 0.5, 0.75), (1, 0.25, 0.5)])  # |d| = 0.25 at both
+    assert not r.found and r.closest_strength == 1.0
+
+
 def test_already_above_at_lowest_strength_is_not_a_rise_through() -> None:
     r = find_crossover([(1, 0.6, 0.5), (2, 0.8, 0.3)])
     assert not r.found and "already at the lowest strength s=1" in r.description

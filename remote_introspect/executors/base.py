@@ -30,11 +30,15 @@ class Executor(Protocol):
     name: str
     tokenizer: Any
 
-    def extract(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]) -> torch.Tensor:
+    def extract(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]
+    ) -> torch.Tensor:
         """[L, B, H] decoder-layer outputs at each row's last token."""
         ...
 
-    def generate(self, batch: GenerationBatch, on_submitted: Callable[[str | None], None]) -> GenerationOutput:
+    def generate(
+        self, batch: GenerationBatch, on_submitted: Callable[[str | None], None]
+    ) -> GenerationOutput:
         """Run one batch. `on_submitted(job_id)` is called once the work is accepted and before
         waiting on it (remote executors pass their job id; local ones None)."""
         ...

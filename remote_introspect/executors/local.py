@@ -29,7 +29,9 @@ class LocalExecutor:
         fields = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.__dict__.items()}
         return GenerationBatch(**fields)
 
-    def extract(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]) -> torch.Tensor:
+    def extract(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]
+    ) -> torch.Tensor:
         dev = self.loaded.device
         with torch.inference_mode():
             out, _ = trace_blocks.extract_last_token(
@@ -37,7 +39,9 @@ class LocalExecutor:
             )
         return out.detach().float().cpu()
 
-    def generate(self, batch: GenerationBatch, on_submitted: Callable[[str | None], None]) -> GenerationOutput:
+    def generate(
+        self, batch: GenerationBatch, on_submitted: Callable[[str | None], None]
+    ) -> GenerationOutput:
         on_submitted(None)
         with torch.inference_mode():
             ids, diags, _ = trace_blocks.generate_steered(

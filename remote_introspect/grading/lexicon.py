@@ -79,7 +79,7 @@ _DERIV_SUFFIXES = frozenset(
     {
         "", "e", "y", "s", "d", "ed", "ing", "er", "or", "ers", "al", "ial", "ally", "ic", "ical", "ity",
         "ality", "ion", "tion", "ation", "ment", "ness", "ful", "ous", "ive", "ly", "ian", "ist", "ism",
-        "ance", "ence", "ant", "ent", "ate", "ize", "ise", "ish", "ce", "t", "ry", "ary", "ery", "ate",
+        "ance", "ence", "ant", "ent", "ate", "ize", "ise", "ish", "ce", "t", "ry", "ary", "ery",
     }
 )  # fmt: skip
 

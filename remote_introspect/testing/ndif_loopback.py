@@ -93,7 +93,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -203,7 +203,9 @@ class Faults:
     queue_delay_s: float = 0.0  #: a job sits QUEUED this long before RUNNING
     run_delay_s: float = 0.0  #: a job stays RUNNING at least this long
     drop_after_submit: str | None = None  #: "hang": stays QUEUED forever; "forget": never stored (404)
-    drop_websocket: bool = False  #: a blocking client's websocket is cut right after the submit
+    #: a blocking client's websocket goes away right after the submit: True/"cut" drops the TCP
+    #: connection, "close" sends a websocket close frame first
+    drop_websocket: bool | str = False
     unavailable_models: frozenset[str] = frozenset()  #: keys reported COLD and refused (fatal text)
     fault_rate: float = 0.0  #: this share of submissions fails transiently ...
     transient_kinds: tuple[str, ...] = TRANSIENT_ERRORS  #: ... as one of these (texts or HTTP_503)
@@ -260,12 +262,11 @@ class _Job:
     env: dict
     session_id: str
     planned_error: str | None
-    generation: int
+    hang: bool = False  # fault "hang": goes QUEUED, then never runs
     status: str = "RECEIVED"
     description: str = "Your job has been received and is waiting to be queued."
     result: bytes | None = None
     meta: dict | None = None
-    submitted: float = field(default_factory=time.monotonic)
 
 
 class _Recorder(dict):
@@ -355,7 +356,6 @@ class LoopbackNDIF:
         self._lock = threading.RLock()
         self._jobs: dict[str, _Job] = {}
         self._sessions: dict[str, queue.Queue[tuple[str, Any] | None]] = {}
-        self._generation = 0
         self._fail_next_with: str | None = None
         self._stopping = threading.Event()
         self.reset_counters()
@@ -373,6 +373,13 @@ class LoopbackNDIF:
             for key in self._specs:
                 self._model(key)
         self._stopping.clear()
+        # A fresh queue (a previous stop() left its sentinel in the old one), holding whatever was
+        # still waiting when the server stopped, so start() after stop() resumes rather than hangs.
+        self._queue = queue.Queue()
+        with self._lock:
+            for job in self._jobs.values():
+                if job.status in ("RECEIVED", "QUEUED") and not job.hang:
+                    self._queue.put(job.id)
         self._listen()
         self._worker = threading.Thread(target=self._work, name="ndif-loopback-worker", daemon=True)
         self._worker.start()
@@ -436,10 +443,11 @@ class LoopbackNDIF:
         request after a backend restart does (e.g. `CONNECTION_LOST`).
         """
         with self._lock:
-            self._generation += 1
             self._jobs.clear()
             self._fail_next_with = first_request_error
-        while True:  # drop what was queued; the worker also checks the generation
+        # Drop what was queued; a job already running finds itself gone from _jobs when it
+        # reports back, so its result is discarded too.
+        while True:
             try:
                 self._queue.get_nowait()
             except queue.Empty:
@@ -459,12 +467,18 @@ class LoopbackNDIF:
             self.failed = 0  #: jobs ended ERROR
             self.max_rows_seen = 0  #: largest batch (rows) any forward saw
 
+    @property
+    def round_trips(self) -> int:
+        """Client-initiated HTTP exchanges: submits + polls + result downloads + websocket opens."""
+        with self._lock:
+            return self.requests + self.polls + self.downloads + self.subscriptions
+
     def counters(self) -> dict[str, int]:
         with self._lock:
             names = (
                 "requests accepted polls downloads result_bytes subscriptions completed failed max_rows_seen"
             ).split()
-            return {name: getattr(self, name) for name in names}
+            return {name: getattr(self, name) for name in names} | {"round_trips": self.round_trips}
 
     def _count(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -552,14 +566,13 @@ class LoopbackNDIF:
                 env=dict(meta.get("env") or {}),
                 session_id=str(meta.get("session_id") or ""),
                 planned_error=planned,
-                generation=self._generation,
             )
             drop = self.faults.drop_after_submit
             if drop == "forget":
                 return job  # answered RECEIVED with an id, never stored: every poll is a 404
+            job.hang = drop == "hang"
             self._jobs[job.id] = job
-        if drop != "hang":
-            self._queue.put(job.id)
+        self._queue.put(job.id)
         return job
 
     def _set_status(self, job: _Job, status: str, description: str, **extra: Any) -> bool:
@@ -627,7 +640,7 @@ class LoopbackNDIF:
     def _run(self, job: _Job) -> None:
         with self._lock:
             position = self._queue.qsize() + 1
-        if not self._set_status(job, "QUEUED", f"Moved to position {position} in Queue."):
+        if not self._set_status(job, "QUEUED", f"Moved to position {position} in Queue.") or job.hang:
             return
         if not self._sleep(self.faults.queue_delay_s, job):
             return
@@ -639,12 +652,13 @@ class LoopbackNDIF:
         started = time.monotonic()
         try:
             saves = self._execute(job)
+            job.blob = b""  # the payload is spent; a long benchmark should not hold every one
         except _JobTimeout:
             self._finish_error(job, JOB_TIMEOUT)
             return
         except Exception as error:
             # NDIF sends the formatted exception; the client raises RemoteError(description).
-            self._finish_error(job, "".join(traceback.format_exception(error)).rstrip())
+            self._finish_error(job, _describe(error))
             return
         import torch
 
@@ -750,11 +764,25 @@ class LoopbackNDIF:
         job_id, status, description, result, meta = snapshot
         if status == "COMPLETED" and result is not None and len(result) <= self.inline_limit:
             self._count("result_bytes", len(result))
-            response = ResponseModel(id=job_id, status=status, description=description, data=result, meta=meta)
+            response = ResponseModel(
+                id=job_id, status=status, description=description, data=result, meta=meta
+            )
             return 0x2, response.pickle()
         data = f"{self.url}/result/{job_id}" if status == "COMPLETED" else None
         response = ResponseModel(id=job_id, status=status, description=description, data=data, meta=meta)
         return 0x1, response.model_dump_json().encode()
+
+
+def _describe(error: BaseException) -> str:
+    """The formatted exception, minus this module's and nnsight's own frames (server plumbing)."""
+    from nnsight.tracing.util import _INTERNAL, filter_traceback
+
+    def keep(frame: Any) -> bool:
+        filename = frame.f_code.co_filename
+        return filename != __file__ and not filename.startswith(_INTERNAL)
+
+    tb = filter_traceback(error.__traceback__, keep)
+    return "".join(traceback.format_exception(type(error), error, tb)).rstrip()
 
 
 def _batch_rows(args: tuple, kwargs: dict) -> int:
@@ -892,7 +920,7 @@ class _Handler(BaseHTTPRequestHandler):
             with server._lock:
                 session = server._sessions.get(job.session_id)
             if session is not None:
-                session.put(("drop", None))
+                session.put(("drop", server.faults.drop_websocket))
 
     def do_GET(self) -> None:
         server = self.loopback
@@ -963,7 +991,9 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 kind, snapshot = item
                 if kind == "drop":
-                    # Abrupt cut, no close frame: what a dropped connection looks like to the client.
+                    if snapshot == "close":
+                        self._ws_send(0x8, (1001).to_bytes(2, "big"))  # 1001: going away
+                    # No close frame for "cut": what a dropped connection looks like to the client.
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 opcode, payload = server.ws_frame(snapshot)

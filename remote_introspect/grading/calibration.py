@@ -1,0 +1,219 @@
+"""Agreement of a grader with the shipped LLM-judge labels (Llama 1B/8B/70B transcripts).
+
+Data: `remote_introspect/data/judge_calibration/{1B,8B,70B}.csv` (AlliedToasters/llama-introspection,
+MIT; see the LICENSE file beside them). The judge's `correct_id` ("names the concept") is our
+`identifies`; it is compared only on rows that have a concept and a label. Null labels are skipped.
+
+Honest hold-out: the heuristic's rules were developed on the 1B and 8B files; 70B is reported as
+held out (`split` column). Kappa is Cohen's, computed with numpy; its 95% CI is a percentile
+bootstrap over rows with a fixed seed, so the table is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ..errors import UserError
+from .base import Grader, get_grader
+
+CRITERIA: tuple[tuple[str, str], ...] = (
+    ("refusal", "refusal"),
+    ("affirmative", "affirmative"),
+    ("identifies", "correct_id"),
+    ("early_detection", "early_detection"),
+    ("coherent", "coherent"),
+)
+DEV_FILES: tuple[str, ...] = ("1B", "8B")  # what the heuristic's rules were developed on
+BARS = {"affirmative": (0.7, 0.9), "identifies": (0.7, 0.9)}  # (kappa, raw agreement), pooled
+DEFAULT_SEED = 20251
+DEFAULT_BOOT = 1000
+
+
+def default_data_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / "judge_calibration"
+
+
+def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
+    """Cohen's kappa for two boolean raters; NaN when chance agreement is 1 (one class only)."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.size == 0:
+        return math.nan
+    po = float(np.mean(a == b))
+    pa, pb = float(a.mean()), float(b.mean())
+    pe = pa * pb + (1 - pa) * (1 - pb)
+    if pe >= 1.0:
+        return math.nan
+    return (po - pe) / (1 - pe)
+
+
+def bootstrap_kappa_ci(
+    a: np.ndarray, b: np.ndarray, n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED
+) -> tuple[float, float]:
+    """Percentile 95% CI of kappa over row resamples (vectorised; resamples with undefined kappa,
+    i.e. a single class on both sides, are dropped)."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    n = a.size
+    if n == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    ra, rb = a[idx], b[idx]
+    po = (ra == rb).mean(axis=1)
+    pa, pb = ra.mean(axis=1), rb.mean(axis=1)
+    pe = pa * pb + (1 - pa) * (1 - pb)
+    ok = pe < 1.0
+    if not ok.any():
+        return (math.nan, math.nan)
+    k = (po[ok] - pe[ok]) / (1 - pe[ok])
+    lo, hi = np.percentile(k, [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
+def _size_key(p: Path) -> tuple[float, str]:
+    """Order "1B" < "8B" < "70B" (by the leading number), then by name."""
+    num = ""
+    for ch in p.stem:
+        if ch.isdigit() or ch == ".":
+            num += ch
+        else:
+            break
+    return (float(num) if num else math.inf, p.stem)
+
+
+def load_calibration(data_dir: Path | None = None) -> pl.DataFrame:
+    """All `*.csv` under `data_dir` with a `file` column (the file's stem, e.g. "70B")."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    files = sorted(data_dir.glob("*.csv"), key=_size_key)
+    if not files:
+        raise UserError(f"no calibration CSVs in {data_dir}")
+    need = ["concept", "response"] + [j for _, j in CRITERIA]
+    frames = []
+    for f in files:
+        df = pl.read_csv(f, infer_schema_length=10000)
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise UserError(f"{f}: calibration file lacks columns {missing}")
+        frames.append(
+            df.select(
+                pl.lit(f.stem).alias("file"),
+                pl.col("concept").cast(pl.Utf8),
+                pl.col("response").cast(pl.Utf8).fill_null(""),
+                *[pl.col(j).cast(pl.Boolean) for _, j in CRITERIA],
+            )
+        )
+    return pl.concat(frames)
+
+
+def _scopes(files: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(scope label, split, files in scope): each file, the dev pool, and everything pooled."""
+    out = [(f, "dev" if f in DEV_FILES else "held-out", [f]) for f in files]
+    dev = [f for f in files if f in DEV_FILES]
+    held = [f for f in files if f not in DEV_FILES]
+    if dev and held:
+        out.append(("+".join(dev), "dev", dev))
+        if len(held) > 1:
+            out.append(("+".join(held), "held-out", held))
+    out.append(("pooled", "all", files))
+    return out
+
+
+def calibration_table(
+    data_dir: Path | None = None,
+    grader: Grader | None = None,
+    n_boot: int = DEFAULT_BOOT,
+    seed: int = DEFAULT_SEED,
+) -> list[dict[str, Any]]:
+    """One row per (criterion, scope): n, positives per rater, raw agreement, kappa and its CI."""
+    grader = grader or get_grader("heuristic")
+    df = load_calibration(data_dir)
+    concepts = [c if c and c.strip() else None for c in df["concept"].to_list()]
+    grades = grader.grade_many(list(zip(df["response"].to_list(), concepts, strict=True)))
+    files = list(dict.fromkeys(df["file"].to_list()))
+    file_col = np.array(df["file"].to_list())
+    has_concept = np.array([c is not None for c in concepts])
+    rows: list[dict[str, Any]] = []
+    for ours_name, judge_col in CRITERIA:
+        ours = np.array([getattr(g, ours_name) for g in grades], dtype=bool)
+        judge_raw = df[judge_col].to_list()
+        labelled = np.array([v is not None for v in judge_raw])
+        judge = np.array([bool(v) for v in judge_raw], dtype=bool)
+        usable = labelled & (has_concept if ours_name == "identifies" else True)
+        for scope, split, scope_files in _scopes(files):
+            m = usable & np.isin(file_col, scope_files)
+            a, b = ours[m], judge[m]
+            lo, hi = bootstrap_kappa_ci(a, b, n_boot=n_boot, seed=seed)
+            rows.append(
+                {
+                    "criterion": ours_name,
+                    "scope": scope,
+                    "split": split,
+                    "n": int(m.sum()),
+                    "judge_pos": int(b.sum()),
+                    "grader_pos": int(a.sum()),
+                    "agreement": float(np.mean(a == b)) if a.size else math.nan,
+                    "kappa": cohen_kappa(a, b),
+                    "kappa_lo": lo,
+                    "kappa_hi": hi,
+                }
+            )
+    return rows
+
+
+def pooled_bars_met(rows: list[dict[str, Any]]) -> dict[str, bool]:
+    """Per barred criterion: pooled kappa >= 0.7 and pooled raw agreement >= 90%."""
+    out = {}
+    for r in rows:
+        if r["scope"] == "pooled" and r["criterion"] in BARS:
+            k_bar, a_bar = BARS[r["criterion"]]
+            out[r["criterion"]] = bool(r["kappa"] >= k_bar and r["agreement"] >= a_bar)
+    return out
+
+
+def _fmt(x: float, spec: str) -> str:
+    if x is None or math.isnan(x):
+        return "n/a"
+    return format(x + 0.0, spec).replace("-0.00", "0.00")  # no "-0.00" for a kappa of -0.001
+
+
+def format_calibration_table(rows: list[dict[str, Any]]) -> str:
+    """Plain-text table (no colour, fixed columns) for `grade --calibrate` and test output."""
+    head = ("criterion", "scope", "split", "n", "judge+", "ours+", "agree", "kappa", "95% CI")
+    body = [
+        (
+            r["criterion"],
+            r["scope"],
+            r["split"],
+            str(r["n"]),
+            str(r["judge_pos"]),
+            str(r["grader_pos"]),
+            _fmt(r["agreement"] * 100 if not math.isnan(r["agreement"]) else math.nan, ".1f") + "%",
+            _fmt(r["kappa"], ".2f"),
+            f"[{_fmt(r['kappa_lo'], '.2f')}, {_fmt(r['kappa_hi'], '.2f')}]",
+        )
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    prev = None
+    for b in body:
+        if prev is not None and b[0] != prev:
+            lines.append("")
+        prev = b[0]
+        lines.append("  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip())
+    bars = pooled_bars_met(rows)
+    if bars:
+        lines.append("")
+        lines.append(
+            "pooled bars (kappa >= 0.70 and agreement >= 90%): "
+            + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in bars.items())
+        )
+    lines.append("kappa CI: percentile bootstrap over rows, fixed seed; n/a = kappa undefined (one class).")
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""Grade a table of responses from a CSV or parquet file into a new CSV or parquet file.
+
+Input columns (at least): `id`, `response`, `concept` (empty for controls), `condition` (free
+text). Output: the input columns plus `refusal, affirmative, identifies, early_detection,
+coherent, strict` as booleans (`true`/`false` in CSV). Columns of those names already in the input
+are replaced, so a graded file can be regraded.
+
+Bad input raises `UserError` with one line, and no output file appears: the table is written to a
+temporary file in the output's directory, fsynced, then `os.replace`d over the target; any failure
+removes the temporary file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+from ..errors import UserError
+from .base import get_grader
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("id", "response", "concept", "condition")
+GRADE_COLUMNS: tuple[str, ...] = (
+    "refusal",
+    "affirmative",
+    "identifies",
+    "early_detection",
+    "coherent",
+    "strict",
+)
+_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _format_of(path: Path, role: str) -> str:
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"{role} file {path} has an unknown suffix {path.suffix!r}; use .csv or .parquet")
+    return fmt
+
+
+def read_table(path: Path) -> pl.DataFrame:
+    """Read a CSV (strict UTF-8, every column as text) or parquet file; UserError on bad input."""
+    path = Path(path)
+    fmt = _format_of(path, "input")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"input file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"input path {path} is a directory, not a file") from None
+    except OSError as err:
+        raise UserError(f"cannot read input file {path}: {err.strerror or err}") from None
+    if not raw.strip():
+        raise UserError(f"input file {path} is empty")
+    if fmt == "csv":
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"input file {path} is not UTF-8 text (bad byte at offset {err.start})") from None
+        try:
+            # Every column as text: ids like "007" and free-text conditions round-trip unchanged.
+            df = pl.read_csv(io.BytesIO(raw), infer_schema_length=0)
+        except (pl.exceptions.PolarsError, ValueError) as err:
+            raise UserError(f"input file {path} is not a readable CSV: {_first_line(err)}") from None
+    else:
+        try:
+            df = pl.read_parquet(io.BytesIO(raw))
+        except (pl.exceptions.PolarsError, OSError, ValueError) as err:
+            raise UserError(f"input file {path} is not a readable parquet file: {_first_line(err)}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(
+            f"input file {path} lacks required column(s) {', '.join(missing)} "
+            f"(has: {', '.join(df.columns) or 'none'}; needs: {', '.join(REQUIRED_COLUMNS)})"
+        )
+    if df.height == 0:
+        raise UserError(f"input file {path} has a header but no rows to grade")
+    return df
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def grade_frame(df: pl.DataFrame, judge: str = "heuristic") -> pl.DataFrame:
+    """`df` plus the six grade columns (existing columns of those names are replaced)."""
+    grader = get_grader(judge)
+    responses = df["response"].cast(pl.Utf8).fill_null("").to_list()
+    concepts = [
+        c.strip() if isinstance(c, str) and c.strip() else None for c in df["concept"].cast(pl.Utf8).to_list()
+    ]
+    grades = grader.grade_many(list(zip(responses, concepts, strict=True)))
+    base = df.drop([c for c in GRADE_COLUMNS if c in df.columns])
+    return base.with_columns(
+        [
+            pl.Series(name, [bool(getattr(g, name)) for g in grades], dtype=pl.Boolean)
+            for name in GRADE_COLUMNS
+        ]
+    )
+
+
+def _write_atomic(df: pl.DataFrame, output_path: Path, fmt: str) -> None:
+    parent = output_path.parent
+    if not parent.is_dir():
+        raise UserError(f"output directory {parent} does not exist")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise UserError(f"cannot write to {parent}: {err.strerror or err}") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if fmt == "csv":
+                df.write_csv(fh)
+            else:
+                df.write_parquet(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, output_path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise UserError(f"cannot write output file {output_path}: {err.strerror or err}") from None
+        raise
+
+
+def grade_table(input_path: Path, output_path: Path, judge: str = "heuristic") -> int:
+    """Grade every row of `input_path` into `output_path`; returns the number of rows graded."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    out_fmt = _format_of(output_path, "output")  # fail before any work on a bad output name
+    df = read_table(input_path)
+    graded = grade_frame(df, judge)
+    _write_atomic(graded, output_path, out_fmt)
+    return graded.height
