@@ -200,6 +200,10 @@ def models() -> None:
     out.print(table)
 
 
+# Commands that read the cache (grade, audit, report, export) live in their own module.
+from . import commands_results as _commands_results  # noqa: E402,F401
+
+
 def main() -> None:
     if any(a in ("-v", "--verbose") for a in sys.argv[1:]):
         # nnsight reads sys.argv at import and turns on debug mode for these (NDIF.md).
