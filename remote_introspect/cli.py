@@ -110,6 +110,20 @@ def replicate_lindsey(
         str | None, typer.Option(help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU).")
     ] = None,
     judge: Annotated[str, typer.Option(help="Grader: heuristic (offline, default).")] = "heuristic",
+    ndif_host: Annotated[
+        str | None,
+        typer.Option(help="NDIF-compatible server URL (default: $NDIF_HOST or https://api.ndif.us)."),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="Local tokenizer directory for a remote model (else the HF cache).")
+    ] = None,
+    max_attempts: Annotated[int, typer.Option(help="Attempts per remote request (transient errors).")] = 10,
+    job_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for one remote job before resubmitting it.")
+    ] = 3 * 3600.0,
+    allow_version_mismatch: Annotated[
+        bool, typer.Option(help="Run even if the server's nnsight version differs from ours.")
+    ] = False,
 ) -> None:
     """Lindsey's injected-thought experiment: vectors, injected + control trials, grades, summary."""
     from .spec import ExperimentSpec, GenerationParams
@@ -136,9 +150,25 @@ def replicate_lindsey(
         _fail(str(exc), exc.exit_code)
     from .runner import RunOptions
 
-    _run_spec(
-        spec, RunOptions(cache_root=cache, backend=backend, batch_rows=batch_size, dtype=dtype, judge=judge)
+    from .retry_policy import RetrySettings
+
+    if max_attempts < 1:
+        _fail("--max-attempts must be at least 1")
+    if not job_timeout > 0:
+        _fail("--job-timeout must be positive")
+    opts = RunOptions(
+        cache_root=cache,
+        backend=backend,
+        batch_rows=batch_size,
+        dtype=dtype,
+        judge=judge,
+        ndif_host=ndif_host,
+        tokenizer_dir=tokenizer,
+        retry=RetrySettings(max_attempts=max_attempts),
+        job_timeout_s=job_timeout,
+        allow_version_mismatch=allow_version_mismatch,
     )
+    _run_spec(spec, opts)
 
 
 def _run_spec(spec, opts) -> None:  # type: ignore[no-untyped-def]
@@ -166,8 +196,18 @@ def _run_spec(spec, opts) -> None:  # type: ignore[no-untyped-def]
                 tasks[stage] = bar.add_task(stage, total=max(total, 1))
             bar.update(tasks[stage], completed=done, total=max(total, 1))
 
+        request_task: list[int] = []
+
+        def request_status(state: str) -> None:
+            if not request_task:
+                request_task.append(bar.add_task("remote request", total=None))
+            bar.update(request_task[0], description=f"remote request: {state}")
+
+        def notice(line: str) -> None:
+            bar.console.print(line, highlight=False, markup=False)
+
         try:
-            report = runner.run(spec, opts, progress)
+            report = runner.run(spec, opts, progress, notice, request_status)
         except ValidationError as exc:
             _fail(_validation_message(exc))
         except UserError as exc:

@@ -6,8 +6,10 @@ layers, strengths, concepts, cache directory) is checked before the first byte i
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +19,11 @@ import torch
 
 from . import concept_vectors
 from .errors import UserError
-from .executors.base import Executor
+from .executors.base import BatchTooLargeError, Executor
 from .model_loading import ModelRef, resolve_model
-from .planner import Batch, plan_batches, plan_trials
+from .planner import Batch, make_batch, plan_batches, plan_trials
 from .prompts import PROMPT_SETS, RenderedPrompt, render_prompt, tokenizer_fingerprint
+from .retry_policy import RetrySettings, call_with_retries
 from .spec import ExperimentSpec, ModelIdentity, Trial, canonical_json, sha256_hex
 from .store import Store, check_writable
 from .trace_blocks import GenerationBatch
@@ -44,6 +47,12 @@ class RunOptions:
     device: str | None = None
     judge: str = "heuristic"
     remote_simulation: bool = False  # local backend: round-trip every trace through serialisation
+    ndif_host: str | None = None
+    tokenizer_dir: Path | None = None
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    job_timeout_s: float | None = None  # NDIF: wall-clock cap per job before resubmitting
+    poll_initial_s: float | None = None
+    allow_version_mismatch: bool = False
 
 
 @dataclass
@@ -97,7 +106,18 @@ def make_executor(ref: ModelRef, opts: RunOptions) -> tuple[Executor, Any]:
         loaded = load_local(ref, opts.cache_root, opts.dtype, opts.device)
         identity = (loaded.weights_id, loaded.dtype_label)
         return LocalExecutor(loaded, remote_simulation=opts.remote_simulation), identity
-    raise UserError(f"backend {backend!r} is not available in this build (choose: local)")
+    from .executors.ndif import DEFAULT_HOST, NDIFExecutor, NDIFSettings
+
+    settings = NDIFSettings(
+        host=opts.ndif_host or os.environ.get("NDIF_HOST") or DEFAULT_HOST,
+        allow_version_mismatch=opts.allow_version_mismatch,
+    )
+    if opts.job_timeout_s is not None:
+        settings.job_timeout_s = opts.job_timeout_s
+    if opts.poll_initial_s is not None:
+        settings.poll_initial_s = opts.poll_initial_s
+    ex = NDIFExecutor(ref, settings, opts.tokenizer_dir)
+    return ex, (ex.weights_id, ex.dtype_label)
 
 
 def eos_ids(tokenizer: Any) -> set[int]:
@@ -203,11 +223,23 @@ def experiment_id(spec: ExperimentSpec, identity: ModelIdentity) -> str:
     return sha256_hex(canonical_json([spec.model_dump(mode="json"), identity.model_dump(mode="json")]))[:16]
 
 
-def run(spec: ExperimentSpec, opts: RunOptions, progress: Progress | None = None) -> RunReport:
+def run(
+    spec: ExperimentSpec,
+    opts: RunOptions,
+    progress: Progress | None = None,
+    notice: Callable[[str], None] | None = None,
+    request_status: Callable[[str], None] | None = None,
+) -> RunReport:
+    """Run (or finish) an experiment. `notice` gets one-line messages (preflight, reattach...),
+    `request_status` the state of the remote request in flight (queued, running, downloaded)."""
     progress = progress or (lambda stage, done, total: None)
+    notice = notice or (lambda line: log.info("%s", line))
     ref, layers = validate(spec, opts)
     progress("loading model", 0, 1)
     executor, (weights_id, dtype_label) = make_executor(ref, opts)
+    if request_status is not None and hasattr(executor, "on_status"):
+        executor.on_status = request_status
+    progress("loading model", 1, 1)
     tok = executor.tokenizer
     rendered = {spec.prompt_set: render_prompt(tok, PROMPT_SETS[spec.prompt_set])}
     identity = ModelIdentity(
@@ -225,60 +257,132 @@ def run(spec: ExperimentSpec, opts: RunOptions, progress: Progress | None = None
         )
         statuses = store.statuses(t.key for t in trials)
         pending = [t for t in trials if statuses[t.key] != "done"]
-        model_key = sha256_hex(canonical_json(identity.model_dump(mode="json")))[:24]
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-
-        # Vectors: once per (model, recipe, layer, concept), all layers in one pass.
-        wanted = {t.vector_ref[1:] for t in pending if t.vector_ref is not None}
-        missing = store.missing_vectors(model_key, spec.recipe.id, wanted)
-        if missing:
-            progress("extracting concept vectors", 0, len(missing))
-            miss_layers = sorted({layer for layer, _ in missing})
-            miss_concepts = sorted({c for _, c in missing})
-            vecs = concept_vectors.compute_mean_baseline(
-                executor.extract, tok, spec.recipe, miss_concepts, miss_layers, pad_id
-            )
-            store.save_vectors(model_key, spec.recipe.id, canonical_json(spec.recipe.identity()), vecs)
-            progress("extracting concept vectors", len(missing), len(missing))
-        vectors = store.load_vectors(model_key, spec.recipe.id, wanted) if wanted else {}
-
-        rows = opts.batch_rows or ref.batch_rows
-        batches = plan_batches(pending, rows)
-        stop_ids = eos_ids(tok)
         report = RunReport(
             exp_id, spec, layers, trials, {}, {}, ref.preset.instruct if ref.preset else True, ref.name
         )
-        done_rows = 0
-        progress("generating", 0, len(pending))
-        for batch in batches:
-            gb, raw_starts = build_generation_batch(batch, rendered, vectors, ref.hidden_size, pad_id)
-
-            def submitted(job_id: str | None, batch: Batch = batch) -> None:
-                store.batch_submitted(batch.id, batch.keys, batch.seed, executor.name, job_id)
-
-            try:
-                out = executor.generate(gb, submitted)
-            except UserError:
-                raise
-            except Exception as err:  # noqa: BLE001 - recorded as failed (never as a negative)
-                msg = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-                log.error("batch %s failed: %s", batch.id[:12], msg)
-                store.batch_failed(batch.id, batch.keys, msg, type(err).__name__)
-                report.failed_batches += 1
-                report.errors.append(msg)
-                continue
-            results = decode_rows(batch, gb, out.ids, out.diagnostics, raw_starts, tok, stop_ids)
-            store.batch_done(batch.id, results, executor.name, executor.versions())
-            report.executed_batches += 1
-            done_rows += len(batch.trials)
-            progress("generating", done_rows, len(pending))
-
+        if pending:
+            _execute(spec, opts, ref, executor, store, identity, rendered, pending, report, progress, notice)
         grade_trials(store, trials, opts.judge, progress)
         report.statuses = store.statuses(t.key for t in trials)
         report.grades = load_grades(store, trials, opts.judge)
         return report
     finally:
         store.close()
+
+
+def _execute(
+    spec: ExperimentSpec,
+    opts: RunOptions,
+    ref: ModelRef,
+    executor: Executor,
+    store: Store,
+    identity: ModelIdentity,
+    rendered: dict[str, RenderedPrompt],
+    pending: list[Trial],
+    report: RunReport,
+    progress: Progress,
+    notice: Callable[[str], None],
+) -> None:
+    """Preflight, vectors, reattach, then every pending batch with retries and splitting."""
+    tok = executor.tokenizer
+    if hasattr(executor, "preflight"):
+        for line in executor.preflight():  # GET-only; raises FatalRemoteError on a fatal finding
+            notice(f"preflight: {line}")
+    model_key = sha256_hex(canonical_json(identity.model_dump(mode="json")))[:24]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    # Vectors: once per (model, recipe, layer, concept), all layers in one pass.
+    wanted = {t.vector_ref[1:] for t in pending if t.vector_ref is not None}
+    missing = store.missing_vectors(model_key, spec.recipe.id, wanted)
+    if missing:
+        progress("extracting concept vectors", 0, len(missing))
+        miss_layers = sorted({layer for layer, _ in missing})
+        miss_concepts = sorted({c for _, c in missing})
+
+        def extract(ids: torch.Tensor, mask: torch.Tensor, layers: list[int]) -> torch.Tensor:
+            try:
+                return call_with_retries(lambda: executor.extract(ids, mask, layers), opts.retry)
+            except BatchTooLargeError:
+                if ids.shape[0] < 2:
+                    raise
+                h = ids.shape[0] // 2  # too big for the server: halve and concatenate the rows
+                return torch.cat(
+                    [extract(ids[:h], mask[:h], layers), extract(ids[h:], mask[h:], layers)], dim=1
+                )
+
+        vecs = concept_vectors.compute_mean_baseline(
+            extract, tok, spec.recipe, miss_concepts, miss_layers, pad_id
+        )
+        store.save_vectors(model_key, spec.recipe.id, canonical_json(spec.recipe.identity()), vecs)
+        progress("extracting concept vectors", len(missing), len(missing))
+    vectors = store.load_vectors(model_key, spec.recipe.id, wanted) if wanted else {}
+    stop_ids = eos_ids(tok)
+    total = len(pending)
+    done_rows = [0]
+    progress("generating", 0, total)
+
+    def finish(batch: Batch, gb: GenerationBatch, raw_starts: list[int], out: Any) -> None:
+        results = decode_rows(batch, gb, out.ids, out.diagnostics, raw_starts, tok, stop_ids)
+        store.batch_done(batch.id, results, executor.name, executor.versions())
+        report.executed_batches += 1
+        done_rows[0] += len(batch.trials)
+        progress("generating", done_rows[0], total)
+
+    # Jobs an earlier (killed) run submitted and never collected: reattach, don't resubmit.
+    pending_keys = {t.key for t in pending}
+    by_key = {t.key: t for t in pending}
+    handled: set[str] = set()
+    if hasattr(executor, "reattach"):
+        for row in store.open_batches():
+            keys = json.loads(row["trial_keys"])
+            if row["backend"] != executor.name or not set(keys) <= pending_keys:
+                continue
+            batch = make_batch([by_key[k] for k in keys])
+            gb, raw_starts = build_generation_batch(batch, rendered, vectors, ref.hidden_size, pad_id)
+            try:
+                out = call_with_retries(lambda jid=row["job_id"]: executor.reattach(jid), opts.retry)
+            except Exception as err:  # noqa: BLE001 - fall back to resubmitting
+                if isinstance(err, UserError):
+                    raise
+                out = None
+            if out is not None:
+                notice(f"reattached job {row['job_id']} ({len(keys)} trials)")
+                finish(batch, gb, raw_starts, out)
+                handled |= set(keys)
+
+    queue = plan_batches([t for t in pending if t.key not in handled], opts.batch_rows or ref.batch_rows)
+    while queue:
+        batch = queue.pop(0)
+        gb, raw_starts = build_generation_batch(batch, rendered, vectors, ref.hidden_size, pad_id)
+
+        def submitted(job_id: str | None, batch: Batch = batch) -> None:
+            store.batch_submitted(batch.id, batch.keys, batch.seed, executor.name, job_id)
+
+        try:
+            out = call_with_retries(lambda gb=gb, cb=submitted: executor.generate(gb, cb), opts.retry)
+        except UserError:
+            raise
+        except BatchTooLargeError as err:
+            if len(batch.trials) > 1:
+                half = len(batch.trials) // 2
+                notice(f"batch of {len(batch.trials)} too large for the server ({err}); splitting")
+                store.batch_failed(batch.id, [], f"split: {err}", "BatchTooLargeError")
+                queue[:0] = [make_batch(list(batch.trials[:half])), make_batch(list(batch.trials[half:]))]
+                continue
+            _record_failure(store, report, batch, err)
+            continue
+        except Exception as err:  # noqa: BLE001 - recorded as failed (never as a negative)
+            _record_failure(store, report, batch, err)
+            continue
+        finish(batch, gb, raw_starts, out)
+
+
+def _record_failure(store: Store, report: RunReport, batch: Batch, err: BaseException) -> None:
+    msg = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+    log.error("batch %s failed: %s", batch.id[:12], msg)
+    store.batch_failed(batch.id, batch.keys, msg, type(err).__name__)
+    report.failed_batches += 1
+    report.errors.append(msg)
 
 
 def grade_trials(store: Store, trials: list[Trial], judge: str, progress: Progress) -> None:

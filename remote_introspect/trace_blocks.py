@@ -70,6 +70,9 @@ def generate_steered(
     if batch.do_sample:
         sampling.update(temperature=batch.temperature, top_p=batch.top_p, top_k=None)
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    # Non-blocking remote submission returns before the block runs: these stay None and the
+    # saved values arrive later from the backend, under the same names ("ids", "diags").
+    ids = diags = None
     with model.generate(
         inputs, max_new_tokens=n, min_new_tokens=n, remote=remote, **sampling, **backend
     ) as tracer:
@@ -109,6 +112,7 @@ def extract_last_token(
     forward pass. Returns ([L, B, H] stacked tensor, tracer). Only these rows come back."""
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    stacked = None  # filled by the trace, or (non-blocking remote) returned later as "stacked"
     with model.trace(inputs, remote=remote, **backend) as tracer:
         rows = []
         for layer in layers:

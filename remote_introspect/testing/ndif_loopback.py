@@ -464,6 +464,8 @@ class LoopbackNDIF:
             self.result_bytes = 0  #: result bytes sent (downloads + inline websocket frames)
             self.subscriptions = 0  #: websocket /subscribe sessions opened
             self.completed = 0  #: jobs COMPLETED
+            self.gets = 0  #: every GET (preflight, polls, downloads, websocket upgrades)
+            self.http_requests = 0  #: every POST (accepted or not)
             self.failed = 0  #: jobs ended ERROR
             self.max_rows_seen = 0  #: largest batch (rows) any forward saw
 
@@ -476,7 +478,7 @@ class LoopbackNDIF:
     def counters(self) -> dict[str, int]:
         with self._lock:
             names = (
-                "requests accepted polls downloads result_bytes subscriptions completed failed max_rows_seen"
+                "requests accepted polls downloads result_bytes subscriptions completed failed max_rows_seen gets http_requests"
             ).split()
             return {name: getattr(self, name) for name in names} | {"round_trips": self.round_trips}
 
@@ -884,6 +886,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         server = self.loopback
+        server._count("http_requests")
         length = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(length)
         if self.path.rstrip("/") != "/request":
@@ -925,6 +928,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         server = self.loopback
         path = self.path.split("?", 1)[0].rstrip("/")
+        server._count("gets")
         try:
             if path.startswith("/response/"):
                 server._count("polls")

@@ -1,0 +1,286 @@
+"""The NDIF executor against a loopback NDIF-protocol server (real nnsight client, real HTTP).
+
+The model is a tiny random Llama saved as a local directory; the client builds it on the meta
+device (no weights) and the server loads the same directory, as NDIF does for a repo id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from remote_introspect import runner
+from remote_introspect.errors import FatalRemoteError
+from remote_introspect.retry_policy import RetrySettings
+from remote_introspect.runner import RunOptions
+from remote_introspect.spec import ExperimentSpec, GenerationParams
+from remote_introspect.testing.ndif_loopback import (
+    CONNECTION_LOST,
+    DEFAULT_API_KEY,
+    EVICTED,
+    JOB_TIMEOUT,
+    NOT_DEDICATED,
+    LoopbackNDIF,
+    model_key_for_dir,
+)
+from remote_introspect.tiny_models import materialize_tiny_model
+
+FAST_RETRY = RetrySettings(max_attempts=10, initial_wait_s=0.01, max_wait_s=0.05, jitter_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return materialize_tiny_model(tmp_path_factory.mktemp("models"), "llama", seed=0)
+
+
+@pytest.fixture
+def server(model_dir: Path, monkeypatch):
+    monkeypatch.setenv("NDIF_API_KEY", DEFAULT_API_KEY)
+    with LoopbackNDIF({str(model_dir): model_dir}, preload=True) as srv:
+        yield srv
+
+
+def _spec(model_dir: Path, **kw) -> ExperimentSpec:
+    base = dict(
+        model=str(model_dir),
+        concepts=("Dust", "Oceans", "Trees"),
+        strengths=(2.0, 8.0),
+        samples=2,
+        controls=3,
+        generation=GenerationParams(max_new_tokens=4),
+    )
+    base.update(kw)
+    return ExperimentSpec(**base)
+
+
+def _opts(cache: Path, host: str | None, **kw) -> RunOptions:
+    base = dict(
+        cache_root=cache,
+        backend="ndif" if host else "local",
+        ndif_host=host,
+        batch_rows=5,
+        retry=FAST_RETRY,
+        poll_initial_s=0.01,
+        job_timeout_s=20.0,
+    )
+    base.update(kw)
+    return RunOptions(**base)
+
+
+def _responses(cache: Path) -> dict[str, str]:
+    with sqlite3.connect(cache / "results.sqlite") as c:
+        return dict(c.execute("SELECT key, response_ids FROM trials WHERE status='done'").fetchall())
+
+
+@pytest.fixture(scope="module")
+def local_reference(model_dir: Path, tmp_path_factory) -> dict[str, str]:
+    """The same experiment run locally: remote results must be identical, key for key."""
+    cache = tmp_path_factory.mktemp("local")
+    rep = runner.run(_spec(model_dir), _opts(cache, None))
+    assert rep.complete
+    return _responses(cache)
+
+
+def test_remote_run_equals_local_run_with_few_round_trips(server, model_dir, tmp_path, local_reference):
+    rep = runner.run(_spec(model_dir), _opts(tmp_path / "c", server.url))
+    assert rep.complete
+    assert _responses(tmp_path / "c") == local_reference  # same keys, same token ids
+    n_trials = 3 * 2 * 2 + 3
+    batches = -(-n_trials // 5)
+    # One request for all vectors (one pass, all layers) + one per batch; nothing per trial.
+    assert server.requests == 1 + batches
+    with sqlite3.connect(tmp_path / "c" / "results.sqlite") as c:
+        backends = {r[0] for r in c.execute("SELECT DISTINCT backend FROM trials")}
+        versions = json.loads(c.execute("SELECT versions_json FROM batches LIMIT 1").fetchone()[0])
+    assert backends == {"ndif"}
+    assert versions["server_nnsight"] == versions["nnsight"] and versions["backend_host"] == server.url
+
+
+def test_thirty_percent_transient_faults_complete_identically(server, model_dir, tmp_path, local_reference):
+    server.faults.update(fault_rate=0.3, seed=7)
+    rep = runner.run(_spec(model_dir), _opts(tmp_path / "c", server.url))
+    assert rep.complete
+    assert _responses(tmp_path / "c") == local_reference
+    assert server.failed + server.requests - server.accepted > 0, "the fault rate injected nothing"
+    # No trial ran twice once stored: every completed job is one batch (or the vector pass).
+    with sqlite3.connect(tmp_path / "c" / "results.sqlite") as c:
+        n_batches = c.execute("SELECT COUNT(*) FROM batches WHERE status='done'").fetchone()[0]
+    assert server.completed == n_batches + 1
+
+
+def test_each_transient_text_is_retried(server, model_dir, tmp_path):
+    server.faults.update(
+        job_errors=[EVICTED, CONNECTION_LOST, "Your job was cancelled or preempted by the server."]
+    )
+    rep = runner.run(
+        _spec(model_dir, concepts=("Dust",), strengths=(2.0,)), _opts(tmp_path / "c", server.url)
+    )
+    assert rep.complete and server.failed == 3
+
+
+def test_transient_errors_exhaust_attempts_then_failed_not_negative(server, model_dir, tmp_path):
+    server.faults.update(job_error=EVICTED)
+    opts = _opts(tmp_path / "c", server.url, retry=RetrySettings(3, 0.01, 0.02, 0.0))
+    with pytest.raises(Exception):  # noqa: B017 - vectors cannot be extracted: the run stops
+        runner.run(_spec(model_dir, concepts=("Dust",)), opts)
+    server.faults.clear()
+    # Vectors now extract; every generate job fails transiently until the attempts run out.
+    runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0), opts)
+    server.faults.update(job_error=EVICTED)
+    rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=2, controls=1), opts)
+    assert not rep.complete
+    failed = [k for k, s in rep.statuses.items() if s == "failed"]
+    assert failed and not set(failed) & set(rep.grades)
+    with sqlite3.connect(tmp_path / "c" / "results.sqlite") as c:
+        row = c.execute("SELECT error_class, error FROM trials WHERE status='failed' LIMIT 1").fetchone()
+    assert row[0] == "TransientError" and "evicted" in row[1]
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        (dict(reject_auth=True), "API key"),
+        (dict(version_mismatch=True), "version"),
+        (dict(job_error=NOT_DEDICATED), "cannot run this model"),
+    ],
+)
+def test_fatal_errors_stop_the_run(server, model_dir, tmp_path, fault, expected):
+    server.faults.update(**fault)
+    with pytest.raises(FatalRemoteError, match=expected):
+        runner.run(_spec(model_dir), _opts(tmp_path / "c", server.url))
+
+
+def test_preflight_names_unavailable_model_and_alternatives(server, model_dir, tmp_path):
+    server.faults.update(unavailable_models=frozenset({model_key_for_dir(model_dir)}))
+    with pytest.raises(FatalRemoteError, match="not available on NDIF"):
+        runner.run(_spec(model_dir), _opts(tmp_path / "c", server.url))
+    assert server.requests == 0  # the preflight is GET-only
+
+
+def test_preflight_version_mismatch_is_fatal(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("NDIF_API_KEY", DEFAULT_API_KEY)
+    with LoopbackNDIF({str(model_dir): model_dir}, server_nnsight_version="0.9.0") as srv:
+        with pytest.raises(FatalRemoteError, match="server runs 0.9.0"):
+            runner.run(_spec(model_dir), _opts(tmp_path / "c", srv.url))
+        assert srv.requests == 0
+        rep = runner.run(_spec(model_dir), _opts(tmp_path / "c", srv.url, allow_version_mismatch=True))
+        assert rep.complete
+
+
+def test_missing_key_is_fatal_before_any_request(server, model_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("NDIF_API_KEY")
+    with pytest.raises(FatalRemoteError, match="NDIF_API_KEY is not set"):
+        runner.run(_spec(model_dir), _opts(tmp_path / "c", server.url))
+    assert server.gets == 0 and server.http_requests == 0
+
+
+def test_job_timeout_splits_the_batch(server, model_dir, tmp_path, local_reference):
+    server.faults.update(timeout_rows=2)
+    rep = runner.run(_spec(model_dir), _opts(tmp_path / "c", server.url, batch_rows=5))
+    assert rep.complete
+    assert server.max_rows_seen >= 5  # the full batch was tried first
+    assert server.failed > 0
+
+
+def test_dropped_job_is_resubmitted_after_the_cap(server, model_dir, tmp_path):
+    rep0 = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),
+                      _opts(tmp_path / "c", server.url))  # fmt: skip
+    assert rep0.complete  # vectors cached
+    server.faults.update(drop_after_submit="forget")
+    server.faults.update(job_errors=[])
+
+    def heal_later():
+        time.sleep(1.0)
+        server.faults.update(drop_after_submit=None)
+
+    import threading
+
+    threading.Thread(target=heal_later, daemon=True).start()
+    rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=3, controls=0),
+                     _opts(tmp_path / "c", server.url, job_timeout_s=0.3))  # fmt: skip
+    assert rep.complete
+
+
+def test_nothing_to_run_sends_no_request(server, model_dir, tmp_path):
+    opts = _opts(tmp_path / "c", server.url)
+    assert runner.run(_spec(model_dir), opts).complete
+    server.reset_counters()
+    assert runner.run(_spec(model_dir), opts).complete
+    assert server.gets == 0 and server.http_requests == 0
+
+
+def test_api_key_never_reaches_cache_or_output(model_dir, tmp_path):
+    secret = "sk-ndif-SECRET-0123456789"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NDIF_API_KEY": secret}
+    with LoopbackNDIF({str(model_dir): model_dir}, api_keys=(secret,)) as srv:
+        srv.faults.update(job_errors=[EVICTED])
+        cmd = [sys.executable, "-m", "remote_introspect", "replicate-lindsey", "--model", str(model_dir),
+               "--backend", "ndif", "--ndif-host", srv.url, "--max-new-tokens", "3", "--concepts", "Dust",
+               "--cache", str(tmp_path / "c")]  # fmt: skip
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr
+        srv.faults.update(reject_auth=True)
+        res2 = subprocess.run([*cmd, "--seed", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert res2.returncode == 3 and "API key" in res2.stderr
+    for blob in (res.stdout, res.stderr, res2.stdout, res2.stderr):
+        assert secret not in blob
+    for f in (tmp_path / "c").rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+
+
+def test_sigkill_mid_run_reattaches_without_resubmitting(model_dir, tmp_path):
+    """Kill -9 the client while a job is in flight; the re-run collects that job by its id."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NDIF_API_KEY": DEFAULT_API_KEY}
+    cache = tmp_path / "c"
+    with LoopbackNDIF({str(model_dir): model_dir}, preload=True) as srv:
+        cmd = [sys.executable, "-m", "remote_introspect", "replicate-lindsey", "--model", str(model_dir),
+               "--backend", "ndif", "--ndif-host", srv.url, "--max-new-tokens", "3", "--concepts", "3",
+               "--batch-size", "4", "--cache", str(cache)]  # fmt: skip
+        srv.faults.update(run_delay_s=1.5)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        db = cache / "results.sqlite"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if db.exists():
+                try:
+                    with sqlite3.connect(db) as c:
+                        n = c.execute("SELECT COUNT(*) FROM batches WHERE status='submitted'").fetchone()[0]
+                except sqlite3.OperationalError:
+                    n = 0
+                if n:
+                    break
+            time.sleep(0.05)
+        else:
+            proc.kill()
+            pytest.fail("no batch was ever submitted")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with sqlite3.connect(db) as c:
+            inflight = c.execute("SELECT id, job_id FROM batches WHERE status='submitted'").fetchall()
+            done_before = c.execute("SELECT COUNT(*) FROM batches WHERE status='done'").fetchone()[0]
+        assert len(inflight) == 1
+        submitted_before = srv.accepted
+        srv.faults.update(run_delay_s=0.0)
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert "reattached job" in res.stderr
+        with sqlite3.connect(db) as c:
+            rows = c.execute("SELECT id, status, attempts, job_id FROM batches").fetchall()
+            trial_status = {r[0] for r in c.execute("SELECT status FROM trials")}
+    by_id = {r[0]: r for r in rows}
+    bid, jid = inflight[0]
+    assert by_id[bid][1] == "done" and by_id[bid][2] == 1 and by_id[bid][3] == jid  # not resubmitted
+    total_batches = len(rows)
+    # Every batch submitted exactly once across both runs.
+    assert srv.accepted == total_batches + 1  # + the vector extraction request
+    assert submitted_before == 1 + done_before + 1
+    assert trial_status == {"done"}
