@@ -148,9 +148,8 @@ def replicate_lindsey(
         _fail(_validation_message(exc))
     except UserError as exc:
         _fail(str(exc), exc.exit_code)
-    from .runner import RunOptions
-
     from .retry_policy import RetrySettings
+    from .runner import RunOptions
 
     if max_attempts < 1:
         _fail("--max-attempts must be at least 1")

@@ -26,7 +26,6 @@ from remote_introspect.testing.ndif_loopback import (
     CONNECTION_LOST,
     DEFAULT_API_KEY,
     EVICTED,
-    JOB_TIMEOUT,
     NOT_DEDICATED,
     LoopbackNDIF,
     model_key_for_dir,
