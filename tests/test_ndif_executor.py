@@ -283,3 +283,24 @@ def test_sigkill_mid_run_reattaches_without_resubmitting(model_dir, tmp_path):
     assert srv.accepted == total_batches + 1  # + the vector extraction request
     assert submitted_before == 1 + done_before + 1
     assert trial_status == {"done"}
+
+
+def test_405b_preset_offline_preflight_names_the_deployed_base_model(tmp_path, tiny_tokenizer):
+    """The 405b preset builds offline (shipped config, stand-in tokenizer); when only the base
+    model is deployed, the preflight says so, names it with its preset, and exits non-zero."""
+    tok_dir = tmp_path / "tok"
+    tiny_tokenizer.save_pretrained(tok_dir)
+    never = {model_key_for_dir("meta-llama/Llama-3.1-405B"): lambda: pytest.fail("must not load")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NDIF_API_KEY": DEFAULT_API_KEY}
+    with LoopbackNDIF(never) as srv:
+        res = subprocess.run(
+            [sys.executable, "-m", "remote_introspect", "replicate-lindsey", "--model", "405b",
+             "--tokenizer", str(tok_dir), "--ndif-host", srv.url, "--cache", str(tmp_path / "c")],  # fmt: skip
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert srv.http_requests == 0
+    assert res.returncode == 3
+    err = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1
+    assert "meta-llama/Llama-3.1-405B-Instruct is not available" in err[0]
+    assert "meta-llama/Llama-3.1-405B (--model 405b-base)" in err[0]

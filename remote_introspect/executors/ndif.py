@@ -170,9 +170,12 @@ class NDIFExecutor:
         self._server_env: dict[str, Any] | None = None
         # Our package is (usually) in site-packages, which nnsight assumes the server has; it does
         # not. Ship the torch-only intervention module by value with every request.
+        import nnsight
         import nnsight.ndif
 
         nnsight.ndif.register(interventions)
+        # nnsight prints job status lines to stdout; ours go to stderr (stdout is results only).
+        nnsight.CONFIG.APP.REMOTE_LOGGING = False
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -250,9 +253,17 @@ class NDIFExecutor:
                     if mine
                     else ""
                 )
+                from ..presets import PRESETS
+
+                named = [
+                    f"{o} (--model {p.name})"
+                    if (p := next((q for q in PRESETS.values() if q.repo_id == o), None))
+                    else o
+                    for o in others
+                ]
                 raise FatalRemoteError(
                     f"model {self.ref.repo_id} is not available on NDIF{state}; deployed: "
-                    + (", ".join(others) if others else "none")
+                    + (", ".join(named) if named else "none")
                 )
             lines.append(f"model: {self.ref.repo_id} is deployed and running")
         else:
