@@ -89,7 +89,7 @@ PRESETS: dict[str, ModelPreset] = {
             backend="ndif",
             description="Llama-3.1-70B-Instruct on NDIF (remote; tokenizer from the HF cache/hub)",
             config_dir="llama-3.1-70b-instruct",
-            batch_rows=128,
+            batch_rows=256,
         ),
         ModelPreset(
             name="405b",
@@ -98,7 +98,10 @@ PRESETS: dict[str, ModelPreset] = {
             backend="ndif",
             description="Llama-3.1-405B-Instruct on NDIF (remote; tokenizer from the HF cache/hub)",
             config_dir="llama-3.1-405b-instruct",
-            batch_rows=64,
+            # 192 rows × ~350 tokens of KV cache (126 layers × 8 KV heads × 128 × 2 × bf16 = 516 KB
+            # a token) ≈ 35 GB spread over the deployment's GPUs, beside 810 GB of weights; keeps a
+            # 1,000-trial sweep at ~7 requests (one per trial: 1,000).
+            batch_rows=192,
         ),
         ModelPreset(
             name="405b-base",
@@ -108,7 +111,7 @@ PRESETS: dict[str, ModelPreset] = {
             description="Llama-3.1-405B base on NDIF (the dedicated deployment NDIF has hosted)",
             config_dir="llama-3.1-405b",
             instruct=False,
-            batch_rows=64,
+            batch_rows=192,
         ),
     ]
 }
