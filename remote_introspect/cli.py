@@ -82,92 +82,229 @@ def _setup_logging() -> None:
         pass
 
 
-@app.command("replicate-lindsey")
-def replicate_lindsey(
-    model: Annotated[
-        str, typer.Option(help="Preset (see `models`), HF repo id, or local model directory.")
-    ] = "gemma-270m",
-    backend: Annotated[str | None, typer.Option(help="local | ndif (default: the preset's).")] = None,
-    concepts: Annotated[
-        str, typer.Option(help="N (the first N of Lindsey's list) or words: Dust,Oceans.")
-    ] = "5",
-    strengths: Annotated[str, typer.Option(help="Comma-separated strengths, e.g. 1,2,4,8.")] = "2,8",
-    layers: Annotated[str | None, typer.Option(help="Absolute decoder layers, e.g. 12,14.")] = None,
-    layer_fractions: Annotated[str | None, typer.Option(help="Fractions of depth, e.g. 0.67.")] = None,
-    samples: Annotated[int, typer.Option(help="Trials per concept × strength × layer.")] = 2,
-    controls: Annotated[int, typer.Option(help="No-injection trials (shared by all cells).")] = 4,
-    seed: Annotated[int, typer.Option(help="Experiment seed (part of every trial key).")] = 0,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per trial.")] = 100,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 1.0,
-    prompt_set: Annotated[str, typer.Option(help="lindsey | merrill | thinking.")] = "lindsey",
-    span: Annotated[str, typer.Option(help="from-trial | all | generated.")] = "from-trial",
-    strength_mode: Annotated[
-        str, typer.Option(help="absolute | norm-matched | mlp-norm-matched | relative.")
-    ] = "absolute",
-    cache: Annotated[Path, typer.Option(help="Cache directory (SQLite + safetensors).")] = Path("cache"),
-    batch_size: Annotated[int | None, typer.Option(help="Rows per generate call (default: preset).")] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU).")
-    ] = None,
-    judge: Annotated[str, typer.Option(help="Grader: heuristic (offline, default).")] = "heuristic",
-    ndif_host: Annotated[
-        str | None,
-        typer.Option(help="NDIF-compatible server URL (default: $NDIF_HOST or https://api.ndif.us)."),
-    ] = None,
-    tokenizer: Annotated[
-        Path | None, typer.Option(help="Local tokenizer directory for a remote model (else the HF cache).")
-    ] = None,
-    max_attempts: Annotated[int, typer.Option(help="Attempts per remote request (transient errors).")] = 10,
-    job_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for one remote job before resubmitting it.")
-    ] = 3 * 3600.0,
-    allow_version_mismatch: Annotated[
-        bool, typer.Option(help="Run even if the server's nnsight version differs from ours.")
-    ] = False,
-) -> None:
-    """Lindsey's injected-thought experiment: vectors, injected + control trials, grades, summary."""
-    from .spec import ExperimentSpec, GenerationParams
+# -- options shared by the run commands ----------------------------------------------------------
 
-    try:
-        spec = ExperimentSpec(
-            name="lindsey",
-            model=model,
-            concepts=_parse_concepts(concepts),
-            strengths=_parse_floats(strengths, "--strengths"),
-            layers=_parse_ints(layers, "--layers") if layers else None,
-            layer_fractions=_parse_floats(layer_fractions, "--layer-fractions") if layer_fractions else None,
-            samples=samples,
-            controls=controls,
-            seed=seed,
-            generation=GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature),
-            prompt_set=prompt_set,
-            span=span,
-            strength_mode=strength_mode,  # type: ignore[arg-type]
-        )
-    except ValidationError as exc:
-        _fail(_validation_message(exc))
-    except UserError as exc:
-        _fail(str(exc), exc.exit_code)
+ModelOpt = Annotated[
+    str | None, typer.Option(help="Preset (see `models`), HF repo id, or local model directory.")
+]
+ProtocolOpt = Annotated[
+    str | None, typer.Option(help="lindsey | merrill-405b | ndif-405b: the published knobs and grid.")
+]
+BackendOpt = Annotated[str | None, typer.Option(help="local | ndif (default: the preset's).")]
+ConceptsOpt = Annotated[
+    str | None, typer.Option(help="N (the first N of Lindsey's list) or words: Dust,Oceans.")
+]
+StrengthsOpt = Annotated[str | None, typer.Option(help="Comma-separated strengths (1,2,4,8) or auto.")]
+LayersOpt = Annotated[str | None, typer.Option(help="Absolute decoder layers, e.g. 12,14.")]
+FractionsOpt = Annotated[str | None, typer.Option(help="Fractions of depth, e.g. 0.55,0.67.")]
+SamplesOpt = Annotated[int | None, typer.Option(help="Trials per concept × strength × layer [× prompt].")]
+ControlsOpt = Annotated[
+    int | None, typer.Option(help="No-injection trials per prompt (shared by all cells).")
+]
+SeedOpt = Annotated[int | None, typer.Option(help="Experiment seed (part of every trial key).")]
+TokensOpt = Annotated[int | None, typer.Option(help="Tokens generated per trial.")]
+TempOpt = Annotated[float | None, typer.Option(help="Sampling temperature (0 = greedy).")]
+TopPOpt = Annotated[float | None, typer.Option(help="Nucleus sampling top_p.")]
+PromptOpt = Annotated[
+    str | None, typer.Option(help="Prompt sets, comma-separated: lindsey, merrill, thinking.")
+]
+SpanOpt = Annotated[str | None, typer.Option(help="from-trial | all | generated.")]
+ModeOpt = Annotated[str | None, typer.Option(help="absolute | norm-matched | mlp-norm-matched | relative.")]
+RecipeOpt = Annotated[str | None, typer.Option(help="Concept vectors: mean-baseline | contrast-pairs.")]
+PairsOpt = Annotated[str | None, typer.Option(help="Contrast pairs JSON (default: Merrill's, shipped).")]
+CondOpt = Annotated[str | None, typer.Option(help="Extra conditions: control,random,scale,positive or all.")]
+ScaleOpt = Annotated[str | None, typer.Option(help="Activation-scaling factors for the scale condition.")]
+DenseOpt = Annotated[
+    bool | None, typer.Option("--dense-grid/--no-dense-grid", help="Coarse grid → crossover → dense grid.")
+]
+DensePointsOpt = Annotated[int | None, typer.Option(help="Points in the dense grid (8-12 recommended).")]
+CrossModeOpt = Annotated[str | None, typer.Option(help="Crossover definition: rise-through | threshold.")]
+CacheOpt = Annotated[Path, typer.Option(help="Cache directory (SQLite + safetensors).")]
+BatchOpt = Annotated[int | None, typer.Option(help="Rows per generate call / request (default: preset).")]
+DtypeOpt = Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU).")]
+JudgeOpt = Annotated[str, typer.Option(help="Grader: heuristic (offline, default).")]
+HostOpt = Annotated[
+    str | None, typer.Option(help="NDIF-compatible server URL (default: $NDIF_HOST or https://api.ndif.us).")
+]
+TokOpt = Annotated[
+    Path | None, typer.Option(help="Local tokenizer directory for a remote model (else the HF cache).")
+]
+AttemptsOpt = Annotated[int, typer.Option(help="Attempts per remote request (transient errors).")]
+JobTimeoutOpt = Annotated[
+    float, typer.Option(help="Seconds to wait for one remote job before resubmitting it.")
+]
+MismatchOpt = Annotated[
+    bool, typer.Option(help="Run even if the server's nnsight version differs from ours.")
+]
+
+
+def _spec_overrides(**flags: object) -> dict[str, object]:
+    """CLI flags → ExperimentSpec fields (None = not given, so the protocol/file value stands)."""
+    o: dict[str, object] = {}
+    if flags["model"] is not None:
+        o["model"] = flags["model"]
+    if flags["concepts"] is not None:
+        o["concepts"] = _parse_concepts(str(flags["concepts"]))
+    if flags["strengths"] is not None:
+        text = str(flags["strengths"]).strip()
+        o["strengths"] = "auto" if text == "auto" else _parse_floats(text, "--strengths")
+    if flags["layers"] is not None:
+        o["layers"] = _parse_ints(str(flags["layers"]), "--layers")
+    if flags["layer_fractions"] is not None:
+        o["layer_fractions"] = _parse_floats(str(flags["layer_fractions"]), "--layer-fractions")
+    for name in ("samples", "controls", "seed", "span", "strength_mode", "dense_points", "crossover_mode"):
+        if flags[name] is not None:
+            o[name] = flags[name]
+    if flags["dense_grid"] is not None:
+        o["dense_grid"] = flags["dense_grid"]
+    gen = {
+        k: flags[f]
+        for k, f in (("max_new_tokens", "max_new_tokens"), ("temperature", "temperature"), ("top_p", "top_p"))
+        if flags[f] is not None
+    }
+    if gen:
+        o["generation"] = gen
+    if flags["prompt_set"] is not None:
+        o["prompt_sets"] = tuple(p.strip() for p in str(flags["prompt_set"]).split(",") if p.strip())
+    recipe = {}
+    if flags["vectors"] is not None:
+        recipe["kind"] = flags["vectors"]
+        recipe["normalize"] = flags["vectors"] == "contrast-pairs"
+    if flags["pairs"] is not None:
+        recipe["pairs"] = flags["pairs"]
+    if recipe:
+        o["recipe"] = recipe
+    if flags["conditions"] is not None:
+        o["conditions"] = tuple(c.strip() for c in str(flags["conditions"]).split(",") if c.strip())
+    if flags["scale_factors"] is not None:
+        o["scale_factors"] = _parse_floats(str(flags["scale_factors"]), "--scale-factors")
+    return o
+
+
+def _run_options(**f: object) -> object:
     from .retry_policy import RetrySettings
     from .runner import RunOptions
 
-    if max_attempts < 1:
+    if int(f["max_attempts"]) < 1:  # type: ignore[call-overload]
         _fail("--max-attempts must be at least 1")
-    if not job_timeout > 0:
+    if not float(f["job_timeout"]) > 0:  # type: ignore[arg-type]
         _fail("--job-timeout must be positive")
-    opts = RunOptions(
-        cache_root=cache,
-        backend=backend,
-        batch_rows=batch_size,
-        dtype=dtype,
-        judge=judge,
-        ndif_host=ndif_host,
-        tokenizer_dir=tokenizer,
-        retry=RetrySettings(max_attempts=max_attempts),
-        job_timeout_s=job_timeout,
-        allow_version_mismatch=allow_version_mismatch,
+    return RunOptions(
+        cache_root=f["cache"],  # type: ignore[arg-type]
+        backend=f["backend"],  # type: ignore[arg-type]
+        batch_rows=f["batch_size"],  # type: ignore[arg-type]
+        dtype=f["dtype"],  # type: ignore[arg-type]
+        judge=f["judge"],  # type: ignore[arg-type]
+        ndif_host=f["ndif_host"],  # type: ignore[arg-type]
+        tokenizer_dir=f["tokenizer"],  # type: ignore[arg-type]
+        retry=RetrySettings(max_attempts=int(f["max_attempts"])),  # type: ignore[call-overload]
+        job_timeout_s=float(f["job_timeout"]),  # type: ignore[arg-type]
+        allow_version_mismatch=bool(f["allow_version_mismatch"]),
     )
-    _run_spec(spec, opts)
+
+
+_SPEC_FLAGS = (
+    "model concepts strengths layers layer_fractions samples controls seed max_new_tokens temperature top_p "
+    "prompt_set span strength_mode vectors pairs conditions scale_factors dense_grid dense_points crossover_mode"
+).split()
+_RUN_FLAGS = "cache backend batch_size dtype judge ndif_host tokenizer max_attempts job_timeout allow_version_mismatch".split()
+
+
+@app.command("replicate-lindsey")
+def replicate_lindsey(
+    model: ModelOpt = None,
+    protocol: ProtocolOpt = None,
+    backend: BackendOpt = None,
+    concepts: ConceptsOpt = None,
+    strengths: StrengthsOpt = None,
+    layers: LayersOpt = None,
+    layer_fractions: FractionsOpt = None,
+    samples: SamplesOpt = None,
+    controls: ControlsOpt = None,
+    seed: SeedOpt = None,
+    max_new_tokens: TokensOpt = None,
+    temperature: TempOpt = None,
+    top_p: TopPOpt = None,
+    prompt_set: PromptOpt = None,
+    span: SpanOpt = None,
+    strength_mode: ModeOpt = None,
+    vectors: RecipeOpt = None,
+    pairs: PairsOpt = None,
+    conditions: CondOpt = None,
+    scale_factors: ScaleOpt = None,
+    dense_grid: DenseOpt = None,
+    dense_points: DensePointsOpt = None,
+    crossover_mode: CrossModeOpt = None,
+    cache: CacheOpt = Path("cache"),
+    batch_size: BatchOpt = None,
+    dtype: DtypeOpt = None,
+    judge: JudgeOpt = "heuristic",
+    ndif_host: HostOpt = None,
+    tokenizer: TokOpt = None,
+    max_attempts: AttemptsOpt = 10,
+    job_timeout: JobTimeoutOpt = 3 * 3600.0,
+    allow_version_mismatch: MismatchOpt = False,
+) -> None:
+    """Lindsey's injected-thought experiment: vectors, injected + control trials, grades, summary.
+
+    Without --protocol: Lindsey's knobs on a small grid sized for a CPU (5 concepts × strengths
+    2,8 × 2 samples + 4 controls). With --protocol: that protocol's published knobs and grid."""
+    from .protocols import build_spec
+
+    flags = dict(locals())
+    try:
+        spec = build_spec(protocol, _spec_overrides(**{k: flags[k] for k in _SPEC_FLAGS}))
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
+    _run_spec(spec, _run_options(**{k: flags[k] for k in _RUN_FLAGS}))
+
+
+@app.command("run")
+def run_file(
+    experiment: Annotated[
+        Path, typer.Argument(help="Experiment file (TOML), e.g. experiments/lindsey_8b.toml.")
+    ],
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    concepts: ConceptsOpt = None,
+    strengths: StrengthsOpt = None,
+    layers: LayersOpt = None,
+    layer_fractions: FractionsOpt = None,
+    samples: SamplesOpt = None,
+    controls: ControlsOpt = None,
+    seed: SeedOpt = None,
+    max_new_tokens: TokensOpt = None,
+    temperature: TempOpt = None,
+    top_p: TopPOpt = None,
+    prompt_set: PromptOpt = None,
+    span: SpanOpt = None,
+    strength_mode: ModeOpt = None,
+    vectors: RecipeOpt = None,
+    pairs: PairsOpt = None,
+    conditions: CondOpt = None,
+    scale_factors: ScaleOpt = None,
+    dense_grid: DenseOpt = None,
+    dense_points: DensePointsOpt = None,
+    crossover_mode: CrossModeOpt = None,
+    cache: CacheOpt = Path("cache"),
+    batch_size: BatchOpt = None,
+    dtype: DtypeOpt = None,
+    judge: JudgeOpt = "heuristic",
+    ndif_host: HostOpt = None,
+    tokenizer: TokOpt = None,
+    max_attempts: AttemptsOpt = 10,
+    job_timeout: JobTimeoutOpt = 3 * 3600.0,
+    allow_version_mismatch: MismatchOpt = False,
+) -> None:
+    """Run an experiment file; any flag overrides the file's value for that knob."""
+    from .protocols import load_experiment_file
+
+    flags = dict(locals())
+    try:
+        spec = load_experiment_file(experiment, _spec_overrides(**{k: flags[k] for k in _SPEC_FLAGS}))
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
+    _run_spec(spec, _run_options(**{k: flags[k] for k in _RUN_FLAGS}))
 
 
 def _run_spec(spec, opts) -> None:  # type: ignore[no-untyped-def]
@@ -206,7 +343,7 @@ def _run_spec(spec, opts) -> None:  # type: ignore[no-untyped-def]
             bar.console.print(line, highlight=False, markup=False)
 
         try:
-            report = runner.run(spec, opts, progress, notice, request_status)
+            report = runner.run_with_grid(spec, opts, progress, notice, request_status)
         except ValidationError as exc:
             _fail(_validation_message(exc))
         except UserError as exc:

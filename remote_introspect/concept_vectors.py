@@ -1,11 +1,19 @@
-"""Concept vectors: Lindsey's mean-baseline recipe (and the seam for contrast pairs).
+"""Concept vectors: Lindsey's mean-baseline recipe and Merrill's contrast pairs.
 
-v(word, L) = h_L(last token of the chat-rendered "Tell me about {word}") − mean over the baseline
-words of the same quantity. Not normalised (Lindsey); `normalize=True` gives a unit vector.
-All requested layers come from ONE forward pass per chunk of prompts; results are stored once.
+mean-baseline: v(word, L) = h_L(last token of the chat-rendered "Tell me about {word}") − mean over
+the baseline words of the same quantity. Not normalised (Lindsey).
+contrast-pairs: v(concept, L) = mean over the concept's pairs of h_L(last token of the
+chat-rendered positive sentence) − the same mean over the negatives, unit-normalised (Merrill).
+h_L is the decoder layer's output, i.e. the true residual stream. All requested layers come from
+ONE forward pass per chunk of prompts; results are stored once.
 """
 
 from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
 
 import torch
 
@@ -64,6 +72,78 @@ def compute_mean_baseline(
                 v = v / v.norm().clamp(min=1e-12)
             out[(layer, word)] = v.clone()
     return out
+
+
+@lru_cache(maxsize=8)
+def _read_pairs(source: str) -> dict[str, list[list[str]]]:
+    if source == "builtin:merrill":
+        text = files("remote_introspect").joinpath("data", "merrill_pairs.json").read_text()
+    else:
+        try:
+            text = Path(source).read_text()
+        except OSError as err:
+            raise ValueError(f"cannot read contrast pairs {source!r}: {err.strerror}") from None
+    try:
+        data = json.loads(text)
+        concepts = data["concepts"]
+        for name, pairs in concepts.items():
+            if not pairs or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+                raise ValueError(f"concept {name!r}: pairs must be [positive, negative] lists")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"malformed contrast pairs {source!r}: {err}") from None
+    return concepts
+
+
+def load_pairs(source: str | None) -> dict[str, list[list[str]]]:
+    """Contrast pairs by concept; `None` and "builtin:merrill" mean the shipped Merrill pairs."""
+    return _read_pairs(source or "builtin:merrill")
+
+
+def compute_contrast_pairs(
+    extract,  # Callable[[Tensor, Tensor, list[int]], Tensor [L, B, H]]
+    tokenizer: object,
+    recipe: VectorRecipe,
+    concepts: list[str],
+    layers: list[int],
+    pad_id: int,
+    chunk: int = 160,
+) -> dict[tuple[int, str], torch.Tensor]:
+    pairs = load_pairs(recipe.pairs)
+    words = list(dict.fromkeys(concepts))
+    texts: list[str] = []
+    for w in words:
+        texts += [p for p, _n in pairs[w]] + [n for _p, n in pairs[w]]
+    prompts = []
+    for t in texts:
+        ids, _ = encode_rendered(tokenizer, render_chat(tokenizer, [{"role": "user", "content": t}]))
+        prompts.append(ids)
+    acts = []
+    for i in range(0, len(prompts), chunk):
+        ids, mask = left_pad(prompts[i : i + chunk], pad_id)
+        acts.append(extract(ids, mask, layers))
+    stacked = torch.cat(acts, dim=1)  # [L, rows, H]
+    out: dict[tuple[int, str], torch.Tensor] = {}
+    offset = 0
+    for w in words:
+        n = len(pairs[w])
+        pos = stacked[:, offset : offset + n].mean(dim=1)
+        neg = stacked[:, offset + n : offset + 2 * n].mean(dim=1)
+        offset += 2 * n
+        for li, layer in enumerate(layers):
+            v = pos[li] - neg[li]
+            if recipe.normalize:
+                v = v / v.norm().clamp(min=1e-12)
+            out[(layer, w)] = v.clone()
+    return out
+
+
+def compute_vectors(
+    extract, tokenizer: object, recipe: VectorRecipe, concepts: list[str], layers: list[int], pad_id: int
+):  # type: ignore[no-untyped-def]
+    """Dispatch on the recipe kind."""
+    if recipe.kind == "contrast-pairs":
+        return compute_contrast_pairs(extract, tokenizer, recipe, concepts, layers, pad_id)
+    return compute_mean_baseline(extract, tokenizer, recipe, concepts, layers, pad_id)
 
 
 def random_vector(like: torch.Tensor, seed: int) -> torch.Tensor:

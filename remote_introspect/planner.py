@@ -16,41 +16,47 @@ from .spec import ExperimentSpec, ModelIdentity, Trial, canonical_json, sha256_h
 def plan_trials(
     spec: ExperimentSpec,
     model: ModelIdentity,
-    prompt_ids_sha: str,
+    prompt_ids_sha: dict[str, str],
     layers: tuple[int, ...],
+    strengths: tuple[float, ...] | None = None,
 ) -> list[Trial]:
-    """Every trial the spec asks for, in a stable order (layer, concept, strength, sample), then
-    the no-injection controls (shared by all layers and strengths of the prompt)."""
+    """Every trial the spec asks for, in a stable order: per prompt set, concept injections
+    (layer, concept, strength, sample), then random-vector and activation-scaling conditions, then
+    the no-injection controls (shared by all layers and strengths of that prompt); finally the
+    positive control (concept injected on the neutral prompt) with its own controls."""
+    strengths = strengths if strengths is not None else spec.strengths
     common = dict(
         model=model,
-        prompt_set=spec.prompt_set,
-        prompt_ids_sha=prompt_ids_sha,
         strength_mode=spec.strength_mode,
         span=spec.span,
         seed=spec.seed,
         generation=spec.generation,
     )
-    trials: list[Trial] = []
-    for layer in layers:
-        for concept in spec.concepts:
-            for strength in spec.strengths:
-                for sample in range(spec.samples):
-                    trials.append(
-                        Trial(
-                            condition="concept",
-                            concept=concept,
-                            recipe_id=spec.recipe.id,
-                            layer=layer,
-                            strength=float(strength),
-                            sample=sample,
-                            **common,
-                        )
-                    )
-    for sample in range(spec.controls):
+
+    def injected(prompt: str, condition: str) -> list[Trial]:
+        return [
+            Trial(
+                condition=condition,  # type: ignore[arg-type]
+                concept=concept,
+                recipe_id=spec.recipe.id,
+                layer=layer,
+                strength=float(strength),
+                sample=sample,
+                prompt_set=prompt,
+                prompt_ids_sha=prompt_ids_sha[prompt],
+                **common,
+            )
+            for layer in layers
+            for concept in spec.concepts
+            for strength in strengths
+            for sample in range(spec.samples)
+        ]
+
+    def controls(prompt: str) -> list[Trial]:
         # A control injects nothing, so strength mode and span cannot change it: they are fixed
         # to canonical values so every protocol variant on the same prompt shares its controls.
-        control_common = {**common, "strength_mode": "absolute", "span": "from-trial"}
-        trials.append(
+        fixed = {**common, "strength_mode": "absolute", "span": "from-trial"}
+        return [
             Trial(
                 condition="control",
                 concept=None,
@@ -58,10 +64,48 @@ def plan_trials(
                 layer=None,
                 strength=0.0,
                 sample=sample,
-                **control_common,
+                prompt_set=prompt,
+                prompt_ids_sha=prompt_ids_sha[prompt],
+                **fixed,
             )
-        )
+            for sample in range(spec.controls)
+        ]
+
+    trials: list[Trial] = []
+    for prompt in spec.prompt_sets:
+        trials += injected(prompt, "concept")
+        if "random" in spec.conditions:
+            trials += injected(prompt, "random")
+        if "scale" in spec.conditions:
+            trials += [
+                Trial(
+                    condition="scale",
+                    concept=None,
+                    recipe_id=None,
+                    layer=layer,
+                    strength=float(factor),
+                    sample=sample,
+                    prompt_set=prompt,
+                    prompt_ids_sha=prompt_ids_sha[prompt],
+                    **{**common, "strength_mode": "absolute"},
+                )
+                for layer in layers
+                for factor in spec.scale_factors
+                for sample in range(spec.samples)
+            ]
+        trials += controls(prompt)
+    if "positive" in spec.conditions:
+        trials += injected(spec.positive_prompt, "positive")
+        if spec.positive_prompt not in spec.prompt_sets:
+            trials += controls(spec.positive_prompt)
     return trials
+
+
+def prompt_sets_used(spec: ExperimentSpec) -> list[str]:
+    names = list(spec.prompt_sets)
+    if "positive" in spec.conditions and spec.positive_prompt not in names:
+        names.append(spec.positive_prompt)
+    return names
 
 
 @dataclass(frozen=True)

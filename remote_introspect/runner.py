@@ -21,7 +21,7 @@ from . import concept_vectors
 from .errors import UserError
 from .executors.base import BatchTooLargeError, Executor
 from .model_loading import ModelRef, resolve_model
-from .planner import Batch, make_batch, plan_batches, plan_trials
+from .planner import Batch, make_batch, plan_batches, plan_trials, prompt_sets_used
 from .prompts import PROMPT_SETS, RenderedPrompt, render_prompt, tokenizer_fingerprint
 from .retry_policy import RetrySettings, call_with_retries
 from .spec import ExperimentSpec, ModelIdentity, Trial, canonical_json, sha256_hex
@@ -68,6 +68,7 @@ class RunReport:
     executed_batches: int = 0
     failed_batches: int = 0
     errors: list[str] = field(default_factory=list)
+    crossovers: list[str] = field(default_factory=list)  # one line per layer (dense-grid runs)
 
     @property
     def complete(self) -> bool:
@@ -159,7 +160,7 @@ def build_generation_batch(
             continue
         assert t.concept is not None
         v = vectors[(t.layer, t.concept)].float()
-        if t.condition == "random":
+        if t.condition == "random":  # a direction of the concept vector's norm, seeded by the trial
             v = concept_vectors.random_vector(v, seed=int(t.key[:8], 16))
         if t.strength_mode != "absolute":
             v = v / v.norm().clamp(min=1e-12)
@@ -241,14 +242,14 @@ def run(
         executor.on_status = request_status
     progress("loading model", 1, 1)
     tok = executor.tokenizer
-    rendered = {spec.prompt_set: render_prompt(tok, PROMPT_SETS[spec.prompt_set])}
+    rendered = {name: render_prompt(tok, PROMPT_SETS[name]) for name in prompt_sets_used(spec)}
     identity = ModelIdentity(
         repo_id=ref.repo_id,
         weights_id=weights_id,
         dtype=dtype_label,
         tokenizer_sha=tokenizer_fingerprint(tok),
     )
-    trials = plan_trials(spec, identity, rendered[spec.prompt_set].ids_hash, layers)
+    trials = plan_trials(spec, identity, {k: r.ids_hash for k, r in rendered.items()}, layers)
     exp_id = experiment_id(spec, identity)
     store = Store(opts.cache_root)
     try:
@@ -310,9 +311,7 @@ def _execute(
                     [extract(ids[:h], mask[:h], layers), extract(ids[h:], mask[h:], layers)], dim=1
                 )
 
-        vecs = concept_vectors.compute_mean_baseline(
-            extract, tok, spec.recipe, miss_concepts, miss_layers, pad_id
-        )
+        vecs = concept_vectors.compute_vectors(extract, tok, spec.recipe, miss_concepts, miss_layers, pad_id)
         store.save_vectors(model_key, spec.recipe.id, canonical_json(spec.recipe.identity()), vecs)
         progress("extracting concept vectors", len(missing), len(missing))
     vectors = store.load_vectors(model_key, spec.recipe.id, wanted) if wanted else {}
@@ -350,7 +349,7 @@ def _execute(
                 finish(batch, gb, raw_starts, out)
                 handled |= set(keys)
 
-    queue = plan_batches([t for t in pending if t.key not in handled], opts.batch_rows or ref.batch_rows)
+    queue = plan_batches([t for t in pending if t.key not in handled], batch_rows(opts, ref, rendered, spec))
     while queue:
         batch = queue.pop(0)
         gb, raw_starts = build_generation_batch(batch, rendered, vectors, ref.hidden_size, pad_id)
@@ -377,12 +376,108 @@ def _execute(
         finish(batch, gb, raw_starts, out)
 
 
+# The presets' row counts are sized for ~350 tokens per row (the Lindsey prompt + 200 new tokens).
+_BUDGET_TOKENS = 350
+
+
+def batch_rows(
+    opts: RunOptions, ref: ModelRef, rendered: dict[str, RenderedPrompt], spec: ExperimentSpec
+) -> int:
+    """Rows per request: the user's --batch-size, else the preset's row budget scaled to this
+    experiment's tokens per row (rows × tokens stays within the preset's KV-cache budget)."""
+    if opts.batch_rows:
+        return opts.batch_rows
+    tokens = max(len(r.input_ids) for r in rendered.values()) + spec.generation.max_new_tokens
+    return max(1, min(ref.batch_rows, ref.batch_rows * _BUDGET_TOKENS // max(tokens, 1)))
+
+
 def _record_failure(store: Store, report: RunReport, batch: Batch, err: BaseException) -> None:
     msg = f"{type(err).__name__}: {err}".splitlines()[0][:500]
     log.error("batch %s failed: %s", batch.id[:12], msg)
     store.batch_failed(batch.id, batch.keys, msg, type(err).__name__)
     report.failed_batches += 1
     report.errors.append(msg)
+
+
+def crossover_by_layer(report: RunReport) -> dict[int, Any]:
+    """Per layer: identification vs coherence over strength, from the graded concept trials of
+    the experiment's first prompt (pooled over concepts). A pure function of stored grades."""
+    from .crossover import find_crossover
+
+    spec = report.spec
+    prompt = spec.prompt_sets[0]
+    out: dict[int, Any] = {}
+    for layer in report.layers:
+        by_strength: dict[float, list[dict[str, Any]]] = {}
+        for t in report.trials:
+            if (
+                t.condition == "concept"
+                and t.layer == layer
+                and t.prompt_set == prompt
+                and t.key in report.grades
+            ):
+                by_strength.setdefault(t.strength, []).append(report.grades[t.key])
+        points = [
+            (s, sum(g["identifies"] for g in gs) / len(gs), sum(g["coherent"] for g in gs) / len(gs), len(gs))
+            for s, gs in sorted(by_strength.items())
+            if gs
+        ]
+        if points:
+            out[layer] = find_crossover(points, mode=spec.crossover_mode)
+    return out
+
+
+def run_with_grid(
+    spec: ExperimentSpec,
+    opts: RunOptions,
+    progress: Progress | None = None,
+    notice: Callable[[str], None] | None = None,
+    request_status: Callable[[str], None] | None = None,
+) -> RunReport:
+    """`run`, and with `spec.dense_grid`: find the crossover on the coarse grid, then run a dense
+    grid (fresh seed) bracketing it at each layer. Controls come from the coarse phase."""
+    coarse = run(spec, opts, progress, notice, request_status)
+    if not spec.dense_grid:
+        return coarse
+    from .crossover import dense_grid
+
+    report = coarse
+    for layer, result in crossover_by_layer(coarse).items():
+        dense = dense_grid(result, spec.strengths, spec.dense_points)
+        line = f"layer {layer}: {result.description}; dense grid {', '.join(f'{x:g}' for x in dense)}"
+        report.crossovers.append(line)
+        (notice or log.info)(line)
+        phase = spec.model_copy(
+            update={
+                "strengths": tuple(dense),
+                "layers": (layer,),
+                "layer_fractions": None,
+                "seed": spec.seed + 1_000_003,  # fresh samples, not the coarse grid's
+                "controls": 0,
+                "dense_grid": False,
+            }
+        )
+        sub = run(phase, opts, progress, notice, request_status)
+        report = merge_reports(report, sub)
+    return report
+
+
+def merge_reports(a: RunReport, b: RunReport) -> RunReport:
+    seen = {t.key for t in a.trials}
+    return RunReport(
+        experiment_id=a.experiment_id,
+        spec=a.spec,
+        layers=a.layers,
+        trials=a.trials + [t for t in b.trials if t.key not in seen],
+        statuses={**a.statuses, **b.statuses},
+        grades={**a.grades, **b.grades},
+        instruct=a.instruct,
+        model_label=a.model_label,
+        executed_batches=a.executed_batches + b.executed_batches,
+        failed_batches=a.failed_batches + b.failed_batches,
+        errors=a.errors + b.errors,
+        crossovers=a.crossovers + b.crossovers,
+    )
 
 
 def grade_trials(store: Store, trials: list[Trial], judge: str, progress: Progress) -> None:

@@ -18,8 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .prompts import BASELINE_WORDS, CONCEPT_WORDS, PROMPT_SETS, SPAN_MODES, VECTOR_PROMPT_TEMPLATE
 
 StrengthMode = Literal["absolute", "norm-matched", "mlp-norm-matched", "relative"]
-Condition = Literal["concept", "control", "random", "scale"]
+# concept: the injected concept on the experiment's prompt; control: no injection; random: a
+# random direction norm-matched to the concept vector; scale: the residual stream multiplied by a
+# factor (no vector); positive: the concept injected on a neutral prompt ("What are you thinking
+# about?") — the positive control that shows the injection reaches the output at that cell.
+Condition = Literal["concept", "control", "random", "scale", "positive"]
+EXTRA_CONDITIONS = ("control", "random", "scale", "positive")
 VectorKind = Literal["mean-baseline", "contrast-pairs"]
+CrossoverMode = Literal["rise-through", "threshold"]
 VectorPosition = Literal["end-of-prompt", "end-of-user"]
 
 
@@ -53,10 +59,19 @@ class VectorRecipe(BaseModel):
     position: VectorPosition = "end-of-prompt"
     baseline_words: tuple[str, ...] = BASELINE_WORDS
     normalize: bool = False
+    # contrast-pairs: "builtin:merrill" (shipped data/merrill_pairs.json) or a JSON file path with
+    # {"concepts": {name: [[positive, negative], ...]}}; its content hash is in the identity.
+    pairs: str | None = None
 
     def identity(self) -> dict:
         d = self.model_dump()
         d["baseline_words"] = sha256_hex(canonical_json(list(self.baseline_words)))
+        if self.kind == "contrast-pairs":
+            from .concept_vectors import load_pairs
+
+            d["pairs"] = sha256_hex(canonical_json(load_pairs(self.pairs)))
+            d.pop("baseline_words")
+            d.pop("template")
         return d
 
     @property
@@ -73,25 +88,47 @@ def _finite_nonneg(values: list[float], what: str) -> list[float]:
     return values
 
 
+class ConfirmatoryCell(BaseModel):
+    """The one cell an experiment file names in advance for its confirmatory test."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    layer: int
+    strength: float
+    concept: str | None = None
+    prompt_set: str | None = None
+
+
 class ExperimentSpec(BaseModel):
-    """Everything a run asks for. Layers may be absolute or fractions of depth (resolved later)."""
+    """Everything a run asks for. Layers may be absolute or fractions of depth (resolved later).
+
+    `protocol` names the preset the knobs came from (informational: trial keys hash the knobs
+    themselves, so a preset and the same knobs given by hand are the same experiment)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = "lindsey"
+    protocol: str = "lindsey"
     model: str = "gemma-270m"
     concepts: tuple[str, ...] = CONCEPT_WORDS[:5]
     strengths: tuple[float, ...] = (2.0, 8.0)
     layers: tuple[int, ...] | None = None
     layer_fractions: tuple[float, ...] | None = None
     samples: int = Field(2, ge=1, le=10_000)
-    controls: int = Field(4, ge=0, le=100_000)
+    controls: int = Field(4, ge=0, le=100_000)  # per prompt set
     seed: int = 0
     generation: GenerationParams = GenerationParams()
-    prompt_set: str = "lindsey"
+    prompt_sets: tuple[str, ...] = ("lindsey",)
     span: str = "from-trial"
     strength_mode: StrengthMode = "absolute"
     recipe: VectorRecipe = VectorRecipe()
+    conditions: tuple[str, ...] = ("control",)
+    scale_factors: tuple[float, ...] = (2.0, 4.0)
+    positive_prompt: str = "thinking"
+    dense_grid: bool = False
+    dense_points: int = Field(10, ge=2, le=50)
+    crossover_mode: CrossoverMode = "rise-through"
+    confirmatory: ConfirmatoryCell | None = None
 
     @field_validator("concepts")
     @classmethod
@@ -101,12 +138,13 @@ class ExperimentSpec(BaseModel):
             raise ValueError("the concept list is empty")
         return words
 
-    @field_validator("strengths")
+    @field_validator("strengths", "scale_factors")
     @classmethod
-    def _strengths(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+    def _strengths(cls, v: tuple[float, ...], info) -> tuple[float, ...]:  # type: ignore[no-untyped-def]
+        what = info.field_name.replace("_", " ")
         if not v:
-            raise ValueError("the strength list is empty")
-        return tuple(_finite_nonneg(list(v), "strengths"))
+            raise ValueError(f"the {what} list is empty")
+        return tuple(_finite_nonneg(list(v), what))
 
     @field_validator("layer_fractions")
     @classmethod
@@ -117,12 +155,34 @@ class ExperimentSpec(BaseModel):
                 raise ValueError("layer fractions must be in [0, 1]")
         return v
 
-    @field_validator("prompt_set")
+    @field_validator("prompt_sets")
     @classmethod
-    def _prompt_set(cls, v: str) -> str:
+    def _prompt_sets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("the prompt set list is empty")
+        for name in v:
+            if name not in PROMPT_SETS:
+                raise ValueError(f"unknown prompt set {name!r}; choose one of {', '.join(PROMPT_SETS)}")
+        return tuple(dict.fromkeys(v))
+
+    @field_validator("positive_prompt")
+    @classmethod
+    def _positive_prompt(cls, v: str) -> str:
         if v not in PROMPT_SETS:
             raise ValueError(f"unknown prompt set {v!r}; choose one of {', '.join(PROMPT_SETS)}")
         return v
+
+    @field_validator("conditions")
+    @classmethod
+    def _conditions(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if "all" in v:
+            return EXTRA_CONDITIONS
+        bad = [c for c in v if c not in EXTRA_CONDITIONS]
+        if bad:
+            raise ValueError(
+                f"unknown condition {bad[0]!r}; choose from {', '.join(EXTRA_CONDITIONS)} or all"
+            )
+        return tuple(c for c in EXTRA_CONDITIONS if c in v)
 
     @field_validator("span")
     @classmethod
@@ -132,9 +192,18 @@ class ExperimentSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _one_layer_kind(self) -> ExperimentSpec:
+    def _consistent(self) -> ExperimentSpec:
         if self.layers is not None and self.layer_fractions is not None:
             raise ValueError("give layers or layer fractions, not both")
+        if self.recipe.kind == "contrast-pairs":
+            from .concept_vectors import load_pairs
+
+            pairs = load_pairs(self.recipe.pairs)
+            missing = [c for c in self.concepts if c not in pairs]
+            if missing:
+                raise ValueError(
+                    f"concept {missing[0]!r} has no contrast pairs; available: {', '.join(sorted(pairs))}"
+                )
         return self
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
@@ -183,7 +252,7 @@ class Trial(BaseModel):
     @property
     def vector_ref(self) -> tuple[str, int, str] | None:
         """(recipe id, layer, concept) of the stored vector this trial injects, if any."""
-        if self.condition in ("concept", "random") and self.concept is not None:
+        if self.condition in ("concept", "random", "positive") and self.concept is not None:
             assert self.recipe_id is not None and self.layer is not None
             return (self.recipe_id, self.layer, self.concept)
         return None
