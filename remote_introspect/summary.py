@@ -31,22 +31,6 @@ def _count(grades: list[dict[str, Any]], *fields: str) -> int:
     return sum(all(g[f] for f in fields) for g in grades)
 
 
-def _positive_baseline(report: RunReport, prompt: str) -> dict[str, float]:
-    """Per concept: how often the no-injection answers to the neutral prompt already name it."""
-    from .grading import get_grader
-
-    grader = get_grader("heuristic")
-    ctrl = [t for t in report.trials if t.condition == "control" and t.prompt_set == prompt]
-    texts = [report.grades.get(t.key, {}).get("_response") for t in ctrl]
-    out: dict[str, float] = {}
-    if not ctrl or any(x is None for x in texts):
-        return out
-    for concept in report.spec.concepts:
-        hits = sum(g.identifies for g in grader.grade_many([(x, concept) for x in texts]))
-        out[concept] = hits / len(texts)
-    return out
-
-
 def render_summary(report: RunReport, console: Console) -> None:
     spec = report.spec
     console.print(

@@ -51,7 +51,7 @@ def test_batching_is_transport_free_and_deterministic() -> None:
     spec = ExperimentSpec(
         model="tiny", concepts=("Dust", "Oceans"), strengths=(1.0, 2.0), samples=3, controls=5
     )
-    trials = plan_trials(spec, MODEL, "p", (2,))
+    trials = plan_trials(spec, MODEL, {"lindsey": "p"}, (2,))
     assert len(trials) == 2 * 2 * 3 + 5
     small = plan_batches(trials, 4)
     assert [len(b.trials) for b in small] == [4, 4, 4, 4, 1]
@@ -65,7 +65,7 @@ def test_batching_is_transport_free_and_deterministic() -> None:
 
 
 def test_controls_are_shared_across_layers_and_strengths() -> None:
-    a = plan_trials(ExperimentSpec(model="tiny", strengths=(1.0,), controls=2), MODEL, "p", (1,))
-    b = plan_trials(ExperimentSpec(model="tiny", strengths=(4.0,), controls=2), MODEL, "p", (3,))
+    a = plan_trials(ExperimentSpec(model="tiny", strengths=(1.0,), controls=2), MODEL, {"lindsey": "p"}, (1,))
+    b = plan_trials(ExperimentSpec(model="tiny", strengths=(4.0,), controls=2), MODEL, {"lindsey": "p"}, (3,))
     ctrl = lambda ts: {t.key for t in ts if t.condition == "control"}  # noqa: E731
     assert ctrl(a) == ctrl(b) and len(ctrl(a)) == 2
