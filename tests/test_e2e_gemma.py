@@ -48,7 +48,7 @@ def test_gemma_270m_end_to_end(tmp_path: Path) -> None:
     named = [r for t, r, _ in injected if t["concept"][:4].lower() in r.lower()]
     assert len(named) >= 2, [r for _, r, _ in injected]
     assert not any(w in r.lower() for r in controls for w in ("dust", "trump"))
-    for t, _, d in injected:
+    for _t, _, d in injected:
         assert d["start"] < d["prompt_len"] and d["resid_norm"] > 0
         assert d["injected_norm"] == pytest.approx(8 * d["vector_norm"], rel=1e-3)
     # Same command again: no model work, the same stdout.
