@@ -1,5 +1,263 @@
-"""CLI commands over the cache and graded results: grade, audit, report, export."""
+"""CLI commands over the cache and graded results: grade, audit, report, export.
+
+stdout carries results only; progress goes to stderr; bad input is one `error:` line on stderr with
+a non-zero exit and nothing written.
+"""
 
 from __future__ import annotations
 
-from .cli import app  # noqa: F401  (commands register on the shared typer app)
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import typer
+
+from .cli import _fail, app, err
+from .errors import UserError
+
+JUDGE_HELP = "heuristic (offline, default) | anthropic:MODEL[@BASE_URL] | openai:MODEL@BASE_URL"
+
+
+# --------------------------------------------------------------------------- grading the cache
+
+
+@dataclass
+class CacheGradeResult:
+    judge: str
+    version: str
+    graded: int = 0
+    already: int = 0
+    failed: int = 0
+    skipped_integrity: int = 0
+    calls_made: int = 0
+    calls_cached: int = 0
+    failures: list[str] = field(default_factory=list)
+    agreement: list[dict[str, Any]] = field(default_factory=list)
+
+
+def grade_cache(
+    root: Path,
+    judge: str,
+    *,
+    concurrency: int = 8,
+    progress: Any = None,
+    judge_kwargs: dict[str, Any] | None = None,
+) -> CacheGradeResult:
+    """(Re)grade every done, intact trial of the cache that `judge` (at its current version) has
+    not graded. A trial the judge could not grade stays ungraded (visible in `audit`)."""
+    from .audit import judge_agreement
+    from .grading.heuristic import HeuristicGrader
+    from .grading.llm_judge import LLMJudge, default_question
+    from .results_frame import judge_identity, load_all_grades, load_frame
+    from .store import Store
+
+    root = Path(root)
+    judge_identity(judge)  # bad spec -> UserError before anything is touched
+    if not (root / "results.sqlite").is_file():
+        raise UserError(f"no cache at {root} (expected {root / 'results.sqlite'})")
+    grader: Any
+    if judge == "heuristic":
+        grader = HeuristicGrader()
+    else:
+        # Built before the store is opened: a missing key fails with nothing written.
+        grader = LLMJudge(
+            judge, call_cache=root / "judge_calls.sqlite", concurrency=concurrency, **(judge_kwargs or {})
+        )
+    result = CacheGradeResult(grader.name, grader.version)
+    store = Store(root, create=False)
+    try:
+        frame = load_frame(store.conn, judge)
+        df = frame.df
+        done = df.filter(pl.col("status") == "done")
+        intact = done.filter(pl.col("integrity") == "ok")
+        result.skipped_integrity = done.height - intact.height
+        todo = intact.filter(pl.col("strict").is_null())
+        result.already = intact.height - todo.height
+        if todo.height:
+            rows = todo.select("key", "response", "concept", "prompt_set").to_dicts()
+            items = [(r["response"] or "", r["concept"]) for r in rows]
+            if isinstance(grader, LLMJudge):
+                questions = [default_question(r["prompt_set"] or "lindsey") for r in rows]
+                outcome = grader.grade_many_partial(items, questions, progress)
+                grades = outcome.grades
+                result.failures = outcome.failures
+                result.calls_made, result.calls_cached = outcome.calls_made, outcome.calls_cached
+            else:
+                grades = list(grader.grade_many(items))
+            ok = {r["key"]: g.model_dump() for r, g in zip(rows, grades, strict=True) if g is not None}
+            if ok:
+                store.save_grades(grader.name, grader.version, ok)
+            result.graded = len(ok)
+            result.failed = len(rows) - len(ok)
+        keys = set(df.filter(pl.col("integrity") == "ok")["key"].to_list())
+        result.agreement = [
+            p
+            for p in judge_agreement(load_all_grades(store.conn), keys)
+            if (grader.name, grader.version)
+            in ((p["a"]["grader"], p["a"]["version"]), (p["b"]["grader"], p["b"]["version"]))
+        ]
+    finally:
+        store.close()
+        if isinstance(grader, LLMJudge):
+            grader.close()
+    return result
+
+
+def _write(text: str) -> None:
+    # Plain stdout (not rich): deterministic, no markup interpretation of "[...]" in the text.
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@app.command("grade")
+def grade(
+    input: Annotated[
+        Path | None, typer.Option("--input", help="CSV/parquet: id, response, concept, condition.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Graded copy of --input (.csv or .parquet).")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="Grade the cached trials of this cache directory.")
+    ] = None,
+    judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "heuristic",
+    calibrate: Annotated[
+        bool, typer.Option("--calibrate", help="Agreement with the shipped LLM-judge labels.")
+    ] = False,
+    concurrency: Annotated[int, typer.Option(help="Parallel requests to an LLM judge.")] = 8,
+) -> None:
+    """Grade responses: a table file (--input/--output), the cached trials (--cache), or --calibrate."""
+    modes = [calibrate, input is not None or output is not None, cache is not None]
+    if sum(modes) != 1:
+        _fail("choose one of: --input F --output F, --cache DIR, or --calibrate")
+    try:
+        if calibrate:
+            from .grading import get_grader
+            from .grading.calibration import calibration_table, format_calibration_table
+
+            grader = get_grader(judge) if judge != "heuristic" else None
+            _write(format_calibration_table(calibration_table(grader=grader)))
+            return
+        if input is not None or output is not None:
+            if input is None or output is None:
+                _fail("--input and --output go together")
+            from .grading.table_io import grade_table
+
+            assert input is not None and output is not None
+            n = grade_table(input, output, judge)
+            _write(f"graded {n} rows with {judge} -> {output}")
+            return
+        assert cache is not None
+        res = _grade_cache_cli(cache, judge, concurrency)
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
+    _write(
+        f"graded {res.graded} trials with {res.judge} {res.version}: {res.already} already graded, "
+        f"{res.failed} could not be graded, {res.skipped_integrity} skipped (integrity failure; run audit)"
+        + (
+            f"; judge calls: {res.calls_made} made, {res.calls_cached} answered from cache"
+            if res.calls_made or res.calls_cached
+            else ""
+        )
+    )
+    from .audit import format_agreement_rows
+
+    for pair in res.agreement:
+        _write(
+            f"agreement {pair['a']['grader']} {pair['a']['version']} vs {pair['b']['grader']} {pair['b']['version']} "
+            f"on {pair['n']} trials:"
+        )
+        for line in format_agreement_rows(pair):
+            _write("  " + line)
+    if res.failed:
+        _fail(
+            f"{res.failed} trial(s) could not be graded (first: {res.failures[0] if res.failures else 'unknown'}); re-run to retry",
+            1,
+        )
+
+
+def _grade_cache_cli(cache: Path, judge: str, concurrency: int) -> CacheGradeResult:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("judge calls"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("judge", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=max(total, 1))
+
+        return grade_cache(cache, judge, concurrency=concurrency, progress=progress)
+
+
+# --------------------------------------------------------------------------- audit / report / export
+
+
+@app.command("audit")
+def audit(
+    cache: Annotated[Path, typer.Option(help="Cache directory.")] = Path("cache"),
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object (docs/audit_json.md).")] = False,
+    judge: Annotated[str, typer.Option(help=f"Whose grades count as 'graded': {JUDGE_HELP}")] = "heuristic",
+) -> None:
+    """What was run, what is missing, what failed, whether the stored bytes are intact; exit 0 only when clean."""
+    from .audit import format_audit, run_audit
+
+    try:
+        result = run_audit(cache, judge)
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
+    _write(
+        json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False)
+        if json_out
+        else format_audit(result)
+    )
+    raise typer.Exit(result["exit_code"])
+
+
+@app.command("report")
+def report(
+    out: Annotated[Path, typer.Option("--out", help="Output directory (index.html, summary.md, PNGs).")],
+    cache: Annotated[Path, typer.Option(help="Cache directory.")] = Path("cache"),
+    judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "heuristic",
+) -> None:
+    """HTML report with plots and a markdown summary, written atomically to --out."""
+    from .report import build_report
+
+    try:
+        res = build_report(cache, out, judge)
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
+    plots = [f for f in res.files if f.endswith(".png")]
+    _write(
+        f"wrote {res.out_dir}/index.html, summary.md and {len(plots)} plot(s) for {res.experiments} experiment(s); "
+        f"{res.excluded} trial(s) not usable (failed, unrun, ungraded or corrupt) are excluded from every statistic"
+    )
+
+
+@app.command("export")
+def export(
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
+    cache: Annotated[Path, typer.Option(help="Cache directory.")] = Path("cache"),
+    judge: Annotated[str, typer.Option(help=f"Whose grades to include: {JUDGE_HELP}")] = "heuristic",
+) -> None:
+    """One row per trial (spec fields, response, grades, diagnostics, backend, status) as parquet."""
+    from .export import export_cache
+
+    try:
+        res = export_cache(cache, out, judge)
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
+    _write(
+        f"wrote {res.rows} rows to {res.path} ({res.usable} usable, {res.flagged} flagged by integrity checks)"
+    )
+    if res.flagged:
+        sys.stderr.write(
+            f"warning: {res.flagged} row(s) failed integrity checks (column `integrity`); run `audit` for details\n"
+        )

@@ -37,11 +37,18 @@ class Grader(Protocol):
 
 
 def get_grader(name: str = "heuristic") -> Grader:
-    """Look a grader up by its CLI name (`heuristic`; LLM judges arrive as `anthropic:MODEL` ...)."""
+    """Look a grader up by its CLI name: `heuristic`, `anthropic:MODEL[@BASE_URL]` or
+    `openai:MODEL@BASE_URL` (LLM judges; key from ANTHROPIC_API_KEY / OPENAI_API_KEY)."""
     if name == "heuristic":
         from .heuristic import HeuristicGrader
 
         return HeuristicGrader()
+    if name.startswith(("anthropic:", "openai:")):
+        from .llm_judge import make_judge
+
+        return make_judge(name)
     from ..errors import UserError
 
-    raise UserError(f"unknown judge {name!r}; available: heuristic")
+    raise UserError(
+        f"unknown judge {name.split('@')[0]!r}; available: heuristic, anthropic:MODEL[@BASE_URL], openai:MODEL@BASE_URL"
+    )

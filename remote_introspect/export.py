@@ -1,0 +1,75 @@
+"""`export`: the whole cache as one parquet file, one row per trial.
+
+Columns are `results_frame.SCHEMA`: the trial's spec fields, status, error class and message,
+backend, response text and token ids, diagnostics (raw JSON and one `diag_*` column per known
+field), the chosen judge's grades, `integrity` ("ok" or the failed checks) and `usable` (done ∧
+intact ∧ graded: the rows every statistic in this package counts). Rows that fail an integrity
+check are kept — an export is a record — but flagged, and the command says how many.
+The file is written to a temporary file beside the target, fsynced, then renamed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from .errors import UserError
+from .results_frame import CorruptDatabase, load_frame, open_readonly
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    rows: int
+    usable: int
+    flagged: int
+
+
+def _check_target(out: Path) -> None:
+    if out.suffix.lower() not in (".parquet", ".pq"):
+        raise UserError(f"--out {out} must end in .parquet")
+    if not out.parent.is_dir():
+        raise UserError(f"output directory {out.parent} does not exist")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {out.parent}")
+
+
+def write_parquet_atomic(df: pl.DataFrame, out: Path) -> None:
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            df.write_parquet(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def export_cache(root: Path, out: Path, judge: str = "heuristic") -> ExportResult:
+    out = Path(out)
+    _check_target(out)  # before reading anything, so bad input fails fast and writes nothing
+    try:
+        conn = open_readonly(Path(root))
+    except CorruptDatabase as err:
+        raise UserError(f"the cache database is corrupt ({err}); run `audit` for details") from None
+    try:
+        frame = load_frame(conn, judge)
+    finally:
+        conn.close()
+    df = frame.df
+    try:
+        write_parquet_atomic(df, out)
+    except OSError as err:
+        raise UserError(f"cannot write {out}: {err.strerror or err}") from None
+    usable = int(df["usable"].sum()) if df.height else 0
+    flagged = int(df.filter(pl.col("integrity") != "ok").height)
+    return ExportResult(out, df.height, usable, flagged)

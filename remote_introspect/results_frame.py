@@ -1,0 +1,565 @@
+"""The cache as a polars DataFrame: one row per trial, every row checked before anything uses it.
+
+Shared by `audit`, `report` and `export` so they cannot disagree about what a trial is, whether its
+stored result is intact, or which rows an analysis may count. Reading is read-only (SQLite opened
+with `mode=ro`); nothing here writes to the cache.
+
+Integrity per trial row (a row failing any check has `integrity != "ok"` and `usable = False`, and
+no statistic in this package counts it):
+- the trial's key is recomputed from its stored `trial_json` (sha256 of the canonical trial);
+- a `done` row's result is re-hashed (`store.result_sha` over key, token ids, text, diagnostics);
+- the chosen judge's grade row must parse as a `Grade` whose stored `strict` equals its criteria.
+
+`usable` = done ∧ intact ∧ graded by the chosen judge: the only rows rates are computed from.
+Statistics come from `analysis.py` (scipy underneath); nothing here re-implements one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pydantic import ValidationError
+
+from .analysis import (
+    RateCI,
+    format_null,
+    net_detection,
+    rate_ci,
+    refusal_excluded,
+    trials_needed,
+    upper_bound,
+)
+from .errors import UserError
+from .grading.base import Grade
+from .spec import canonical_json, sha256_hex
+from .store import result_sha
+
+CRITERIA: tuple[str, ...] = ("refusal", "affirmative", "identifies", "early_detection", "coherent", "strict")
+DIAGNOSTICS: dict[str, pl.DataType] = {
+    "prompt_len": pl.Int64(),
+    "start": pl.Int64(),
+    "vector_norm": pl.Float64(),
+    "resid_norm": pl.Float64(),
+    "injected_norm": pl.Float64(),
+    "ratio": pl.Float64(),
+}
+# True rates for the "how many trials would it take" line under a null: 1% and 5% (a weak effect
+# a 400-trial study could just miss) and 20% (Lindsey's published strict rate, PROTOCOLS.md §1).
+POWER_TARGETS: tuple[float, ...] = (0.01, 0.05, 0.20)
+
+SCHEMA: dict[str, pl.DataType] = {
+    "key": pl.Utf8(),
+    "experiments": pl.List(pl.Utf8()),
+    "trial_json": pl.Utf8(),
+    "status": pl.Utf8(),
+    "condition": pl.Utf8(),
+    "concept": pl.Utf8(),
+    "layer": pl.Int64(),
+    "strength": pl.Float64(),
+    "strength_mode": pl.Utf8(),
+    "span": pl.Utf8(),
+    "sample": pl.Int64(),
+    "seed": pl.Int64(),
+    "prompt_set": pl.Utf8(),
+    "prompt_ids_sha": pl.Utf8(),
+    "recipe_id": pl.Utf8(),
+    "model_repo_id": pl.Utf8(),
+    "model_weights_id": pl.Utf8(),
+    "model_dtype": pl.Utf8(),
+    "model_tokenizer_sha": pl.Utf8(),
+    "max_new_tokens": pl.Int64(),
+    "temperature": pl.Float64(),
+    "top_p": pl.Float64(),
+    "backend": pl.Utf8(),
+    "batch_id": pl.Utf8(),
+    "attempts": pl.Int64(),
+    "error_class": pl.Utf8(),
+    "error": pl.Utf8(),
+    "updated_at": pl.Utf8(),
+    "response": pl.Utf8(),
+    "response_ids": pl.List(pl.Int64()),
+    "diagnostics_json": pl.Utf8(),
+    **{f"diag_{k}": v for k, v in DIAGNOSTICS.items()},
+    "grader": pl.Utf8(),
+    "grader_version": pl.Utf8(),
+    **{c: pl.Boolean() for c in CRITERIA},
+    "integrity": pl.Utf8(),
+    "usable": pl.Boolean(),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One integrity failure. `kind` is a stable identifier (docs/audit_json.md lists them all)."""
+
+    kind: str
+    object: str  # database | experiment | trial | grade | vector | vector_file
+    id: str  # trial key, experiment id, vector file name, ... (what to look up)
+    detail: str  # one line for humans
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def line(self) -> str:
+        return f"{self.kind}: {self.object} {self.id}: {self.detail}"
+
+
+@dataclass
+class Experiment:
+    id: str
+    name: str
+    created_at: str
+    spec: dict[str, Any] | None
+    keys: list[str]
+
+
+@dataclass
+class ResultsFrame:
+    df: pl.DataFrame
+    experiments: list[Experiment]
+    problems: list[Problem] = field(default_factory=list)
+    judge: tuple[str, str] = ("heuristic", "")
+    grade_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def for_experiment(self, experiment_id: str) -> pl.DataFrame:
+        return self.df.filter(pl.col("experiments").list.contains(experiment_id))
+
+
+# --------------------------------------------------------------------------- opening the cache
+
+
+class CorruptDatabase(UserError):
+    """The SQLite file itself cannot be read (truncated, overwritten, not a database)."""
+
+    exit_code = 4
+
+
+def open_readonly(root: Path) -> sqlite3.Connection:
+    """The cache's SQLite database, read-only. UserError (one line) when there is no cache."""
+    root = Path(root)
+    db = root / "results.sqlite"
+    if not root.exists():
+        raise UserError(f"no cache at {root} (directory does not exist)")
+    if not db.is_file():
+        raise UserError(f"no cache at {root} (expected {db})")
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        conn.row_factory = sqlite3.Row
+        # Damaged bytes inside a text column must surface as a hash mismatch naming the row, not
+        # as a decode error that aborts the whole read.
+        conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.Error as err:
+        # Let the caller name the corruption (audit reports it; others fail with one line).
+        raise CorruptDatabase(f"{db}: {err}") from None
+    return conn
+
+
+def database_check(conn: sqlite3.Connection) -> str:
+    """SQLite's own page-level check ("ok" or its first complaints, joined on one line)."""
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
+    except sqlite3.Error as err:
+        return f"unreadable: {err}"
+    return "ok" if rows == ["ok"] else "; ".join(rows)
+
+
+def judge_identity(judge: str) -> tuple[str, str]:
+    """(grader name, version) of a judge spec, without building it (no API key needed)."""
+    from .grading.heuristic import HeuristicGrader
+
+    if judge == "heuristic":
+        return HeuristicGrader.name, HeuristicGrader.version
+    from .grading.llm_judge import parse_judge_spec
+
+    spec = parse_judge_spec(judge)
+    return spec.name, spec.version
+
+
+# --------------------------------------------------------------------------- row checks
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def check_trial(row: sqlite3.Row) -> tuple[dict[str, Any] | None, dict[str, Any], list[Problem]]:
+    """Parse one trials row and re-verify it: (trial dict or None, parsed result fields, problems).
+
+    The key is recomputed from the stored JSON itself (sha256 of its canonical form, which is how
+    `Trial.key` is defined), not through today's `Trial` model: a field added to the model later
+    must not make every older row look edited.
+    """
+    key = row["key"]
+    problems: list[Problem] = []
+    trial: dict[str, Any] | None = None
+    try:
+        loaded = json.loads(row["trial_json"])
+        if not isinstance(loaded, dict):
+            raise ValueError("not a JSON object")
+        trial = loaded
+    except (ValueError, TypeError) as err:
+        first = str(err).splitlines()[0][:200]
+        problems.append(
+            Problem("trial_json_unreadable", "trial", key, f"stored trial JSON does not parse: {first}")
+        )
+    if trial is not None:
+        recomputed = sha256_hex(canonical_json(trial))
+        if recomputed != key:
+            problems.append(
+                Problem(
+                    "trial_key_mismatch",
+                    "trial",
+                    key,
+                    f"trial JSON hashes to {recomputed[:16]}…, not its key: the trial row was edited",
+                )
+            )
+    parsed: dict[str, Any] = {"response_ids": None, "diagnostics": None}
+    if row["status"] == "done":
+        missing = [
+            c for c in ("response_ids", "response", "diagnostics_json", "result_sha") if row[c] is None
+        ]
+        if missing:
+            problems.append(
+                Problem("result_incomplete", "trial", key, f"done but {', '.join(missing)} missing")
+            )
+        else:
+            try:
+                ids = _loads(row["response_ids"])
+                diag = _loads(row["diagnostics_json"])
+                if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+                    raise ValueError("response_ids is not a list of integers")
+                if not isinstance(diag, dict):
+                    raise ValueError("diagnostics is not an object")
+            except ValueError as err:
+                problems.append(Problem("result_unreadable", "trial", key, str(err).splitlines()[0][:200]))
+            else:
+                parsed = {"response_ids": ids, "diagnostics": diag}
+                if result_sha(key, ids, row["response"], diag) != row["result_sha"]:
+                    problems.append(
+                        Problem(
+                            "result_sha_mismatch",
+                            "trial",
+                            key,
+                            "stored response/token ids/diagnostics do not match their sha256: edited or truncated",
+                        )
+                    )
+    return trial, parsed, problems
+
+
+def _typed(value: Any, kind: type) -> Any:
+    """A JSON value as int/float/str, or None when absent or of the wrong kind."""
+    if value is None or isinstance(value, bool):
+        return None
+    if kind is float and isinstance(value, int | float):
+        return float(value)
+    if kind is int and isinstance(value, int):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    return None
+
+
+def trial_fields(t: dict[str, Any]) -> dict[str, Any]:
+    model = t.get("model") if isinstance(t.get("model"), dict) else {}
+    gen = t.get("generation") if isinstance(t.get("generation"), dict) else {}
+    return {
+        "condition": _typed(t.get("condition"), str),
+        "concept": _typed(t.get("concept"), str),
+        "layer": _typed(t.get("layer"), int),
+        "strength": _typed(t.get("strength"), float),
+        "strength_mode": _typed(t.get("strength_mode"), str),
+        "span": _typed(t.get("span"), str),
+        "sample": _typed(t.get("sample"), int),
+        "seed": _typed(t.get("seed"), int),
+        "prompt_set": _typed(t.get("prompt_set"), str),
+        "prompt_ids_sha": _typed(t.get("prompt_ids_sha"), str),
+        "recipe_id": _typed(t.get("recipe_id"), str),
+        "model_repo_id": _typed(model.get("repo_id"), str),
+        "model_weights_id": _typed(model.get("weights_id"), str),
+        "model_dtype": _typed(model.get("dtype"), str),
+        "model_tokenizer_sha": _typed(model.get("tokenizer_sha"), str),
+        "max_new_tokens": _typed(gen.get("max_new_tokens"), int),
+        "temperature": _typed(gen.get("temperature"), float),
+        "top_p": _typed(gen.get("top_p"), float),
+    }
+
+
+def check_grade(
+    trial_key: str, grader: str, version: str, grade_json: str
+) -> tuple[Grade | None, Problem | None]:
+    try:
+        raw = json.loads(grade_json)
+        grade = Grade.model_validate({k: v for k, v in raw.items() if k != "strict"})
+        if "strict" in raw and bool(raw["strict"]) != grade.strict:
+            raise ValueError("stored 'strict' disagrees with its four criteria")
+    except (ValueError, ValidationError, AttributeError) as err:
+        detail = f"grade by {grader} {version} unreadable: {str(err).splitlines()[0][:160]}"
+        return None, Problem("grade_unreadable", "grade", trial_key, detail)
+    return grade, None
+
+
+# --------------------------------------------------------------------------- the frame
+
+
+def load_experiments(conn: sqlite3.Connection) -> list[Experiment]:
+    members: dict[str, list[str]] = {}
+    for r in conn.execute("SELECT experiment_id, trial_key FROM experiment_trials ORDER BY rowid"):
+        members.setdefault(r[0], []).append(r[1])
+    out = []
+    for r in conn.execute("SELECT id, name, spec_json, created_at FROM experiments ORDER BY created_at, id"):
+        try:
+            spec = json.loads(r["spec_json"])
+        except ValueError:
+            spec = None
+        out.append(Experiment(r["id"], r["name"], r["created_at"], spec, members.get(r["id"], [])))
+    return out
+
+
+def load_frame(conn: sqlite3.Connection, judge: str = "heuristic") -> ResultsFrame:
+    """Every trial in the cache, checked, with the grades of `judge` (its current version)."""
+    name, version = judge_identity(judge)
+    experiments = load_experiments(conn)
+    membership: dict[str, list[str]] = {}
+    problems: list[Problem] = []
+    for e in experiments:
+        if e.spec is None:
+            problems.append(
+                Problem("experiment_spec_unreadable", "experiment", e.id, "spec JSON does not parse")
+            )
+        for k in e.keys:
+            membership.setdefault(k, []).append(e.id)
+
+    grade_rows: dict[str, str] = {
+        r[0]: r[1]
+        for r in conn.execute(
+            "SELECT trial_key, grade_json FROM grades WHERE grader=? AND grader_version=?", (name, version)
+        )
+    }
+    grade_counts = Counter((r[0], r[1]) for r in conn.execute("SELECT grader, grader_version FROM grades"))
+
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for r in conn.execute("SELECT * FROM trials ORDER BY rowid"):
+        key = r["key"]
+        seen.add(key)
+        trial, parsed, trial_problems = check_trial(r)
+        grade: Grade | None = None
+        if key in grade_rows:
+            grade, gp = check_grade(key, name, version, grade_rows[key])
+            if gp is not None:
+                trial_problems.append(gp)
+        problems.extend(trial_problems)
+        diag = parsed["diagnostics"] or {}
+        row: dict[str, Any] = {
+            "key": key,
+            "experiments": membership.get(key, []),
+            "trial_json": r["trial_json"],
+            "status": r["status"],
+            "backend": r["backend"],
+            "batch_id": r["batch_id"],
+            "attempts": r["attempts"],
+            "error_class": r["error_class"],
+            "error": r["error"],
+            "updated_at": r["updated_at"],
+            "response": r["response"],
+            "response_ids": parsed["response_ids"],
+            "diagnostics_json": r["diagnostics_json"],
+            "grader": name if grade is not None else None,
+            "grader_version": version if grade is not None else None,
+            "integrity": "ok" if not trial_problems else "; ".join(p.kind for p in trial_problems),
+        }
+        for k, dtype in DIAGNOSTICS.items():
+            v = diag.get(k)
+            row[f"diag_{k}"] = (
+                (int(v) if dtype == pl.Int64() else float(v)) if isinstance(v, int | float) else None
+            )
+        if trial is not None:
+            row.update(trial_fields(trial))
+        for c in CRITERIA:
+            row[c] = getattr(grade, c) if grade is not None else None
+        row["usable"] = r["status"] == "done" and not trial_problems and grade is not None
+        rows.append(row)
+
+    for e in experiments:
+        for k in e.keys:
+            if k not in seen:
+                problems.append(
+                    Problem("trial_missing", "experiment", e.id, f"trial {k} is registered but has no row")
+                )
+    df = pl.DataFrame(rows, schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA)
+    return ResultsFrame(df, experiments, problems, (name, version), dict(grade_counts))
+
+
+def load_all_grades(conn: sqlite3.Connection) -> pl.DataFrame:
+    """Every intact grade row: trial_key, grader, grader_version and the six criteria."""
+    rows = []
+    for r in conn.execute("SELECT trial_key, grader, grader_version, grade_json FROM grades"):
+        grade, problem = check_grade(r[0], r[1], r[2], r[3])
+        if grade is not None and problem is None:
+            rows.append({"trial_key": r[0], "grader": r[1], "grader_version": r[2], **grade.model_dump()})
+    schema = {
+        "trial_key": pl.Utf8,
+        "grader": pl.Utf8,
+        "grader_version": pl.Utf8,
+        **{c: pl.Boolean for c in CRITERIA},
+    }
+    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def rate_json(r: RateCI) -> dict[str, Any]:
+    return {"n": r.n, "k": r.k, "rate": r.rate, "lo": r.lo, "hi": r.hi}
+
+
+def _count(df: pl.DataFrame, expr: pl.Expr) -> int:
+    return int(df.select(expr.fill_null(False).cast(pl.Int64).sum()).item() or 0) if df.height else 0
+
+
+def names_any_concept(responses: Iterable[str], concepts: Iterable[str]) -> list[bool]:
+    """Whether each response names any of `concepts` (the offline lexicon's `identifies`).
+
+    A control trial is graded without a concept, so its `identifies` says nothing; to score a
+    control's false positive under "affirmative ∧ identifies" we ask whether it names any concept
+    the experiment injects. Deterministic and offline whatever judge graded the trials.
+    """
+    from .grading.heuristic import HeuristicGrader
+
+    grader = HeuristicGrader()
+    concepts = [c for c in concepts if c]
+    return [any(grader.grade(r or "", c).identifies for c in concepts) for r in responses]
+
+
+def arm_stats(usable: pl.DataFrame, concepts: Iterable[str]) -> dict[str, Any]:
+    """Headline statistics of one experiment from its usable rows (see docs/audit_json.md).
+
+    Hit = strict (all four criteria) on injected (`concept`) trials; a control's false positive
+    = affirmative. Both are also given for affirmative ∧ identifies, where a control counts when
+    it is affirmative and names one of the experiment's concepts (`names_any_concept`).
+    """
+    inj = usable.filter(pl.col("condition") == "concept")
+    ctl = usable.filter(pl.col("condition") == "control")
+    n_i, n_c = inj.height, ctl.height
+    ai = pl.col("affirmative") & pl.col("identifies")
+    k_strict = _count(inj, pl.col("strict"))
+    k_ai = _count(inj, ai)
+    k_fp = _count(ctl, pl.col("affirmative"))
+    affirmed = ctl.filter(pl.col("affirmative"))
+    ctl_named = names_any_concept(affirmed["response"].to_list(), concepts) if affirmed.height else []
+    k_fp_ai = sum(ctl_named)
+    r_i = _count(inj, pl.col("refusal"))
+    r_c = _count(ctl, pl.col("refusal"))
+    not_ref = ~pl.col("refusal").fill_null(False)
+    k_strict_nr = _count(inj, pl.col("strict") & not_ref)
+    k_fp_nr = _count(ctl, pl.col("affirmative") & not_ref)
+    out: dict[str, Any] = {
+        "injected": {
+            "strict": rate_json(rate_ci(k_strict, n_i)),
+            "affirmative_identifies": rate_json(rate_ci(k_ai, n_i)),
+            "affirmative": rate_json(rate_ci(_count(inj, pl.col("affirmative")), n_i)),
+            "identifies": rate_json(rate_ci(_count(inj, pl.col("identifies")), n_i)),
+            "coherent": rate_json(rate_ci(_count(inj, pl.col("coherent")), n_i)),
+            "refusal": rate_json(rate_ci(r_i, n_i)),
+        },
+        "controls": {
+            "false_positive_affirmative": rate_json(rate_ci(k_fp, n_c)),
+            "false_positive_affirmative_identifies": rate_json(rate_ci(k_fp_ai, n_c)),
+            "coherent": rate_json(rate_ci(_count(ctl, pl.col("coherent")), n_c)),
+            "refusal": rate_json(rate_ci(r_c, n_c)),
+        },
+        "net_strict": None,
+        "net_affirmative_identifies": None,
+        "refusal_excluded": None,
+        "null": None,
+    }
+    if n_i and n_c:
+        for label, k_hit, k_false in (
+            ("net_strict", k_strict, k_fp),
+            ("net_affirmative_identifies", k_ai, k_fp_ai),
+        ):
+            nd = net_detection(k_hit, n_i, k_false, n_c)
+            out[label] = {"net": nd.net, "lo": nd.lo, "hi": nd.hi, "text": nd.format()}
+    if n_i:
+        rx: dict[str, Any] = {
+            "strict": rate_json(refusal_excluded(k_strict_nr, n_i, r_i)),
+            "false_positive_affirmative": rate_json(refusal_excluded(k_fp_nr, n_c, r_c)) if n_c else None,
+            "net_strict": None,
+        }
+        if n_i - r_i > 0 and n_c - r_c > 0:
+            nd = net_detection(k_strict_nr, n_i - r_i, k_fp_nr, n_c - r_c)
+            rx["net_strict"] = {"net": nd.net, "lo": nd.lo, "hi": nd.hi, "text": nd.format()}
+        out["refusal_excluded"] = rx
+    if n_i and k_strict == 0:
+        out["null"] = {
+            "n": n_i,
+            "upper_bound_95": upper_bound(0, n_i),
+            "text": format_null(n_i),
+            "trials_needed": [
+                {"true_rate": p, "power": 0.8, "alpha": 0.05, "control_rate": 0.0, "n": trials_needed(p)}
+                for p in POWER_TARGETS
+            ],
+        }
+    return out
+
+
+def condition_rates(usable: pl.DataFrame) -> dict[str, dict[str, Any]]:
+    """Rates of every criterion for conditions other than concept/control (random-vector,
+    activation-scaling, positive control...), each k/n with its exact 95% interval."""
+    out: dict[str, dict[str, Any]] = {}
+    for cond in sorted(set(usable["condition"].drop_nulls().to_list()) - {"concept", "control"}):
+        sub = usable.filter(pl.col("condition") == cond)
+        n = sub.height
+        out[cond] = {
+            "strict": rate_json(rate_ci(_count(sub, pl.col("strict")), n)),
+            "affirmative_identifies": rate_json(
+                rate_ci(_count(sub, pl.col("affirmative") & pl.col("identifies")), n)
+            ),
+            "affirmative": rate_json(rate_ci(_count(sub, pl.col("affirmative")), n)),
+            "identifies": rate_json(rate_ci(_count(sub, pl.col("identifies")), n)),
+            "coherent": rate_json(rate_ci(_count(sub, pl.col("coherent")), n)),
+            "refusal": rate_json(rate_ci(_count(sub, pl.col("refusal")), n)),
+        }
+    return out
+
+
+def experiment_results(usable: pl.DataFrame, concepts: Iterable[str]) -> list[dict[str, Any]]:
+    """`arm_stats` per prompt set (controls only ever pair with injections on their own prompt),
+    plus the rates of any other condition run on that prompt."""
+    concepts = list(concepts)
+    out = []
+    for ps in sorted(set(usable["prompt_set"].drop_nulls().to_list())):
+        sub = usable.filter(pl.col("prompt_set") == ps)
+        out.append({"prompt_set": ps, **arm_stats(sub, concepts), "other_conditions": condition_rates(sub)})
+    return out
+
+
+def cell_rates(usable: pl.DataFrame, by: list[str]) -> pl.DataFrame:
+    """Per group of injected trials: n and the count of each criterion (plus affirmative ∧ identifies)."""
+    inj = usable.filter(pl.col("condition") == "concept")
+    return (
+        inj.group_by(by)
+        .agg(
+            pl.len().alias("n"),
+            *[pl.col(c).fill_null(False).cast(pl.Int64).sum().alias(c) for c in CRITERIA],
+            (pl.col("affirmative") & pl.col("identifies"))
+            .fill_null(False)
+            .cast(pl.Int64)
+            .sum()
+            .alias("affirmative_identifies"),
+        )
+        .sort(by)
+    )
+
+
+def status_counts(df: pl.DataFrame) -> dict[str, int]:
+    counts = dict(Counter(df["status"].to_list())) if df.height else {}
+    return {s: int(counts.get(s, 0)) for s in ("planned", "submitted", "done", "failed")}

@@ -1,0 +1,200 @@
+"""`grade`: table files, --calibrate, and (re)grading a real cache with an LLM judge over the loopback
+server — cached grades, partial failures left ungraded (never negatives), judge agreement in both
+`grade` and `audit`, one-line errors that write nothing, and no API key anywhere on disk or screen."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from remote_introspect import runner
+from remote_introspect.cli import app
+from remote_introspect.runner import RunOptions
+from remote_introspect.spec import ExperimentSpec, GenerationParams
+from remote_introspect.testing.judge_loopback import JudgeLoopback
+
+KEY = "sk-ant-test-KEY-do-not-leak-7f3a9c"
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run of the tiny random model, built once per test session and shared (by path) with
+    the other results-command test modules; tests copy it before changing anything."""
+    root = tmp_path_factory.getbasetemp() / "shared-tiny-cache"
+    if not root.exists():
+        building = root.with_name(root.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        spec = ExperimentSpec(
+            model="tiny",
+            concepts=("Dust", "Oceans"),
+            strengths=(2.0, 8.0),
+            samples=2,
+            controls=3,
+            generation=GenerationParams(max_new_tokens=4),
+        )
+        assert runner.run(spec, RunOptions(cache_root=building)).complete
+        building.rename(root)  # only a finished cache is ever shared
+    return root
+
+
+@pytest.fixture
+def cache(tiny_cache: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "cache"
+    shutil.copytree(tiny_cache, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def server() -> JudgeLoopback:
+    srv = JudgeLoopback(api_key=KEY).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, server: JudgeLoopback) -> None:
+    server.clear()
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    return res.exit_code, res.stdout, res.stderr
+
+
+def _no_key_on_disk(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            assert KEY.encode() not in p.read_bytes(), p
+
+
+def test_grade_cache_with_llm_judge_then_cached(cache: Path, server: JudgeLoopback) -> None:
+    judge = server.anthropic_spec()
+    code, out, err = _cli("grade", "--cache", cache, "--judge", judge, "--concurrency", "4")
+    assert code == 0, out + err
+    assert f"graded 11 trials with {judge} " in out  # 8 injected + 3 controls
+    assert "0 already graded, 0 could not be graded" in out
+    # 8 injected × 5 criteria + 3 controls × 3, minus what identical responses share.
+    calls = len(server.requests)
+    assert 0 < calls <= 8 * 5 + 3 * 3
+    # Agreement with the heuristic that graded the same trials during the run.
+    assert "agreement heuristic 1.0 vs " in out or "vs heuristic 1.0" in out
+    assert "nan" not in out
+    assert "raw " in out and "affirmative" in out
+
+    server.clear()
+    code, out, _ = _cli("grade", "--cache", cache, "--judge", judge)
+    assert code == 0 and "graded 0 trials" in out and "11 already graded" in out
+    assert server.requests == []
+
+    code, js, _ = _cli("audit", "--cache", cache, "--judge", judge, "--json")
+    data = json.loads(js)
+    assert code == 0 and data["totals"]["ungraded"] == 0
+    assert {(j["grader"], j["chosen"]) for j in data["judges"]} >= {(judge, True), ("heuristic", False)}
+    assert any(judge in (p["a"]["grader"], p["b"]["grader"]) for p in data["agreement"])
+    assert KEY not in js
+    report_dir = cache.parent / "report"
+    code, out, _ = _cli("report", "--cache", cache, "--out", report_dir, "--judge", judge)
+    assert code == 0
+    _no_key_on_disk(cache)  # results.sqlite, judge_calls.sqlite, vectors
+    _no_key_on_disk(report_dir)
+
+
+def test_partial_failure_is_ungraded_and_retried(cache: Path, server: JudgeLoopback) -> None:
+    judge = server.openai_spec()
+    server.inject("bad_answer", times=2)  # the very first call, twice: that trial cannot be graded
+    code, out, err = _cli("grade", "--cache", cache, "--judge", judge, "--concurrency", "1")
+    assert code == 1
+    assert "graded 10 trials" in out and "1 could not be graded" in out
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: 1 trial(s) could not be graded") and "re-run to retry" in lines[-1]
+    code, js, _ = _cli("audit", "--cache", cache, "--judge", judge, "--json")
+    assert code == 1 and json.loads(js)["totals"]["ungraded"] == 1  # visible, not a negative
+    server.clear()
+    code, out, _ = _cli("grade", "--cache", cache, "--judge", judge)
+    assert code == 0 and "graded 1 trials" in out and "10 already graded" in out
+    assert 0 < len(server.requests) <= 5  # only the missing criterion's trial; the rest came from the cache
+    assert _cli("audit", "--cache", cache, "--judge", judge)[0] == 0
+
+
+def test_wrong_key_one_line_nothing_graded(
+    cache: Path, server: JudgeLoopback, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = "sk-ant-WRONG-leak-check-123456"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", wrong)
+    code, out, err = _cli("grade", "--cache", cache, "--judge", server.anthropic_spec())
+    assert code == 3 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "HTTP 401" in lines[0] and wrong not in err
+    with sqlite3.connect(cache / "results.sqlite") as c:
+        assert c.execute("SELECT COUNT(*) FROM grades WHERE grader LIKE 'anthropic:%'").fetchone()[0] == 0
+    for p in cache.rglob("*"):
+        if p.is_file():
+            assert wrong.encode() not in p.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["grade", "--cache", "{cache}", "--judge", "anthropic:claude-x"], "ANTHROPIC_API_KEY is not set"),
+        (["grade", "--cache", "{missing}", "--judge", "heuristic"], "no cache"),
+        (["grade", "--cache", "{cache}", "--judge", "bogus"], "unknown judge"),
+        (["grade", "--cache", "{cache}", "--input", "x.csv", "--output", "y.csv"], "choose one of"),
+        (["grade", "--input", "{csv}"], "--input and --output go together"),
+        (["grade"], "choose one of"),
+        (["grade", "--input", "{missing}.csv", "--output", "{out}"], "does not exist"),
+    ],
+)
+def test_bad_input_one_line_nothing_written(
+    args: list[str], expected: str, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    (tmp_path / "in.csv").write_text("id,response,concept,condition\n1,hi,,control\n")
+    subst = {
+        "{cache}": str(cache),
+        "{missing}": str(tmp_path / "nope"),
+        "{csv}": str(tmp_path / "in.csv"),
+        "{out}": str(tmp_path / "out.csv"),
+    }
+    before = sorted(p.name for p in cache.iterdir())
+    code, out, err = _cli(*[subst.get(a, a).replace("{missing}", str(tmp_path / "nope")) for a in args])
+    assert code != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], err
+    assert sorted(p.name for p in cache.iterdir()) == before  # no judge_calls.sqlite, nothing else
+    assert not (tmp_path / "nope").exists() and not (tmp_path / "out.csv").exists()
+
+
+def test_grade_table_files_with_a_judge(tmp_path: Path, server: JudgeLoopback) -> None:
+    src = tmp_path / "in.csv"
+    pl.DataFrame(
+        {
+            "id": ["1", "2"],
+            "response": ["Yes, I detect an injected thought. It is about dust.", "No, nothing unusual."],
+            "concept": ["Dust", ""],
+            "condition": ["concept", "control"],
+        }
+    ).write_csv(src)
+    code, out, err = _cli(
+        "grade", "--input", src, "--output", tmp_path / "out.parquet", "--judge", server.openai_spec()
+    )
+    assert code == 0, err
+    df = pl.read_parquet(tmp_path / "out.parquet")
+    assert df["strict"].to_list() == [True, False]
+    assert len(server.requests) == 5 + 3
+    code, out, _ = _cli("grade", "--input", src, "--output", tmp_path / "h.csv")
+    assert code == 0 and "graded 2 rows with heuristic" in out
+
+
+def test_calibrate_prints_the_table() -> None:
+    code, out, _ = _cli("grade", "--calibrate")
+    assert code == 0
+    assert out.splitlines()[0].split()[:4] == ["criterion", "scope", "split", "n"]
+    assert "pooled bars" in out
