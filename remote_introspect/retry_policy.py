@@ -1,24 +1,22 @@
-"""The one retry policy (tenacity) for every remote call the package makes.
+"""The one retry policy (tenacity) for every remote call the package makes: NDIF requests and
+LLM-judge calls.
 
-Only `TransientError` is retried, with exponential backoff and jitter; everything else (fatal
-remote errors, bad input, bugs) surfaces at once. Settings are transport, not science: they never
-enter a trial key.
+Exponential backoff with jitter, capped attempts, and a server's own hint honoured: an exception
+carrying `retry_after` (seconds, e.g. from HTTP Retry-After) waits exactly that long, and one
+asking for longer than `max_retry_after_s` stops the retries (the service is down, not busy).
+Which errors are worth retrying is the caller's classification (`retry_if`); by default only
+`TransientError`. Settings are transport, not science: they never enter a trial key.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from .executors.base import TransientError
 
@@ -32,25 +30,49 @@ class RetrySettings:
     initial_wait_s: float = 2.0
     max_wait_s: float = 120.0
     jitter_s: float = 1.0
+    max_retry_after_s: float = 600.0
 
 
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    log.warning("attempt %d failed (%s); retrying", state.attempt_number, exc)
+def _exception(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome else None
 
 
-def retrying(settings: RetrySettings, on_retry: Callable[[RetryCallState], None] | None = None) -> Retrying:
+def retrying(
+    settings: RetrySettings,
+    *,
+    retry_if: Callable[[BaseException], bool] | None = None,
+    stop_if: Callable[[RetryCallState], bool] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    describe: Callable[[BaseException | None], str] = str,
+) -> Retrying:
+    """A tenacity `Retrying` with the package's backoff; `describe` renders an error for the log
+    (callers pass a scrubber so no secret reaches a log line)."""
+    backoff = wait_exponential_jitter(
+        multiplier=settings.initial_wait_s, max=settings.max_wait_s, jitter=settings.jitter_s
+    )
+
+    def wait(state: RetryCallState) -> float:
+        after = getattr(_exception(state), "retry_after", None)
+        if after is not None:
+            return min(float(after), settings.max_retry_after_s)
+        return float(backoff(state))
+
+    def stop(state: RetryCallState) -> bool:
+        after = getattr(_exception(state), "retry_after", None)
+        if after is not None and after > settings.max_retry_after_s:
+            return True
+        if stop_if is not None and stop_if(state):
+            return True
+        return state.attempt_number >= max(1, settings.max_attempts)
+
     def before_sleep(state: RetryCallState) -> None:
-        _log_retry(state)
-        if on_retry is not None:
-            on_retry(state)
+        log.warning("attempt %d failed (%s); retrying", state.attempt_number, describe(_exception(state)))
 
     return Retrying(
-        stop=stop_after_attempt(max(1, settings.max_attempts)),
-        wait=wait_exponential_jitter(
-            multiplier=settings.initial_wait_s, max=settings.max_wait_s, jitter=settings.jitter_s
-        ),
-        retry=retry_if_exception_type(TransientError),
+        stop=stop,
+        wait=wait,
+        retry=retry_if_exception(retry_if or (lambda e: isinstance(e, TransientError))),
+        sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
     )

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
+from tenacity import RetryCallState
 
 from ..errors import UserError
 from ..spec import canonical_json, sha256_hex
@@ -353,7 +353,16 @@ class LLMJudge:
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self._sleep = sleep
-        self._backoff = wait_exponential_jitter(initial=backoff_s, max=60.0)
+        from .. import retry_policy
+
+        self._retry = retry_policy
+        self._settings = retry_policy.RetrySettings(
+            max_attempts=max_attempts,
+            initial_wait_s=backoff_s,
+            max_wait_s=60.0,
+            jitter_s=backoff_s,
+            max_retry_after_s=MAX_RETRY_AFTER_S,
+        )
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout_s), transport=transport, follow_redirects=False
         )
@@ -438,43 +447,28 @@ class LLMJudge:
             retry_after=_retry_after(resp.headers),
         )
 
-    def _wait(self, rs: RetryCallState) -> float:
-        exc = rs.outcome.exception() if rs.outcome else None
-        after = getattr(exc, "retry_after", None)
-        if after is not None:
-            return min(float(after), MAX_RETRY_AFTER_S)
-        return float(self._backoff(rs))
-
-    def _stopper(self) -> Callable[[RetryCallState], bool]:
+    def _stop_on_repeated_malformed(self) -> Callable[[RetryCallState], bool]:
         malformed = 0
 
         def stop(rs: RetryCallState) -> bool:
             nonlocal malformed
-            exc = rs.outcome.exception() if rs.outcome else None
-            if isinstance(exc, MalformedAnswer):
+            if isinstance(rs.outcome.exception() if rs.outcome else None, MalformedAnswer):
                 malformed += 1
-                if malformed >= 2:  # temperature 0: a third try rarely answers differently
-                    return True
-            after = getattr(exc, "retry_after", None)
-            if after is not None and after > MAX_RETRY_AFTER_S:
-                return True
-            return rs.attempt_number >= self.max_attempts
+                return malformed >= 2  # temperature 0: a third try rarely answers differently
+            return False
 
         return stop
 
     def ask(self, prompt: str) -> tuple[bool, str]:
-        """One criterion: (verdict, the judge's full answer), retried per the policy above."""
-        retrying = Retrying(
-            stop=self._stopper(),
-            wait=self._wait,
-            retry=retry_if_exception(
-                lambda e: isinstance(e, MalformedAnswer) or (isinstance(e, JudgeHTTPError) and e.retryable)
+        """One criterion: (verdict, the judge's full answer), retried per the package's policy."""
+        retrying = self._retry.retrying(
+            self._settings,
+            retry_if=lambda e: (
+                isinstance(e, MalformedAnswer) or (isinstance(e, JudgeHTTPError) and e.retryable)
             ),
+            stop_if=self._stop_on_repeated_malformed(),
             sleep=self._sleep,
-            reraise=True,
-            before_sleep=lambda rs: log.info(
-                "judge call retry %d: %s", rs.attempt_number, self._scrub(str(rs.outcome.exception()))
-            ),
+            describe=lambda e: self._scrub(str(e)),
         )
         for attempt in retrying:
             with attempt:
