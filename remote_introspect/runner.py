@@ -52,6 +52,7 @@ class RunOptions:
     retry: RetrySettings = field(default_factory=RetrySettings)
     job_timeout_s: float | None = None  # NDIF: wall-clock cap per job before resubmitting
     poll_initial_s: float | None = None
+    stale_probe_s: float | None = None
     allow_version_mismatch: bool = False
 
 
@@ -69,6 +70,7 @@ class RunReport:
     failed_batches: int = 0
     errors: list[str] = field(default_factory=list)
     crossovers: list[str] = field(default_factory=list)  # one line per layer (dense-grid runs)
+    failed_trials: int = 0  # this run's failures (the store's statuses are the record)
 
     @property
     def complete(self) -> bool:
@@ -117,6 +119,8 @@ def make_executor(ref: ModelRef, opts: RunOptions) -> tuple[Executor, Any]:
         settings.job_timeout_s = opts.job_timeout_s
     if opts.poll_initial_s is not None:
         settings.poll_initial_s = opts.poll_initial_s
+    if opts.stale_probe_s is not None:
+        settings.stale_probe_s = opts.stale_probe_s
     ex = NDIFExecutor(ref, settings, opts.tokenizer_dir)
     return ex, (ex.weights_id, ex.dtype_label)
 
@@ -369,9 +373,11 @@ def _execute(
                 queue[:0] = [make_batch(list(batch.trials[:half])), make_batch(list(batch.trials[half:]))]
                 continue
             _record_failure(store, report, batch, err)
+            progress("failed (retried on the next run)", report.failed_trials, total)
             continue
         except Exception as err:  # noqa: BLE001 - recorded as failed (never as a negative)
             _record_failure(store, report, batch, err)
+            progress("failed (retried on the next run)", report.failed_trials, total)
             continue
         finish(batch, gb, raw_starts, out)
 
@@ -392,6 +398,7 @@ def batch_rows(
 
 
 def _record_failure(store: Store, report: RunReport, batch: Batch, err: BaseException) -> None:
+    report.failed_trials += len(batch.trials)
     msg = f"{type(err).__name__}: {err}".splitlines()[0][:500]
     log.error("batch %s failed: %s", batch.id[:12], msg)
     store.batch_failed(batch.id, batch.keys, msg, type(err).__name__)

@@ -304,3 +304,24 @@ def test_405b_preset_offline_preflight_names_the_deployed_base_model(tmp_path, t
     assert len(err) == 1
     assert "meta-llama/Llama-3.1-405B-Instruct is not available" in err[0]
     assert "meta-llama/Llama-3.1-405B (--model 405b-base)" in err[0]
+
+
+def test_server_restart_mid_job_is_detected_and_resubmitted(server, model_dir, tmp_path):
+    """A restarted server forgets its jobs; polls then look like "not yet" (404 → None). The
+    executor probes a job whose status stopped changing and resubmits it, long before the cap."""
+    opts = _opts(tmp_path / "c", server.url, stale_probe_s=0.3, job_timeout_s=600.0)
+    small = dict(concepts=("Dust",), strengths=(2.0,), controls=0)
+    assert runner.run(_spec(model_dir, samples=1, **small), opts).complete  # vectors cached
+    server.faults.update(queue_delay_s=2.0)
+
+    import threading
+
+    def restart_soon():
+        time.sleep(0.5)
+        server.faults.update(queue_delay_s=0.0)
+        server.restart()
+
+    threading.Thread(target=restart_soon, daemon=True).start()
+    t0 = time.time()
+    rep = runner.run(_spec(model_dir, samples=3, **small), opts)
+    assert rep.complete and time.time() - t0 < 60

@@ -68,6 +68,9 @@ class NDIFSettings:
     poll_initial_s: float = 0.5
     poll_max_s: float = 10.0
     job_timeout_s: float = 3 * 3600.0  # NDIF's own execution cap is 3600 s; add queueing time
+    # The client reads a 404 on GET /response/{id} as "not yet": after this long without a status
+    # change we ask the server directly whether it still knows the job (a restart forgets it).
+    stale_probe_s: float = 120.0
     allow_version_mismatch: bool = False
     api_key: str | None = field(default=None, repr=False)
 
@@ -293,6 +296,7 @@ class NDIFExecutor:
         deadline = time.monotonic() + self.settings.job_timeout_s
         delay = self.settings.poll_initial_s
         last = None
+        changed = time.monotonic()
         while True:
             try:
                 result = backend()
@@ -305,6 +309,11 @@ class NDIFExecutor:
             if status != last:
                 self.on_status(status.lower())
                 last = status
+                changed = time.monotonic()
+            elif time.monotonic() - changed > self.settings.stale_probe_s:
+                changed = time.monotonic()
+                if self._job_forgotten(backend.job_id):
+                    raise TransientError(f"the server no longer knows job {backend.job_id}; resubmitting")
             if time.monotonic() > deadline:
                 raise TransientError(
                     f"job {backend.job_id} gave no result within {self.settings.job_timeout_s:.0f}s "
@@ -312,6 +321,12 @@ class NDIFExecutor:
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, self.settings.poll_max_s)
+
+    def _job_forgotten(self, job_id: str) -> bool:
+        try:
+            return self._get(f"/response/{job_id}").status_code == 404
+        except Exception:  # noqa: BLE001 - unreachable now: let the poll loop find out
+            return False
 
     def _submit(self, run: Callable[[], Any]) -> Any:
         import nnsight
@@ -355,7 +370,7 @@ class NDIFExecutor:
             probe = self._get(f"/response/{job_id}")
         except Exception as err:  # noqa: BLE001 - classified below
             raise classify(err, self.settings.api_key) from None
-        if probe.status_code == 404:
+        if probe.status_code == 404:  # the server forgot it (restart, expiry): resubmit
             return None
         backend = RemoteBackend(
             self.model_key,
