@@ -136,6 +136,10 @@ JobTimeoutOpt = Annotated[
 MismatchOpt = Annotated[
     bool, typer.Option(help="Run even if the server's nnsight version differs from ours.")
 ]
+ShareOpt = Annotated[
+    bool,
+    typer.Option(help="NDIF: prefill the prompt prefix all rows share once per request (a 2-trace session)."),
+]
 
 
 def _spec_overrides(**flags: object) -> dict[str, object]:
@@ -200,6 +204,7 @@ def _run_options(**f: object) -> object:
         retry=RetrySettings(max_attempts=int(f["max_attempts"])),  # type: ignore[call-overload]
         job_timeout_s=float(f["job_timeout"]),  # type: ignore[arg-type]
         allow_version_mismatch=bool(f["allow_version_mismatch"]),
+        share_prefix=bool(f["share_prefix"]),
     )
 
 
@@ -207,7 +212,10 @@ _SPEC_FLAGS = (
     "model concepts strengths layers layer_fractions samples controls seed max_new_tokens temperature top_p "
     "prompt_set span strength_mode vectors pairs conditions scale_factors dense_grid dense_points crossover_mode"
 ).split()
-_RUN_FLAGS = "cache backend batch_size dtype judge ndif_host tokenizer max_attempts job_timeout allow_version_mismatch".split()
+_RUN_FLAGS = (
+    "cache backend batch_size dtype judge ndif_host tokenizer max_attempts job_timeout allow_version_mismatch "
+    "share_prefix"
+).split()
 
 
 @app.command("replicate-lindsey")
@@ -244,6 +252,7 @@ def replicate_lindsey(
     max_attempts: AttemptsOpt = 10,
     job_timeout: JobTimeoutOpt = 3 * 3600.0,
     allow_version_mismatch: MismatchOpt = False,
+    share_prefix: ShareOpt = True,
 ) -> None:
     """Lindsey's injected-thought experiment: vectors, injected + control trials, grades, summary.
 
@@ -295,6 +304,7 @@ def run_file(
     max_attempts: AttemptsOpt = 10,
     job_timeout: JobTimeoutOpt = 3 * 3600.0,
     allow_version_mismatch: MismatchOpt = False,
+    share_prefix: ShareOpt = True,
 ) -> None:
     """Run an experiment file; any flag overrides the file's value for that knob."""
     from .protocols import load_experiment_file

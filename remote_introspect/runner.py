@@ -53,6 +53,7 @@ class RunOptions:
     job_timeout_s: float | None = None  # NDIF: wall-clock cap per job before resubmitting
     poll_initial_s: float | None = None
     stale_probe_s: float | None = None
+    share_prefix: bool = True
     allow_version_mismatch: bool = False
 
 
@@ -121,6 +122,7 @@ def make_executor(ref: ModelRef, opts: RunOptions) -> tuple[Executor, Any]:
         settings.poll_initial_s = opts.poll_initial_s
     if opts.stale_probe_s is not None:
         settings.stale_probe_s = opts.stale_probe_s
+    settings.share_prefix = opts.share_prefix
     ex = NDIFExecutor(ref, settings, opts.tokenizer_dir)
     return ex, (ex.weights_id, ex.dtype_label)
 

@@ -71,6 +71,9 @@ class NDIFSettings:
     # The client reads a 404 on GET /response/{id} as "not yet": after this long without a status
     # change we ask the server directly whether it still knows the job (a restart forgets it).
     stale_probe_s: float = 120.0
+    # Prefill the prompt prefix all rows share once, in the same request (one nnsight session of
+    # two traces): saves server time; off = the single-trace path.
+    share_prefix: bool = True
     allow_version_mismatch: bool = False
     api_key: str | None = field(default=None, repr=False)
 
@@ -355,7 +358,12 @@ class NDIFExecutor:
     ) -> GenerationOutput:
         backend = self._submit(
             lambda: trace_blocks.generate_steered(
-                self.model, batch, mlp_attr=self.ref.mlp_attr, remote=self.settings.host, blocking=False
+                self.model,
+                batch,
+                mlp_attr=self.ref.mlp_attr,
+                remote=self.settings.host,
+                blocking=False,
+                share_prefix=self.settings.share_prefix,
             )[2]
         )
         on_submitted(backend.job_id)  # persisted before we wait: reattachable after a crash
