@@ -187,3 +187,36 @@ def test_prefill_hidden_states_match_reference_and_padding(tiny_family):
         hf(input_ids=alone_ids)
     hk.remove()
     assert torch.allclose(captured["nn"][2][mask[2].bool()], seen2["h"][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("span", ["all", "generated"])
+def test_spans_match_plain_torch_reference(tiny_family, span):
+    """Span `all` steers every prompt position (padding included is harmless: masked out of
+    attention); span `generated` leaves the prefill untouched and steers every generated token."""
+    family, hf, tok = tiny_family
+    H = hf.config.hidden_size
+    gen = torch.Generator().manual_seed(3)
+    ids, mask, _starts, vectors = _rows(tok, H, gen)
+    width = ids.shape[1]
+    pad = (1 - mask).sum(dim=1)
+    starts = pad.clone() if span == "all" else torch.full((4,), width)
+    layer = 1
+    coefs = torch.zeros(4, 4)
+    coefs[0, 0], coefs[1, 0] = 4.0, 2.0
+    scale = torch.tensor([1.0, 1.0, 1.0, 2.0])
+    row_layers = torch.tensor([layer, layer, -1, layer])
+    batch = trace_blocks.GenerationBatch(
+        ids, mask, starts, row_layers, vectors, coefs, scale, 0, 5, False, 1.0, 1.0
+    )
+    model = TransformersModel(hf, tokenizer=tok)
+    mlp_attr = "post_feedforward_layernorm" if family == "gemma" else "mlp"
+    got, _, _ = trace_blocks.generate_steered(model, batch, mlp_attr=mlp_attr)
+    ref = _reference_generate(hf, family, ids, mask, starts, layer, vectors, coefs, scale, 5)
+    assert torch.equal(got, ref), f"{family}/{span}"
+    plain = hf.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False
+    )
+    if span == "generated":
+        # Nothing in the prompt was steered: the first generated token is the unsteered one.
+        assert torch.equal(got[:, width], plain[:, width])
+    assert not torch.equal(got[[0, 1, 3]], plain[[0, 1, 3]])
