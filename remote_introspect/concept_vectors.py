@@ -43,6 +43,18 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def last_token_states(
+    extract,  # Callable[[Tensor, Tensor, list[int]], Tensor [L, B, H]]
+    prompts: list[list[int]],
+    layers: list[int],
+    pad_id: int,
+    chunk: int,
+) -> torch.Tensor:
+    """[L, len(prompts), H]: each prompt's last-token decoder-layer outputs, `chunk` rows a pass."""
+    acts = [extract(*left_pad(prompts[i : i + chunk], pad_id), layers) for i in range(0, len(prompts), chunk)]
+    return torch.cat(acts, dim=1)
+
+
 def compute_mean_baseline(
     extract,  # Callable[[Tensor, Tensor, list[int]], Tensor [L, B, H]]
     tokenizer: object,
@@ -56,11 +68,7 @@ def compute_mean_baseline(
     words = list(dict.fromkeys(concepts))  # unique, ordered
     baseline = list(recipe.baseline_words)  # duplicates kept: the published recipe
     prompts = [recipe_prompt(tokenizer, recipe, w) for w in words + baseline]
-    acts: list[torch.Tensor] = []
-    for i in range(0, len(prompts), chunk):
-        ids, mask = left_pad(prompts[i : i + chunk], pad_id)
-        acts.append(extract(ids, mask, layers))
-    stacked = torch.cat(acts, dim=1)  # [L, n_words + n_baseline, H]
+    stacked = last_token_states(extract, prompts, layers, pad_id, chunk)  # [L, n_words + n_baseline, H]
     concept_acts = stacked[:, : len(words)]
     mean = stacked[:, len(words) :].mean(dim=1, keepdim=True)
     diffs = concept_acts - mean
@@ -117,11 +125,7 @@ def compute_contrast_pairs(
     for t in texts:
         ids, _ = encode_rendered(tokenizer, render_chat(tokenizer, [{"role": "user", "content": t}]))
         prompts.append(ids)
-    acts = []
-    for i in range(0, len(prompts), chunk):
-        ids, mask = left_pad(prompts[i : i + chunk], pad_id)
-        acts.append(extract(ids, mask, layers))
-    stacked = torch.cat(acts, dim=1)  # [L, rows, H]
+    stacked = last_token_states(extract, prompts, layers, pad_id, chunk)  # [L, rows, H]
     out: dict[tuple[int, str], torch.Tensor] = {}
     offset = 0
     for w in words:

@@ -7,6 +7,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -29,3 +30,28 @@ def tiny_family(request):
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run of the tiny random model, built once per test session and shared (by path) by
+    the results-command tests (audit, report, export, grade); tests copy it before changing it."""
+    from remote_introspect import runner
+    from remote_introspect.runner import RunOptions
+    from remote_introspect.spec import ExperimentSpec, GenerationParams
+
+    root = tmp_path_factory.getbasetemp() / "shared-tiny-cache"
+    if not root.exists():
+        building = root.with_name(root.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        spec = ExperimentSpec(
+            model="tiny",
+            concepts=("Dust", "Oceans"),
+            strengths=(2.0, 8.0),
+            samples=2,
+            controls=3,
+            generation=GenerationParams(max_new_tokens=4),
+        )
+        assert runner.run(spec, RunOptions(cache_root=building)).complete
+        building.rename(root)  # only a finished cache is ever shared
+    return root

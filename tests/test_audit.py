@@ -21,7 +21,6 @@ from remote_introspect.audit import run_audit
 from remote_introspect.cli import app
 from remote_introspect.grading.heuristic import HeuristicGrader
 from remote_introspect.spec import (
-    ExperimentSpec,
     GenerationParams,
     ModelIdentity,
     Trial,
@@ -570,30 +569,6 @@ def test_audit_is_read_only(designed_only: Path) -> None:
         warnings.simplefilter("error")  # no stray RuntimeWarning from undefined kappas either
         run_audit(designed_only)
     assert snapshot() == before
-
-
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real run of the tiny random model, built once per test session and shared (by path) with
-    the other results-command test modules; tests copy it before changing anything."""
-    from remote_introspect import runner
-    from remote_introspect.runner import RunOptions
-
-    root = tmp_path_factory.getbasetemp() / "shared-tiny-cache"
-    if not root.exists():
-        building = root.with_name(root.name + ".building")
-        shutil.rmtree(building, ignore_errors=True)
-        spec = ExperimentSpec(
-            model="tiny",
-            concepts=("Dust", "Oceans"),
-            strengths=(2.0, 8.0),
-            samples=2,
-            controls=3,
-            generation=GenerationParams(max_new_tokens=4),
-        )
-        assert runner.run(spec, RunOptions(cache_root=building)).complete
-        building.rename(root)  # only a finished cache is ever shared
-    return root
 
 
 def test_real_tiny_model_cache_is_clean(tiny_cache: Path) -> None:

@@ -15,34 +15,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from remote_introspect import report as report_mod
-from remote_introspect import runner
 from remote_introspect.cli import app
 from remote_introspect.errors import UserError
-from remote_introspect.runner import RunOptions
-from remote_introspect.spec import ExperimentSpec, GenerationParams
 
 CHROMIUM = shutil.which("chromium")
-
-
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real run of the tiny random model, built once per test session and shared (by path) with
-    the other results-command test modules; tests copy it before changing anything."""
-    root = tmp_path_factory.getbasetemp() / "shared-tiny-cache"
-    if not root.exists():
-        building = root.with_name(root.name + ".building")
-        shutil.rmtree(building, ignore_errors=True)
-        spec = ExperimentSpec(
-            model="tiny",
-            concepts=("Dust", "Oceans"),
-            strengths=(2.0, 8.0),
-            samples=2,
-            controls=3,
-            generation=GenerationParams(max_new_tokens=4),
-        )
-        assert runner.run(spec, RunOptions(cache_root=building)).complete
-        building.rename(root)  # only a finished cache is ever shared
-    return root
 
 
 @pytest.fixture(scope="module")
