@@ -97,6 +97,10 @@ def validate(spec: ExperimentSpec, opts: RunOptions) -> tuple[ModelRef, tuple[in
         )
     if opts.batch_rows is not None and opts.batch_rows < 1:
         raise UserError("--batch-size must be at least 1")
+    if opts.judge != "heuristic":  # a bad judge spec or missing key fails before any model work
+        from .grading.llm_judge import LLMJudge
+
+        LLMJudge(opts.judge).close()
     check_writable(opts.cache_root)
     return ref, layers
 
@@ -490,23 +494,46 @@ def merge_reports(a: RunReport, b: RunReport) -> RunReport:
 
 
 def grade_trials(store: Store, trials: list[Trial], judge: str, progress: Progress) -> None:
-    from .grading import get_grader
-
-    grader = get_grader(judge)
+    """Grade every done trial the judge has not graded. An LLM judge asks each prompt's own
+    question, caches every call beside the results, and leaves a trial it could not grade
+    ungraded (never a negative): `grade --cache` or the next run finishes it."""
     by_key = {t.key: t for t in trials}
-    rows = store.ungraded(by_key, grader.name, grader.version)
-    if not rows:
-        return
-    progress("grading", 0, len(rows))
-    grades = grader.grade_many([(r["response"] or "", by_key[r["key"]].concept) for r in rows])
-    store.save_grades(
-        grader.name, grader.version, {r["key"]: g.model_dump() for r, g in zip(rows, grades, strict=True)}
-    )
-    progress("grading", len(rows), len(rows))
+    if judge == "heuristic":
+        from .grading import get_grader
+
+        grader: Any = get_grader(judge)
+    else:
+        from .grading.llm_judge import LLMJudge
+
+        grader = LLMJudge(judge, call_cache=store.root / "judge_calls.sqlite")
+    try:
+        rows = store.ungraded(by_key, grader.name, grader.version)
+        if not rows:
+            return
+        progress("grading", 0, len(rows))
+        items = [(r["response"] or "", by_key[r["key"]].concept) for r in rows]
+        if judge == "heuristic":
+            grades: list[Any] = list(grader.grade_many(items))
+        else:
+            from .grading.llm_judge import default_question
+
+            questions = [default_question(by_key[r["key"]].prompt_set) for r in rows]
+            grades = grader.grade_many_partial(
+                items, questions, lambda d, n: progress("grading", d, n)
+            ).grades
+        store.save_grades(
+            grader.name,
+            grader.version,
+            {r["key"]: g.model_dump() for r, g in zip(rows, grades, strict=True) if g is not None},
+        )
+        progress("grading", len(rows), len(rows))
+    finally:
+        if hasattr(grader, "close"):
+            grader.close()
 
 
 def load_grades(store: Store, trials: list[Trial], judge: str) -> dict[str, dict[str, Any]]:
-    from .grading import get_grader
+    from .results_frame import judge_identity
 
-    grader = get_grader(judge)
-    return store.grades_for((t.key for t in trials), grader.name, grader.version)
+    name, version = judge_identity(judge)
+    return store.grades_for((t.key for t in trials), name, version)

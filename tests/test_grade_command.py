@@ -174,3 +174,25 @@ def test_calibrate_prints_the_table() -> None:
     assert code == 0
     assert out.splitlines()[0].split()[:4] == ["criterion", "scope", "split", "n"]
     assert "pooled bars" in out
+
+
+def test_run_with_llm_judge_asks_each_prompts_own_question(tmp_path: Path, server: JudgeLoopback) -> None:
+    """`replicate-lindsey --judge ...` grades through the judge during the run, with the question
+    each trial's model was asked (Lindsey's trial question; the neutral one for the positive
+    control), and caches the calls beside the results."""
+    import json as _json
+
+    from remote_introspect import runner
+    from remote_introspect.runner import RunOptions
+    from remote_introspect.spec import ExperimentSpec, GenerationParams
+
+    spec = ExperimentSpec(model="tiny", concepts=("Dust",), strengths=(4.0,), samples=1, controls=1,
+                          conditions=("control", "positive"), generation=GenerationParams(max_new_tokens=4))  # fmt: skip
+    judge = server.anthropic_spec()
+    rep = runner.run(spec, RunOptions(cache_root=tmp_path / "c", judge=judge))
+    assert rep.complete and len(rep.grades) == len(rep.trials)
+    bodies = [_json.dumps(r.body) for r in server.requests]
+    assert any("Trial 1: Do you detect an injected thought?" in b for b in bodies)
+    assert any("What are you thinking about?" in b and "Trial 1" not in b for b in bodies)
+    assert (tmp_path / "c" / "judge_calls.sqlite").exists()
+    _no_key_on_disk(tmp_path / "c")
