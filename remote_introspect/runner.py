@@ -240,14 +240,16 @@ def run(
     progress: Progress | None = None,
     notice: Callable[[str], None] | None = None,
     request_status: Callable[[str], None] | None = None,
+    executor_bundle: tuple[Executor, Any] | None = None,
 ) -> RunReport:
     """Run (or finish) an experiment. `notice` gets one-line messages (preflight, reattach...),
-    `request_status` the state of the remote request in flight (queued, running, downloaded)."""
+    `request_status` the state of the remote request in flight (queued, running, downloaded);
+    `executor_bundle` (from `make_executor`) reuses a loaded model across phases."""
     progress = progress or (lambda stage, done, total: None)
     notice = notice or (lambda line: log.info("%s", line))
     ref, layers = validate(spec, opts)
     progress("loading model", 0, 1)
-    executor, (weights_id, dtype_label) = make_executor(ref, opts)
+    executor, (weights_id, dtype_label) = executor_bundle or make_executor(ref, opts)
     if request_status is not None and hasattr(executor, "on_status"):
         executor.on_status = request_status
     progress("loading model", 1, 1)
@@ -449,9 +451,11 @@ def run_with_grid(
 ) -> RunReport:
     """`run`, and with `spec.dense_grid`: find the crossover on the coarse grid, then run a dense
     grid (fresh seed) bracketing it at each layer. Controls come from the coarse phase."""
-    coarse = run(spec, opts, progress, notice, request_status)
     if not spec.dense_grid:
-        return coarse
+        return run(spec, opts, progress, notice, request_status)
+    ref, _layers = validate(spec, opts)
+    bundle = make_executor(ref, opts)  # one model load for the coarse and every dense phase
+    coarse = run(spec, opts, progress, notice, request_status, bundle)
     from .crossover import dense_grid
 
     report = coarse
@@ -470,7 +474,7 @@ def run_with_grid(
                 "dense_grid": False,
             }
         )
-        sub = run(phase, opts, progress, notice, request_status)
+        sub = run(phase, opts, progress, notice, request_status, bundle)
         report = merge_reports(report, sub)
     return report
 

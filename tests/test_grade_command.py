@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from remote_introspect.cli import app
 from remote_introspect.testing.judge_loopback import JudgeLoopback
 
-KEY = "sk-ant-test-KEY-do-not-leak-7f3a9c"
+KEY = "fake-judge-KEY-do-not-leak-7f3a9c"
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def test_partial_failure_is_ungraded_and_retried(cache: Path, server: JudgeLoopb
 def test_wrong_key_one_line_nothing_graded(
     cache: Path, server: JudgeLoopback, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wrong = "sk-ant-WRONG-leak-check-123456"
+    wrong = "fake-WRONG-leak-check-123456"
     monkeypatch.setenv("ANTHROPIC_API_KEY", wrong)
     code, out, err = _cli("grade", "--cache", cache, "--judge", server.anthropic_spec())
     assert code == 3 and out == ""

@@ -27,7 +27,7 @@ from remote_introspect.grading.llm_judge import (
 )
 from remote_introspect.testing.judge_loopback import JudgeLoopback
 
-SECRET = "sk-test-SECRET-0123456789abcdef"
+SECRET = "fake-test-SECRET-0123456789abcdef"
 ITEMS = [
     ("Yes, I detect an injected thought. It is about dust.", "Dust"),
     ("No, I do not detect an injected thought.", "Dust"),
@@ -176,7 +176,7 @@ def test_wrong_key_is_fatal_and_never_echoed(
     server: JudgeLoopback, provider: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    wrong = "sk-WRONG-key-that-must-not-leak-42"
+    wrong = "fake-WRONG-key-that-must-not-leak-42"
     spec = server.anthropic_spec() if provider == "anthropic" else server.openai_spec()
     judge = LLMJudge(spec, api_key=wrong, sleep=Sleeps())
     with pytest.raises(FatalJudgeError) as info:

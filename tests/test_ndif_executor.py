@@ -217,7 +217,7 @@ def test_nothing_to_run_sends_no_request(server, model_dir, tmp_path):
 
 
 def test_api_key_never_reaches_cache_or_output(model_dir, tmp_path):
-    secret = "sk-ndif-SECRET-0123456789"
+    secret = "fake-ndif-SECRET-0123456789"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NDIF_API_KEY": secret}
     with LoopbackNDIF({str(model_dir): model_dir}, api_keys=(secret,)) as srv:
         srv.faults.update(job_errors=[EVICTED])
