@@ -541,3 +541,29 @@ def test_killed_client_and_restarted_server_rerun_resubmits_within_two_minutes(m
     # The lost batch was resubmitted once, the others submitted once: no duplicates.
     assert srv.accepted - accepted_before == n_done - done_before
     assert "reattached" not in res.stderr
+
+
+def test_job_queued_past_queue_timeout_is_probed_and_kept_while_the_server_knows_it(server, model_dir, tmp_path):
+    """A job sits QUEUED unchanged past `queue_timeout_s`: the executor asks the server, which
+    still lists it and the model, so it keeps waiting (no second POST). Once the server forgets it
+    (restart; NDIF then answers 500 for the id) it is resubmitted."""
+    import threading
+
+    opts = _opts(tmp_path / "c", server.url, queue_timeout_s=0.3, stale_probe_s=0.5)
+    small = dict(concepts=("Dust",), strengths=(2.0,), controls=0)
+    assert runner.run(_spec(model_dir, samples=1, **small), opts).complete  # vectors cached
+    server.reset_counters()
+    server.faults.update(drop_after_submit="hang", unknown_id_status=500)
+    seen = {}
+
+    def forget_later():
+        time.sleep(2.0)  # several queue_timeout probes while the server still knows the job
+        seen["accepted"] = server.accepted
+        server.faults.update(drop_after_submit=None)
+        server.restart(lost="forget")
+
+    threading.Thread(target=forget_later, daemon=True).start()
+    rep = runner.run(_spec(model_dir, samples=2, **small), opts)
+    assert rep.complete
+    assert seen["accepted"] == 1  # waited on the queued job: no resubmission while it was known
+    assert server.accepted == 2 and server.completed == 1
