@@ -16,12 +16,24 @@ jobs in submission order, like one model replica):
   file ``blob``; headers ``ndif-api-key``, ``nnsight-version``, ``python-version``. Answers the
   ``ResponseModel`` JSON ``{id, status: "RECEIVED", description, ...}``; 401 / 400 / 5xx carry
   ``{"detail": ...}``, which the client folds into ``RemoteError("Failed to send request: <detail>")``.
-- ``GET /response/{id}``: 404 for an unknown id (the client reads that as "not yet" and returns
-  ``None``), else the job's latest ``ResponseModel``. A COMPLETED response's ``data`` is the URL
-  ``{url}/result/{id}``: a non-blocking poll parses the body as JSON, so the result cannot ride
-  inline there, and the client streams the URL with a GET (as for NDIF's presigned URLs).
+- ``GET /response/{id}``: for an unknown id 404 by default (the client reads that as "not yet"
+  and returns ``None``) or, with ``Faults.unknown_id_status=500``, the 500 real NDIF answers;
+  else the job's latest ``ResponseModel`` (``Faults.poll_fault_rate``: a share answer 502). A
+  COMPLETED response's ``data`` is the URL ``{url}/result/{id}``: a non-blocking poll parses the
+  body as JSON, so the result cannot ride inline there, and the client streams the URL with a GET.
+  With ``Faults.result_url_ttl_s`` it is instead an object-store URL
+  ``{url}/objects/results/{id}.pt?X-Amz-Date=..&X-Amz-Expires=..`` signed when the job completed,
+  which answers 403 AccessDenied (S3's XML) once expired, as NDIF's presigned links do after 2 h.
 - ``GET /result/{id}``: the result blob: ``torch.save({name: value})``, zstd-compressed when the
   request said ``compress`` (the client's ``finalize`` decompresses, then ``torch.load``).
+
+Real-service behaviours (ndif-team/ndif; see `remote_introspect.executors.ndif` for file and
+commit): the version rule (client nnsight >= the server's, client Python major.minor >= the
+server's, else HTTP 400) is on by default; `restart` loses queued and running jobs (``lost=
+"forget"`` drops them, ``"freeze"`` leaves their last status readable forever, as NDIF's object
+store does); ``Faults.running_cap_s`` ends a job RUNNING too long with "Job took longer than
+timeout: N seconds"; ``Faults.missing_endpoints`` answers 404 for ``/env`` etc.;
+``Faults.warm_models`` reports a deployment WARM.
 - ``GET /subscribe`` (websocket; only for ``blocking=True``): first frame ``{"session_id": ...}``,
   then one frame per status. A COMPLETED result up to ``inline_limit`` bytes rides inline as a
   binary frame (a pickled ``ResponseModel`` whose ``data`` is the blob), larger ones as a URL.
