@@ -530,8 +530,9 @@ def test_killed_client_and_restarted_server_rerun_resubmits_within_two_minutes(m
         srv.restart(lost="forget")
         accepted_before = srv.accepted
         t0 = time.time()
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=200)
         elapsed = time.time() - t0
+        print(f"\nrerun after kill + restart: {elapsed:.0f}s, {srv.accepted - accepted_before} POSTs accepted")
         assert res.returncode == 0, res.stderr
         with sqlite3.connect(db) as c:
             statuses = {r[0] for r in c.execute("SELECT status FROM trials")}
