@@ -533,6 +533,8 @@ class NDIFExecutor:
         """
         import httpx
 
+        if isinstance(data, (list, tuple)) and data and isinstance(data[0], str):
+            data = data[0]  # NDIF's actor records (url, size) (base.py @02758d7c); the URL is what we fetch
         try:
             return backend.download_result(data)
         except httpx.HTTPStatusError as err:
@@ -623,7 +625,7 @@ class NDIFExecutor:
         )
         try:
             return self._output(self._wait(backend))
-        except TransientError as err:  # noqa: F841 - resubmitting is the answer to all of these
+        except TransientError as err:  # resubmitting is the answer to all of these
             log.info("job %s cannot be collected (%s); resubmitting", job_id, err)
             return None
 
