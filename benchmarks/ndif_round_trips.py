@@ -5,6 +5,10 @@ batch size is the one a remote preset uses (default: the 405b preset's), so the 
 what a 405B sweep of the same shape would send. Prints a table; no assertions.
 
     python benchmarks/ndif_round_trips.py [--preset 405b] [--concepts 10] [--strengths 5,10,12,15,18]
+        [--fault-rate 0.3 --poll-fault-rate 0.3]
+
+Bytes per request are the tiny model's: uploads carry one float32 vector row per batch row
+(hidden 64 here; 16,384 for 405B, so ×256 per row), downloads the token ids and diagnostics.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--controls", type=int, default=40)
     ap.add_argument("--max-new-tokens", type=int, default=8)
-    ap.add_argument("--fault-rate", type=float, default=0.0)
+    ap.add_argument("--fault-rate", type=float, default=0.0, help="share of submissions that fail")
+    ap.add_argument("--poll-fault-rate", type=float, default=0.0, help="share of polls answered 502")
     args = ap.parse_args()
 
     from remote_introspect import runner
@@ -53,7 +58,7 @@ def main() -> None:
             generation=GenerationParams(max_new_tokens=args.max_new_tokens),
         )
         with LoopbackNDIF({str(model_dir): model_dir}, preload=True) as srv:
-            srv.faults.update(fault_rate=args.fault_rate, seed=1)
+            srv.faults.update(fault_rate=args.fault_rate, poll_fault_rate=args.poll_fault_rate, seed=1)
             opts = RunOptions(
                 cache_root=Path(tmp) / "cache",
                 backend="ndif",
@@ -76,10 +81,15 @@ def main() -> None:
         ("submitted requests (POST /request)", c["requests"]),
         ("  of which accepted", c["accepted"]),
         ("status polls (GET /response)", c["polls"]),
+        ("  of which answered 502", c["poll_errors"]),
         ("result downloads", c["downloads"]),
+        ("bytes uploaded (request payloads)", c["upload_bytes"]),
         ("bytes downloaded", c["result_bytes"]),
     ]:
         print(f"{name:<34}{value:>12,}{per_k(value):>20,.1f}")
+    posts = max(c["requests"], 1)
+    print(f"{'bytes uploaded per request':<34}{c['upload_bytes'] / posts:>12,.0f}")
+    print(f"{'bytes downloaded per request':<34}{c['result_bytes'] / max(c['downloads'], 1):>12,.0f}")
     print(f"{'bytes downloaded per trial':<34}{c['result_bytes'] / n:>12,.0f}")
     print(f"{'one request per trial (existing tools)':<34}{n:>12,}{1000:>20,.1f}")
     print(f"complete: {rep.complete}; wall {wall:.1f} s on the loopback server (tiny model, CPU)")

@@ -131,7 +131,18 @@ TokOpt = Annotated[
 ]
 AttemptsOpt = Annotated[int, typer.Option(help="Attempts per remote request (transient errors).")]
 JobTimeoutOpt = Annotated[
-    float, typer.Option(help="Seconds to wait for one remote job before resubmitting it.")
+    float,
+    typer.Option(
+        help="Seconds a remote job may stay RUNNING before it counts as lost and is resubmitted "
+        "(NDIF kills jobs at 3600 s; time queued does not count)."
+    ),
+]
+QueueTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        help="Seconds a remote job may sit queued with no change before the server is asked about "
+        "it; resubmitted only if the server no longer knows it or no longer hosts the model."
+    ),
 ]
 MismatchOpt = Annotated[
     bool, typer.Option(help="Run even if the server's nnsight version differs from ours.")
@@ -193,6 +204,8 @@ def _run_options(**f: object) -> object:
         _fail("--max-attempts must be at least 1")
     if not float(f["job_timeout"]) > 0:  # type: ignore[arg-type]
         _fail("--job-timeout must be positive")
+    if not float(f["queue_timeout"]) > 0:  # type: ignore[arg-type]
+        _fail("--queue-timeout must be positive")
     return RunOptions(
         cache_root=f["cache"],  # type: ignore[arg-type]
         backend=f["backend"],  # type: ignore[arg-type]
@@ -203,6 +216,7 @@ def _run_options(**f: object) -> object:
         tokenizer_dir=f["tokenizer"],  # type: ignore[arg-type]
         retry=RetrySettings(max_attempts=int(f["max_attempts"])),  # type: ignore[call-overload]
         job_timeout_s=float(f["job_timeout"]),  # type: ignore[arg-type]
+        queue_timeout_s=float(f["queue_timeout"]),  # type: ignore[arg-type]
         allow_version_mismatch=bool(f["allow_version_mismatch"]),
         share_prefix=bool(f["share_prefix"]),
     )
@@ -213,7 +227,8 @@ _SPEC_FLAGS = (
     "prompt_set span strength_mode vectors pairs conditions scale_factors dense_grid dense_points crossover_mode"
 ).split()
 _RUN_FLAGS = (
-    "cache backend batch_size dtype judge ndif_host tokenizer max_attempts job_timeout allow_version_mismatch "
+    "cache backend batch_size dtype judge ndif_host tokenizer max_attempts job_timeout queue_timeout "
+    "allow_version_mismatch "
     "share_prefix"
 ).split()
 
@@ -250,7 +265,8 @@ def replicate_lindsey(
     ndif_host: HostOpt = None,
     tokenizer: TokOpt = None,
     max_attempts: AttemptsOpt = 10,
-    job_timeout: JobTimeoutOpt = 3 * 3600.0,
+    job_timeout: JobTimeoutOpt = 4200.0,
+    queue_timeout: QueueTimeoutOpt = 7200.0,
     allow_version_mismatch: MismatchOpt = False,
     share_prefix: ShareOpt = True,
 ) -> None:
@@ -302,7 +318,8 @@ def run_file(
     ndif_host: HostOpt = None,
     tokenizer: TokOpt = None,
     max_attempts: AttemptsOpt = 10,
-    job_timeout: JobTimeoutOpt = 3 * 3600.0,
+    job_timeout: JobTimeoutOpt = 4200.0,
+    queue_timeout: QueueTimeoutOpt = 7200.0,
     allow_version_mismatch: MismatchOpt = False,
     share_prefix: ShareOpt = True,
 ) -> None:

@@ -20,11 +20,19 @@ class ModelPreset(BaseModel):
     backend: Literal["local", "ndif"]
     description: str
     config_dir: str | None = None  # shipped config.json (remote-only models build on meta offline)
+    # A chat template shipped in config_dir, used when the tokenizer has none (a base model):
+    # the protocols' prompts are chats. Its text is hashed into every trial key with the tokenizer.
+    chat_template: str | None = None
     mlp_attr: str = "mlp"  # the module whose output is Merrill's m_i (MLP output before the residual add)
     instruct: bool = True
     # Rows per NDIF request / local generate call. Sized so rows × tokens × hidden stays within a
     # memory budget on the server's GPUs (None: derived from the config's dimensions).
     batch_rows: int | None = None
+
+    def shipped_chat_template(self) -> str | None:
+        if self.chat_template is None or self.config_dir is None:
+            return None
+        return files("remote_introspect").joinpath("presets", self.config_dir, self.chat_template).read_text()
 
     def shipped_config_path(self) -> Path | None:
         if self.config_dir is None:
@@ -108,8 +116,12 @@ PRESETS: dict[str, ModelPreset] = {
             repo_id="meta-llama/Llama-3.1-405B",
             source="hf",
             backend="ndif",
-            description="Llama-3.1-405B base on NDIF (the dedicated deployment NDIF has hosted)",
+            description=(
+                "Llama-3.1-405B base on NDIF (the deployment NDIF hosts); Lindsey's prompt in the "
+                "Llama 3.1 chat format from the shipped template (the base tokenizer has none)"
+            ),
             config_dir="llama-3.1-405b",
+            chat_template="chat_template.jinja",
             instruct=False,
             batch_rows=192,
         ),

@@ -3,7 +3,10 @@ LLM-judge calls.
 
 Exponential backoff with jitter, capped attempts, and a server's own hint honoured: an exception
 carrying `retry_after` (seconds, e.g. from HTTP Retry-After) waits exactly that long, and one
-asking for longer than `max_retry_after_s` stops the retries (the service is down, not busy).
+asking for longer than `max_retry_after_s` stops the retries (the service is down, not busy). An
+exception marked `long_backoff = True` (NDIF: "Model deployment cannot be accomodated at this
+time. Please try again later") waits at least `long_wait_s`: the cluster has no room for the model
+now, and asking again in seconds only adds load.
 Which errors are worth retrying is the caller's classification (`retry_if`); by default only
 `TransientError`. Settings are transport, not science: they never enter a trial key.
 """
@@ -31,6 +34,7 @@ class RetrySettings:
     max_wait_s: float = 120.0
     jitter_s: float = 1.0
     max_retry_after_s: float = 600.0
+    long_wait_s: float = 300.0  # minimum wait after an error marked `long_backoff`
 
 
 def _exception(state: RetryCallState) -> BaseException | None:
@@ -52,9 +56,12 @@ def retrying(
     )
 
     def wait(state: RetryCallState) -> float:
-        after = getattr(_exception(state), "retry_after", None)
+        err = _exception(state)
+        after = getattr(err, "retry_after", None)
         if after is not None:
             return min(float(after), settings.max_retry_after_s)
+        if getattr(err, "long_backoff", False):
+            return max(float(backoff(state)), settings.long_wait_s)
         return float(backoff(state))
 
     def stop(state: RetryCallState) -> bool:

@@ -50,7 +50,8 @@ class RunOptions:
     ndif_host: str | None = None
     tokenizer_dir: Path | None = None
     retry: RetrySettings = field(default_factory=RetrySettings)
-    job_timeout_s: float | None = None  # NDIF: wall-clock cap per job before resubmitting
+    job_timeout_s: float | None = None  # NDIF: longest a job may stay RUNNING (not queued)
+    queue_timeout_s: float | None = None  # NDIF: queued this long unchanged -> probe the server
     poll_initial_s: float | None = None
     stale_probe_s: float | None = None
     share_prefix: bool = True
@@ -122,6 +123,8 @@ def make_executor(ref: ModelRef, opts: RunOptions) -> tuple[Executor, Any]:
     )
     if opts.job_timeout_s is not None:
         settings.job_timeout_s = opts.job_timeout_s
+    if opts.queue_timeout_s is not None:
+        settings.queue_timeout_s = opts.queue_timeout_s
     if opts.poll_initial_s is not None:
         settings.poll_initial_s = opts.poll_initial_s
     if opts.stale_probe_s is not None:

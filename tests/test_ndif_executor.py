@@ -23,6 +23,7 @@ from remote_introspect.retry_policy import RetrySettings
 from remote_introspect.runner import RunOptions
 from remote_introspect.spec import ExperimentSpec, GenerationParams
 from remote_introspect.testing.ndif_loopback import (
+    CANNOT_ACCOMMODATE,
     CONNECTION_LOST,
     DEFAULT_API_KEY,
     EVICTED,
@@ -32,7 +33,9 @@ from remote_introspect.testing.ndif_loopback import (
 )
 from remote_introspect.tiny_models import materialize_tiny_model
 
-FAST_RETRY = RetrySettings(max_attempts=10, initial_wait_s=0.01, max_wait_s=0.05, jitter_s=0.0)
+# NDIF's full text (queue/processor.py); "accomodated" is the server's spelling.
+CANNOT_ACCOMMODATE_TEXT = f"{CANNOT_ACCOMMODATE} at this time. Please try again later. Sorry for the inconvenience."
+FAST_RETRY = RetrySettings(max_attempts=10, initial_wait_s=0.01, max_wait_s=0.05, jitter_s=0.0, long_wait_s=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +107,104 @@ def test_remote_run_equals_local_run_with_few_round_trips(server, model_dir, tmp
 
 
 def test_thirty_percent_transient_faults_complete_identically(server, model_dir, tmp_path, local_reference):
-    server.faults.update(fault_rate=0.3, seed=7)
+    """30% of submissions fail (503 or an ERROR text) and 30% of polls answer 502. The results
+    equal the fault-free run, and the server sees no more POSTs than requests + retried failures:
+    a failed poll is retried on the same job id, never by a second POST."""
+    server.faults.update(fault_rate=0.3, poll_fault_rate=0.3, seed=7)
     rep = runner.run(_spec(model_dir), _opts(tmp_path / "c", server.url))
     assert rep.complete
     assert _responses(tmp_path / "c") == local_reference
     assert server.failed + server.requests - server.accepted > 0, "the fault rate injected nothing"
+    assert server.poll_errors > 0, "no poll failed"
     # No trial ran twice once stored: every completed job is one batch (or the vector pass).
     with sqlite3.connect(tmp_path / "c" / "results.sqlite") as c:
         n_batches = c.execute("SELECT COUNT(*) FROM batches WHERE status='done'").fetchone()[0]
     assert server.completed == n_batches + 1
+    rejected = server.requests - server.accepted  # 503 on submit
+    # POSTs = one per request (batches + the vector pass) + one per failure the server reported.
+    assert server.requests == (n_batches + 1) + server.failed + rejected
+    print(f"\nPOSTs {server.requests} = {n_batches + 1} requests + {server.failed} failed jobs + "
+          f"{rejected} refused submits; {server.poll_errors} of {server.polls} polls answered 502")  # fmt: skip
+
+
+def test_poll_502s_retry_the_poll_not_the_job(server, model_dir, tmp_path, local_reference):
+    server.faults.update(poll_fault_rate=0.5, seed=3)
+    rep = runner.run(_spec(model_dir), _opts(tmp_path / "c", server.url))
+    assert rep.complete and _responses(tmp_path / "c") == local_reference
+    assert server.poll_errors > 0
+    with sqlite3.connect(tmp_path / "c" / "results.sqlite") as c:
+        n_batches = c.execute("SELECT COUNT(*) FROM batches WHERE status='done'").fetchone()[0]
+    assert server.requests == server.accepted == server.completed == n_batches + 1
+
+
+def test_expired_result_link_resubmits_the_batch_not_a_key_error(server, model_dir, tmp_path, local_reference):
+    """NDIF's result link is an S3 URL presigned for 2 h (mixins.py @051b7056); fetched too late it
+    answers 403 AccessDenied. That is an expired link: resubmit the batch. It is not a bad key."""
+    import threading
+
+    server.faults.update(result_url_ttl_s=0.0)  # every link has expired by the time it is fetched
+
+    def heal_after_first_expiry():
+        deadline = time.time() + 120
+        while server.expired_downloads == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        server.faults.update(result_url_ttl_s=3600.0)
+
+    threading.Thread(target=heal_after_first_expiry, daemon=True).start()
+    rep = runner.run(_spec(model_dir), _opts(tmp_path / "c", server.url))
+    assert rep.complete and _responses(tmp_path / "c") == local_reference
+    assert server.expired_downloads >= 1
+    with sqlite3.connect(tmp_path / "c" / "results.sqlite") as c:
+        n_batches = c.execute("SELECT COUNT(*) FROM batches WHERE status='done'").fetchone()[0]
+    assert server.accepted == n_batches + 1 + server.expired_downloads
+
+
+def test_long_queue_is_not_a_reason_to_resubmit(server, model_dir, tmp_path):
+    """`--job-timeout` bounds time RUNNING; a job queued longer than that is waited for."""
+    opts = _opts(tmp_path / "c", server.url, job_timeout_s=0.5)
+    small = dict(concepts=("Dust",), strengths=(2.0,), controls=0)
+    assert runner.run(_spec(model_dir, samples=1, **small), opts).complete  # vectors cached
+    server.reset_counters()
+    server.faults.update(queue_delay_s=1.5)
+    rep = runner.run(_spec(model_dir, samples=3, **small), opts)
+    assert rep.complete
+    assert server.requests == server.accepted == server.completed  # one POST per batch
+
+
+def test_job_frozen_running_after_restart_is_resubmitted_after_the_running_cap(server, model_dir, tmp_path):
+    """A restart loses the job but its last status (RUNNING) stays in the object store forever;
+    past the execution cap (`job_timeout_s`) the executor resubmits it."""
+    import threading
+
+    opts = _opts(tmp_path / "c", server.url, job_timeout_s=1.0, stale_probe_s=600.0)
+    small = dict(concepts=("Dust",), strengths=(2.0,), controls=0)
+    assert runner.run(_spec(model_dir, samples=1, **small), opts).complete  # vectors cached
+    server.faults.update(run_delay_s=30.0)
+
+    def restart_while_running():
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with server._lock:
+                if any(j.status == "RUNNING" for j in server._jobs.values()):
+                    break
+            time.sleep(0.01)
+        server.faults.update(run_delay_s=0.0)
+        server.restart(lost="freeze")
+
+    threading.Thread(target=restart_while_running, daemon=True).start()
+    t0 = time.time()
+    rep = runner.run(_spec(model_dir, samples=3, **small), opts)
+    assert rep.complete and time.time() - t0 < 30
+    assert server.job_status  # the frozen job is still reported by its last status
+    frozen = [j for j in server._jobs.values() if j.status == "RUNNING"]
+    assert len(frozen) == 1
+
+
+def test_cannot_be_accommodated_is_transient_with_a_long_backoff(server, model_dir, tmp_path):
+    server.faults.update(job_errors=[CANNOT_ACCOMMODATE_TEXT])
+    rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),
+                     _opts(tmp_path / "c", server.url))  # fmt: skip
+    assert rep.complete and server.failed == 1
 
 
 def test_each_transient_text_is_retried(server, model_dir, tmp_path):
@@ -147,7 +239,7 @@ def test_transient_errors_exhaust_attempts_then_failed_not_negative(server, mode
     ("fault", "expected"),
     [
         (dict(reject_auth=True), "API key"),
-        (dict(version_mismatch=True), "version"),
+        (dict(version_mismatch=True), "pip install nnsight=="),
         (dict(job_error=NOT_DEDICATED), "cannot run this model"),
     ],
 )
@@ -165,13 +257,57 @@ def test_preflight_names_unavailable_model_and_alternatives(server, model_dir, t
 
 
 def test_preflight_version_mismatch_is_fatal(model_dir, tmp_path, monkeypatch):
+    """NDIF's rule is client >= server (dependencies.py @134eac98): a newer server is fatal with the
+    exact pip command, before any POST; the POST itself would be refused with HTTP 400."""
     monkeypatch.setenv("NDIF_API_KEY", DEFAULT_API_KEY)
-    with LoopbackNDIF({str(model_dir): model_dir}, server_nnsight_version="0.9.0") as srv:
-        with pytest.raises(FatalRemoteError, match="server runs 0.9.0"):
+    with LoopbackNDIF({str(model_dir): model_dir}, server_nnsight_version="0.8.9") as srv:
+        with pytest.raises(FatalRemoteError, match="server runs 0.8.9") as err:
+            runner.run(_spec(model_dir), _opts(tmp_path / "c", srv.url))
+        assert "pip install nnsight==0.8.9" in str(err.value) and "\n" not in str(err.value)
+        assert srv.requests == 0
+        with pytest.raises(FatalRemoteError, match="pip install nnsight==0.8.9"):  # the server's 400
+            runner.run(_spec(model_dir), _opts(tmp_path / "c", srv.url, allow_version_mismatch=True))
+
+
+def test_older_server_patch_release_is_accepted(model_dir, tmp_path, monkeypatch):
+    """A server running an older nnsight than ours (client >= server) is what NDIF accepts; the
+    old exact-equality preflight refused it."""
+    monkeypatch.setenv("NDIF_API_KEY", DEFAULT_API_KEY)
+    lines = []
+    with LoopbackNDIF({str(model_dir): model_dir}, server_nnsight_version="0.8.0", preload=True) as srv:
+        rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),
+                         _opts(tmp_path / "c", srv.url), notice=lines.append)  # fmt: skip
+    assert rep.complete
+    assert any("server 0.8.0" in line and "ok" in line for line in lines), lines
+
+
+def test_server_python_newer_than_ours_is_fatal(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("NDIF_API_KEY", DEFAULT_API_KEY)
+    with LoopbackNDIF({str(model_dir): model_dir}, server_python_version="3.99.0 (main)") as srv:
+        with pytest.raises(FatalRemoteError, match="python: server runs 3.99"):
             runner.run(_spec(model_dir), _opts(tmp_path / "c", srv.url))
         assert srv.requests == 0
-        rep = runner.run(_spec(model_dir), _opts(tmp_path / "c", srv.url, allow_version_mismatch=True))
-        assert rep.complete
+        with pytest.raises(FatalRemoteError, match="Python >= 3.99"):  # the server's HTTP 400
+            runner.run(_spec(model_dir), _opts(tmp_path / "c", srv.url, allow_version_mismatch=True))
+
+
+def test_missing_preflight_endpoints_are_not_checked_and_the_run_goes_on(server, model_dir, tmp_path):
+    server.faults.update(missing_endpoints=frozenset({"/env", "/status", "/whoami"}))
+    lines = []
+    rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),
+                     _opts(tmp_path / "c", server.url), notice=lines.append)  # fmt: skip
+    assert rep.complete
+    checks = [line for line in lines if line.startswith("preflight:")]
+    assert len(checks) == 3 and all("not checked" in line and "404" in line for line in checks), checks
+
+
+def test_warm_deployment_counts_as_available(server, model_dir, tmp_path):
+    server.faults.update(warm_models=frozenset({model_key_for_dir(model_dir)}))
+    lines = []
+    rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),
+                     _opts(tmp_path / "c", server.url), notice=lines.append)  # fmt: skip
+    assert rep.complete
+    assert any("WARM" in line for line in lines), lines
 
 
 def test_missing_key_is_fatal_before_any_request(server, model_dir, tmp_path, monkeypatch):
@@ -204,7 +340,7 @@ def test_dropped_job_is_resubmitted_after_the_cap(server, model_dir, tmp_path):
 
     threading.Thread(target=heal_later, daemon=True).start()
     rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=3, controls=0),
-                     _opts(tmp_path / "c", server.url, job_timeout_s=0.3))  # fmt: skip
+                     _opts(tmp_path / "c", server.url, stale_probe_s=0.3))  # fmt: skip
     assert rep.complete
 
 
@@ -304,6 +440,38 @@ def test_405b_preset_offline_preflight_names_the_deployed_base_model(tmp_path, t
     assert len(err) == 1
     assert "meta-llama/Llama-3.1-405B-Instruct is not available" in err[0]
     assert "meta-llama/Llama-3.1-405B (--model 405b-base)" in err[0]
+    # ... and the command to run instead: this one, with --model 405b-base.
+    assert "use instead: python -m remote_introspect replicate-lindsey --model 405b-base --tokenizer" in err[0]
+
+
+def test_405b_base_renders_lindsey_in_the_llama31_chat_format_from_the_shipped_template(tmp_path, tiny_tokenizer):
+    """The base model's tokenizer has no chat template; the preset ships Llama 3.1's, so the
+    Lindsey prompt is the chat the Instruct model would see, and the template's text enters the
+    tokenizer fingerprint (hence the trial key)."""
+    from remote_introspect.executors.ndif import _load_tokenizer
+    from remote_introspect.model_loading import resolve_model
+    from remote_introspect.prompts import FIXED_DATE, LINDSEY_SETUP, tokenizer_fingerprint
+
+    tok_dir = tmp_path / "tok"
+    base_tok = tiny_tokenizer
+    base_tok.chat_template = None
+    base_tok.save_pretrained(tok_dir)
+    ref = resolve_model("405b-base")
+    assert ref.preset is not None and not ref.preset.instruct
+    tok = _load_tokenizer(ref, tok_dir)
+    assert tok.chat_template == ref.preset.shipped_chat_template()
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": LINDSEY_SETUP}, {"role": "assistant", "content": "Ok."}],
+        tokenize=False, add_generation_prompt=True, date_string=FIXED_DATE,
+    )  # fmt: skip
+    assert text == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+        f"Today Date: {FIXED_DATE}\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{LINDSEY_SETUP}"
+        "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nOk.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    bare_fp = tokenizer_fingerprint(base_tok)
+    assert tokenizer_fingerprint(tok) != bare_fp  # the template is part of the key
 
 
 def test_server_restart_mid_job_is_detected_and_resubmitted(server, model_dir, tmp_path):
@@ -325,3 +493,78 @@ def test_server_restart_mid_job_is_detected_and_resubmitted(server, model_dir, t
     t0 = time.time()
     rep = runner.run(_spec(model_dir, samples=3, **small), opts)
     assert rep.complete and time.time() - t0 < 60
+
+
+def test_killed_client_and_restarted_server_rerun_resubmits_within_two_minutes(model_dir, tmp_path):
+    """kill -9 the client mid-job, restart the server (NDIF forgets the job and answers 500 for its
+    id), rerun: the rerun notices the forgotten job and resubmits it promptly, with the CLI's
+    default retry settings (the old code retried the reattach with minutes of backoff)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NDIF_API_KEY": DEFAULT_API_KEY}
+    cache = tmp_path / "c"
+    with LoopbackNDIF({str(model_dir): model_dir}, preload=True) as srv:
+        srv.faults.update(unknown_id_status=500)
+        cmd = [sys.executable, "-m", "remote_introspect", "replicate-lindsey", "--model", str(model_dir),
+               "--backend", "ndif", "--ndif-host", srv.url, "--max-new-tokens", "3", "--concepts", "2",
+               "--batch-size", "4", "--cache", str(cache)]  # fmt: skip
+        srv.faults.update(run_delay_s=30.0)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        db = cache / "results.sqlite"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with sqlite3.connect(db) as c:
+                    n = c.execute("SELECT COUNT(*) FROM batches WHERE status='submitted'").fetchone()[0]
+            except sqlite3.OperationalError:
+                n = 0
+            if n:
+                break
+            time.sleep(0.05)
+        else:
+            proc.kill()
+            pytest.fail("no batch was ever submitted")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with sqlite3.connect(db) as c:
+            done_before = c.execute("SELECT COUNT(*) FROM batches WHERE status='done'").fetchone()[0]
+        srv.faults.update(run_delay_s=0.0)
+        srv.restart(lost="forget")
+        accepted_before = srv.accepted
+        t0 = time.time()
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=200)
+        elapsed = time.time() - t0
+        print(f"\nrerun after kill + restart: {elapsed:.0f}s, {srv.accepted - accepted_before} POSTs accepted")
+        assert res.returncode == 0, res.stderr
+        with sqlite3.connect(db) as c:
+            statuses = {r[0] for r in c.execute("SELECT status FROM trials")}
+            n_done = c.execute("SELECT COUNT(*) FROM batches WHERE status='done'").fetchone()[0]
+    assert statuses == {"done"}
+    assert elapsed < 120, f"rerun took {elapsed:.0f}s"
+    # The lost batch was resubmitted once, the others submitted once: no duplicates.
+    assert srv.accepted - accepted_before == n_done - done_before
+    assert "reattached" not in res.stderr
+
+
+def test_job_queued_past_queue_timeout_is_probed_and_kept_while_the_server_knows_it(server, model_dir, tmp_path):
+    """A job sits QUEUED unchanged past `queue_timeout_s`: the executor asks the server, which
+    still lists it and the model, so it keeps waiting (no second POST). Once the server forgets it
+    (restart; NDIF then answers 500 for the id) it is resubmitted."""
+    import threading
+
+    opts = _opts(tmp_path / "c", server.url, queue_timeout_s=0.3, stale_probe_s=0.5)
+    small = dict(concepts=("Dust",), strengths=(2.0,), controls=0)
+    assert runner.run(_spec(model_dir, samples=1, **small), opts).complete  # vectors cached
+    server.reset_counters()
+    server.faults.update(drop_after_submit="hang", unknown_id_status=500)
+    seen = {}
+
+    def forget_later():
+        time.sleep(2.0)  # several queue_timeout probes while the server still knows the job
+        seen["accepted"] = server.accepted
+        server.faults.update(drop_after_submit=None)
+        server.restart(lost="forget")
+
+    threading.Thread(target=forget_later, daemon=True).start()
+    rep = runner.run(_spec(model_dir, samples=2, **small), opts)
+    assert rep.complete
+    assert seen["accepted"] == 1  # waited on the queued job: no resubmission while it was known
+    assert server.accepted == 2 and server.completed == 1

@@ -416,3 +416,100 @@ def _http_cause(client: Any, url: str) -> httpx.HTTPStatusError:
     cause = caught.value.__cause__
     assert isinstance(cause, httpx.HTTPStatusError)
     return cause
+
+
+# -- behaviours of the real service (ndif-team/ndif), switched on one at a time --------------------
+
+
+def test_unknown_id_answers_500_like_ndif(server: LoopbackNDIF, client: Any) -> None:
+    """NDIF's GET /response/{id} loads from the object store; an unknown id is an unhandled S3
+    NoSuchKey: HTTP 500 (src/services/api/src/app.py @105da734), which the client raises."""
+    server.faults.update(unknown_id_status=500, drop_after_submit="forget")
+    backend = submit_small(client, server.url)
+    with pytest.raises(httpx.HTTPStatusError) as caught:
+        backend()
+    assert caught.value.response.status_code == 500
+
+
+def test_poll_502s_are_seeded_and_counted(server: LoopbackNDIF, client: Any) -> None:
+    server.faults.update(poll_fault_rate=0.5, seed=0)
+    backend = submit_small(client, server.url)
+    errors = 0
+    deadline = time.monotonic() + 60
+    result = None
+    while result is None and time.monotonic() < deadline:
+        try:
+            result = backend()
+        except httpx.HTTPStatusError as error:
+            assert error.response.status_code == 502
+            errors += 1
+        time.sleep(0.01)
+    assert result is not None and "logits" in result
+    assert errors == server.poll_errors > 0
+
+
+def test_result_url_is_presigned_on_a_separate_path_and_expires_with_403(server: LoopbackNDIF, client: Any) -> None:
+    """NDIF's result link is an S3 URL signed once, at completion, for 2 h (mixins.py @051b7056);
+    once expired the object store answers 403 AccessDenied: not NDIF's API, not the key."""
+    server.faults.update(result_url_ttl_s=0.3)
+    backend = submit_small(client, server.url)
+    deadline = time.monotonic() + 60
+    while server.job_status(backend.job_id) != "COMPLETED" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    text = httpx.get(f"{server.url}/response/{backend.job_id}").json()
+    assert "/objects/results/" in text["data"] and "X-Amz-Expires" in text["data"]
+    assert httpx.get(text["data"]).status_code == 200  # fresh: downloads
+    time.sleep(0.4)
+    expired = httpx.get(text["data"])
+    assert expired.status_code == 403 and b"AccessDenied" in expired.content
+    with pytest.raises(httpx.HTTPStatusError) as caught:  # the client's own download path
+        backend()
+    assert caught.value.response.status_code == 403 and server.expired_downloads == 2
+
+
+def test_restart_freeze_keeps_last_status_forever(server: LoopbackNDIF, client: Any) -> None:
+    server.faults.update(run_delay_s=5.0)
+    backend = submit_small(client, server.url)
+    deadline = time.monotonic() + 60
+    while server.job_status(backend.job_id) != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.restart(lost="freeze")
+    server.faults.update(run_delay_s=0.0)
+    for _ in range(3):
+        assert backend() is None and backend.status.value == "RUNNING"
+        time.sleep(0.1)
+    assert "logits" in wait(submit_small(client, server.url))  # new work still runs
+    assert backend() is None and backend.status.value == "RUNNING"
+
+
+def test_running_past_the_cap_ends_with_ndifs_timeout_text(server: LoopbackNDIF, client: Any) -> None:
+    """The model actor waits `execution_timeout` and raises "Job took longer than timeout: N
+    seconds" (ray/deployments/modeling/base.py @02758d7c)."""
+    server.faults.update(running_cap_s=0.2, run_delay_s=1.0)
+    with pytest.raises(RemoteError, match=rf"^{JOB_TIMEOUT}: 0.2 seconds$"):
+        wait(submit_small(client, server.url))
+
+
+def test_default_version_rule_is_client_at_least_server(model_dir: Path, client: Any) -> None:
+    """By default the loopback applies NDIF's rule with NDIF's default minimum (the server's own
+    nnsight, config.py @14c5ae16): an older server accepts us, a newer one answers 400."""
+    with LoopbackNDIF({str(model_dir): model_dir}, server_nnsight_version="0.8.0") as older:
+        assert older.min_nnsight_version == "0.8.0"
+        assert "logits" in wait(submit_small(client, older.url))
+    with LoopbackNDIF({str(model_dir): model_dir}, server_nnsight_version="0.8.99") as newer:
+        cause = _http_cause(client, newer.url)
+        assert cause.response.status_code == 400
+        assert "minimum supported version is 0.8.99" in cause.response.json()["detail"]
+    with LoopbackNDIF({str(model_dir): model_dir}, server_python_version="3.99.1 (main)") as py:
+        cause = _http_cause(client, py.url)
+        assert cause.response.status_code == 400
+        assert "Client python version" in cause.response.json()["detail"]
+
+
+def test_missing_endpoints_warm_models_and_upload_bytes(server: LoopbackNDIF, client: Any, model_dir: Path) -> None:
+    server.faults.update(missing_endpoints=frozenset({"/env"}), warm_models=frozenset({model_key_for_dir(model_dir)}))
+    assert httpx.get(f"{server.url}/env").status_code == 404
+    level = httpx.get(f"{server.url}/status").json()["deployments"][model_key_for_dir(model_dir)]
+    assert level["deployment_level"] == "WARM"
+    assert "logits" in wait(submit_small(client, server.url))  # WARM still runs requests
+    assert server.upload_bytes > 0

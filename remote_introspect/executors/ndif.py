@@ -1,13 +1,34 @@
 """Run the package's traces on NDIF (or any server speaking nnsight 0.8.1's remote protocol).
 
 Submission is always non-blocking: the job id comes back from the POST and the runner persists it
-BEFORE we wait, so a killed client reattaches instead of resubmitting. We poll with backoff under
-our own wall-clock cap (the client's blocking websocket wait has none, and a dropped socket loses
-a blocking job). Every failure is classified (NDIF.md "How it fails"):
+BEFORE we wait, so a killed client reattaches instead of resubmitting. We poll `GET /response/{id}`
+ourselves (the client's blocking websocket wait has no timeout, and a dropped socket loses a
+blocking job) and download the result link separately, so each failure is attributed to the step
+that failed. Facts from NDIF's public server source (ndif-team/ndif):
 
-- fatal (bad key, version mismatch, model not available) → `FatalRemoteError`: the run stops;
-- transient (5xx, connection errors, eviction, preemption, lost backend, a job that never
-  finishes within the cap) → `TransientError`: retried by `retry_policy`, then recorded failed;
+- `GET /response/{id}` loads the status JSON from the object store; an id it does not know raises
+  S3 NoSuchKey, unhandled → HTTP 500, not 404 (`src/services/api/src/app.py` @105da734,
+  `src/common/schema/mixins.py` @051b7056). Queues live in memory, statuses in the object store:
+  a job lost in a restart keeps its last status forever.
+- Result links are S3 URLs presigned once, when the job completes, for 2 h (`ExpiresIn=3600 * 2`,
+  mixins.py @051b7056); afterwards the object store answers 403 AccessDenied.
+- The model actor kills a job after `execution_timeout` ("Job took longer than timeout: N
+  seconds", `src/services/ray/src/ray/deployments/modeling/base.py` @02758d7c; 3600 s on NDIF).
+- Versions: client nnsight >= `MIN_NNSIGHT_VERSION` (default: the server's own) and client Python
+  major.minor >= the server's, else HTTP 400 (`src/services/api/src/dependencies.py` @134eac98,
+  `config.py` @14c5ae16).
+
+Hence:
+- a poll that fails (502, connection error, unparsable body) is retried on the SAME job id; it
+  never resubmits a job that may still run;
+- a job is resubmitted only when the server reports it failed (ERROR), no longer knows it (404/500
+  for `stale_probe_s`), has been RUNNING past NDIF's execution cap (`job_timeout_s`, default 3600 s
+  + a margin: its status froze in a restart), or has sat unchanged in the queue past
+  `queue_timeout_s` AND the server no longer lists the model as deployed; or when the result link
+  has expired (`ResultExpiredError`). A long queue alone is never a failure;
+- fatal (bad key from the API itself, version mismatch, model not hosted) → `FatalRemoteError`;
+- transient (5xx on submit, eviction, preemption, lost backend) → `TransientError`, retried by
+  `retry_policy`; "cannot be accommodated" → `CapacityError`, transient with a long backoff;
 - "Job took longer than timeout" / out of memory → `BatchTooLargeError`: the runner splits;
 - anything else the server reports (an exception in the request) → `RemoteJobError`: the batch is
   recorded failed with the server's message.
@@ -19,6 +40,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,28 +61,49 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "https://api.ndif.us"
 API_KEY_ENV = "NDIF_API_KEY"
 
+#: NDIF's model actor kills a job RUNNING this long (base.py @02758d7c; NDIF runs 3600 s).
+NDIF_EXECUTION_CAP_S = 3600.0
+
 FATAL_TEXTS = (
     "not dedicated",
     "not pinned",
     "hotswapping is not supported",
-    "cannot be accomodated",  # sic: NDIF's spelling
-    "cannot be accommodated",
     "invalid api key",
     "incompatible with the server nnsight version",
 )
+#: The deployment has no room now (queue/processor.py): retry, but minutes apart.
+CAPACITY_TEXTS = ("cannot be accomodated", "cannot be accommodated")  # sic: NDIF's spelling first
 TRANSIENT_TEXTS = (
     "evicted",
     "cancelled or preempted",
     "connection lost to compute backend",
     "please retry",
     "try again later",
+    "try again in",
     "temporarily unavailable",
+    "failed to submit request to queue",
 )
 SPLIT_TEXTS = ("took longer than timeout", "out of memory")
+#: `/status` deployment levels that can run a request, best first (COLD = downloaded only).
+_HOSTED_LEVELS = ("HOT", "WARM")
 
 
 class RemoteJobError(Exception):
     """The server ran the request and it raised (not retryable as is)."""
+
+
+class CapacityError(TransientError):
+    """NDIF cannot place the model now; `retry_policy` waits its long backoff before retrying."""
+
+    long_backoff = True
+
+
+class JobLostError(TransientError):
+    """The server no longer runs this job (forgotten, or its status froze): resubmit it."""
+
+
+class ResultExpiredError(TransientError):
+    """The job finished but its result link has expired (403 from the object store): resubmit."""
 
 
 @dataclass
@@ -67,10 +111,16 @@ class NDIFSettings:
     host: str = DEFAULT_HOST
     poll_initial_s: float = 0.5
     poll_max_s: float = 10.0
-    job_timeout_s: float = 3 * 3600.0  # NDIF's own execution cap is 3600 s; add queueing time
-    # The client reads a 404 on GET /response/{id} as "not yet": after this long without a status
-    # change we ask the server directly whether it still knows the job (a restart forgets it).
-    stale_probe_s: float = 120.0
+    # Longest a job may stay RUNNING: NDIF's own execution cap plus a margin. Past it the server
+    # would have ended the job itself, so a status still RUNNING froze in a restart. Time queued
+    # does not count.
+    job_timeout_s: float = NDIF_EXECUTION_CAP_S + 600.0
+    # A job whose queued status has not changed for this long is probed: resubmitted only if the
+    # server no longer knows it or no longer lists the model as deployed.
+    queue_timeout_s: float = 2 * 3600.0
+    # How long the server must keep answering "unknown id" (NDIF: 500; others: 404) before the
+    # job counts as lost (a status not yet written, or a one-off 500, does not).
+    stale_probe_s: float = 30.0
     # Prefill the prompt prefix all rows share once, in the same request (one nnsight session of
     # two traces): saves server time; off = the single-trace path.
     share_prefix: bool = True
@@ -105,12 +155,16 @@ def classify(err: BaseException, secret: str | None = None) -> Exception:
     msg = scrub(f"{err}".strip().splitlines()[0] if str(err).strip() else type(err).__name__, secret)
     low = str(err).lower()
     code = _status_code(err)
+    # Only errors from NDIF's own API reach here (result downloads are handled in `_download`),
+    # so a 401/403 is the key.
     if code in (401, 403) or "api key" in low and ("invalid" in low or "missing" in low):
         return FatalRemoteError(f"NDIF rejected the API key (HTTP {code or 401}): {msg}")
     if code == 400 and ("version" in low or "incompatible" in low):
-        return FatalRemoteError(f"nnsight version mismatch with the server: {msg}")
+        return FatalRemoteError(_version_refusal(str(err), msg))
     if any(t in low for t in FATAL_TEXTS):
         return FatalRemoteError(f"NDIF cannot run this model for you: {msg}")
+    if any(t in low for t in CAPACITY_TEXTS):
+        return CapacityError(msg)
     if any(t in low for t in SPLIT_TEXTS):
         return BatchTooLargeError(msg)
     if any(t in low for t in TRANSIENT_TEXTS):
@@ -124,6 +178,64 @@ def classify(err: BaseException, secret: str | None = None) -> Exception:
     if code is not None:
         return RemoteJobError(f"HTTP {code}: {msg}")
     return RemoteJobError(msg)
+
+
+def _version_refusal(text: str, msg: str) -> str:
+    """One line for NDIF's HTTP 400 version refusal, with the command that fixes it."""
+    minimum = re.search(r"minimum supported version is ([0-9][0-9A-Za-z.+-]*[0-9A-Za-z])", text)
+    if minimum and "python" in text.lower():
+        return (
+            f"NDIF requires Python >= {minimum.group(1)}; this client runs "
+            f"{sys.version_info.major}.{sys.version_info.minor}: {msg}"
+        )
+    if minimum:
+        from importlib.metadata import version
+
+        return (
+            f"nnsight: NDIF requires >= {minimum.group(1)}, this client has {version('nnsight')}; "
+            f"run: pip install nnsight=={minimum.group(1)}"
+        )
+    return f"nnsight version mismatch with the server: {msg}"
+
+
+def _version_key(text: str) -> tuple:
+    """Comparable version (PEP 440 via packaging when it parses, else numeric parts)."""
+    try:
+        from packaging.version import Version
+
+        return (0, Version(text))
+    except Exception:  # noqa: BLE001 - a malformed version compares by its digits
+        return (1, tuple(int(p) for p in re.findall(r"\d+", text)[:3]))
+
+
+def _major_minor(text: str) -> str:
+    return ".".join(str(text).split()[0].split(".")[:2]) if str(text).strip() else ""
+
+
+def _suggest_command(preset_name: str) -> str:
+    """This run's command line with `--model` set to `preset_name` (or just the flag)."""
+    args = list(sys.argv[1:])
+    prog = sys.argv[0] if sys.argv else ""
+    if not args or not (prog.endswith("__main__.py") or "remote_introspect" in prog):
+        return f"--model {preset_name}"
+    out: list[str] = []
+    skip = False
+    replaced = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--model":
+            out += ["--model", preset_name]
+            skip = replaced = True
+        elif arg.startswith("--model="):
+            out.append(f"--model={preset_name}")
+            replaced = True
+        else:
+            out.append(arg)
+    if not replaced:
+        out += ["--model", preset_name]
+    return "python -m remote_introspect " + " ".join(out)
 
 
 def _load_tokenizer(ref: ModelRef, tokenizer_dir: Path | None) -> Any:
@@ -141,7 +253,12 @@ def _load_tokenizer(ref: ModelRef, tokenizer_dir: Path | None) -> Any:
     if tok.chat_template is None:
         from ..prompts import GEMMA_CHAT_TEMPLATE
 
-        if "gemma" in str(ref.config.get("model_type", "")):
+        shipped = ref.preset.shipped_chat_template() if ref.preset else None
+        if shipped is not None:
+            # A base model's tokenizer has no template: render the protocol's chat with the one
+            # the preset ships (its text is hashed into every trial key with the tokenizer).
+            tok.chat_template = shipped
+        elif "gemma" in str(ref.config.get("model_type", "")):
             tok.chat_template = GEMMA_CHAT_TEMPLATE
         else:
             raise UserError(f"the tokenizer for {ref.repo_id} has no chat template; the protocols need one")
@@ -213,9 +330,8 @@ class NDIFExecutor:
         )
 
     def preflight(self) -> list[str]:
-        """GET-only checks, one line each. Raises FatalRemoteError for a fatal finding."""
-        from importlib.metadata import version
-
+        """GET-only checks, one line each. Raises FatalRemoteError for a fatal finding; an
+        endpoint that is missing (404) or unreachable prints "not checked" and the run goes on."""
         import httpx
 
         lines: list[str] = []
@@ -237,99 +353,224 @@ class NDIFExecutor:
             if who.status_code == 200
             else f"key: not checked (/whoami answered {who.status_code})"
         )
-        status = self._get("/status")
-        if status.status_code == 200:
-            deployments = status.json().get("deployments", {})
-            mine = [d for d in deployments.values() if d.get("repo_id") == self.ref.repo_id]
-            live = [
-                d
-                for d in mine
-                if d.get("deployment_level") in ("HOT", "WARM") and d.get("application_state") == "RUNNING"
-            ]
-            if not live:
-                others = sorted(
-                    {
-                        str(d.get("repo_id"))
-                        for d in deployments.values()
-                        if d.get("deployment_level") in ("HOT", "WARM")
-                    }
-                )
-                state = (
-                    f" (state {mine[0].get('deployment_level')}/{mine[0].get('application_state')})"
-                    if mine
-                    else ""
-                )
-                from ..presets import PRESETS
-
-                named = [
-                    f"{o} (--model {p.name})"
-                    if (p := next((q for q in PRESETS.values() if q.repo_id == o), None))
-                    else o
-                    for o in others
-                ]
-                raise FatalRemoteError(
-                    f"model {self.ref.repo_id} is not available on NDIF{state}; deployed: "
-                    + (", ".join(named) if named else "none")
-                )
-            lines.append(f"model: {self.ref.repo_id} is deployed and running")
-        else:
-            lines.append(f"model: availability not checked (/status answered {status.status_code})")
-        env = self._get("/env")
-        if env.status_code == 200:
-            self._server_env = env.json()
-            server_nn = str(self._server_env.get("packages", {}).get("nnsight", "unknown"))
-            client_nn = version("nnsight")
-            if server_nn != client_nn:
-                msg = f"nnsight: server runs {server_nn}, this client {client_nn}"
-                if not self.settings.allow_version_mismatch:
-                    raise FatalRemoteError(
-                        msg + f"; install nnsight=={server_nn} (or pass --allow-version-mismatch)"
-                    )
-                lines.append(msg + " (mismatch allowed)")
-            else:
-                lines.append(f"nnsight: {client_nn} on both ends")
-        else:
-            lines.append(f"nnsight: server version not checked (/env answered {env.status_code})")
+        lines.append(self._check_hosted())
+        lines.append(self._check_versions())
         return lines
+
+    def _check_hosted(self) -> str:
+        """HOT (on GPUs) or WARM (cached; the next request brings it back) counts as hosted; COLD
+        (downloaded, not deployed) or absent does not (the levels `nnsight.ndif.status` shows)."""
+        try:
+            status = self._get("/status")
+        except Exception as err:  # noqa: BLE001 - preflight only: the run decides
+            return f"model: availability not checked (/status unreachable: {type(err).__name__})"
+        if status.status_code != 200:
+            return f"model: availability not checked (/status answered {status.status_code})"
+        try:
+            deployments = dict(status.json().get("deployments") or {})
+        except Exception:  # noqa: BLE001 - an unexpected body is not a reason to stop
+            return "model: availability not checked (/status answered an unexpected body)"
+        mine = [d for d in deployments.values() if d.get("repo_id") == self.ref.repo_id]
+        live = [d for d in mine if d.get("deployment_level") in _HOSTED_LEVELS]
+        if live:
+            best = min(live, key=lambda d: _HOSTED_LEVELS.index(d.get("deployment_level")))
+            level, state = best.get("deployment_level"), best.get("application_state") or "?"
+            note = " (cached; the first request brings it back)" if level == "WARM" else ""
+            return f"model: {self.ref.repo_id} is deployed ({level}, {state}){note}"
+        hosted = sorted(
+            {str(d.get("repo_id")) for d in deployments.values() if d.get("deployment_level") in _HOSTED_LEVELS}
+        )
+        state = f" (state {mine[0].get('deployment_level')}/{mine[0].get('application_state')})" if mine else ""
+        from ..presets import PRESETS
+
+        named, instead = [], None
+        for repo in hosted:
+            preset = next((q for q in PRESETS.values() if q.repo_id == repo and q.backend == "ndif"), None)
+            named.append(f"{repo} (--model {preset.name})" if preset else repo)
+            if preset is not None and instead is None and self._same_family(repo):
+                instead = _suggest_command(preset.name)
+        raise FatalRemoteError(
+            f"model {self.ref.repo_id} is not available on NDIF{state}; hosted: "
+            + (", ".join(named) if named else "none")
+            + (f"; use instead: {instead}" if instead else "")
+        )
+
+    def _same_family(self, repo: str) -> bool:
+        """The hosted repo is the same model in another variant (e.g. base vs Instruct)."""
+        strip = lambda r: r.lower().removesuffix("-instruct")  # noqa: E731
+        return strip(repo) == strip(self.ref.repo_id)
+
+    def _check_versions(self) -> str:
+        """NDIF's rule: client nnsight >= the server's (its default minimum) and client Python
+        major.minor >= the server's (dependencies.py @134eac98, config.py @14c5ae16)."""
+        from importlib.metadata import version
+
+        try:
+            env = self._get("/env")
+        except Exception as err:  # noqa: BLE001 - preflight only
+            return f"nnsight: server version not checked (/env unreachable: {type(err).__name__})"
+        if env.status_code != 200:
+            return f"nnsight: server version not checked (/env answered {env.status_code})"
+        try:
+            self._server_env = dict(env.json())
+        except Exception:  # noqa: BLE001
+            return "nnsight: server version not checked (/env answered an unexpected body)"
+        server_nn = str((self._server_env.get("packages") or {}).get("nnsight") or "")
+        client_nn = version("nnsight")
+        server_py = _major_minor(str(self._server_env.get("python_version") or ""))
+        client_py = f"{sys.version_info.major}.{sys.version_info.minor}"
+        problems = []
+        if server_nn and _version_key(client_nn) < _version_key(server_nn):
+            problems.append(
+                f"nnsight: server runs {server_nn}, this client {client_nn} (NDIF requires client >= server); "
+                f"run: pip install nnsight=={server_nn}"
+            )
+        if server_py and _version_key(client_py) < _version_key(server_py):
+            problems.append(
+                f"python: server runs {server_py}, this client {client_py} (NDIF requires client >= server); "
+                f"use Python {server_py} or newer"
+            )
+        if problems:
+            if not self.settings.allow_version_mismatch:
+                raise FatalRemoteError(" | ".join(problems) + " (or pass --allow-version-mismatch)")
+            return " | ".join(problems) + " (mismatch allowed)"
+        if not server_nn:
+            return f"nnsight: server version not reported by /env (this client {client_nn})"
+        return f"nnsight: server {server_nn}, this client {client_nn}; python {server_py or '?'} / {client_py}: ok"
 
     # -- running ----------------------------------------------------------------------------------
 
     def _wait(self, backend: Any) -> dict[str, Any]:
-        """Poll a non-blocking job until its result arrives, under our wall-clock cap."""
-        deadline = time.monotonic() + self.settings.job_timeout_s
-        delay = self.settings.poll_initial_s
-        last = None
-        changed = time.monotonic()
-        while True:
-            try:
-                result = backend()
-            except Exception as err:  # noqa: BLE001 - classified below
-                raise classify(err, self.settings.api_key) from None
-            if result is not None:
-                self.on_status("downloaded")
-                return result
-            status = getattr(backend.status, "name", None) or str(backend.status or "submitted")
-            if status != last:
-                self.on_status(status.lower())
-                last = status
-                changed = time.monotonic()
-            elif time.monotonic() - changed > self.settings.stale_probe_s:
-                changed = time.monotonic()
-                if self._job_forgotten(backend.job_id):
-                    raise TransientError(f"the server no longer knows job {backend.job_id}; resubmitting")
-            if time.monotonic() > deadline:
-                raise TransientError(
-                    f"job {backend.job_id} gave no result within {self.settings.job_timeout_s:.0f}s "
-                    f"(last status {status}); resubmitting"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, self.settings.poll_max_s)
+        """Poll a non-blocking job by its id until its result arrives (see the module docstring
+        for when it gives up: never because a poll failed or a queue is long)."""
+        from nnsight.intervention.backends.remote import RemoteError
+        from nnsight.schema.response import ResponseModel
 
-    def _job_forgotten(self, job_id: str) -> bool:
+        s = self.settings
+        job_id = backend.job_id
+        delay = s.poll_initial_s
+        now = time.monotonic()
+        last_seen: tuple[str, str] | None = None
+        changed = now  # when the (status, description) last changed
+        running_since: float | None = None
+        last_answer = now  # last time the server answered this job's poll at all
+        unknown_since: float | None = None
+        unknown_polls = 0
+        shown = None
+        while True:
+            now = time.monotonic()
+            problem = None
+            try:
+                http = self._get(f"/response/{job_id}")
+            except Exception as err:  # noqa: BLE001 - any transport failure: poll again
+                http, problem = None, f"{type(err).__name__}"
+            if http is not None and http.status_code in (404, 500):
+                # NDIF: 500 for an id it does not know (404 from other servers, or a status not
+                # yet written). Lost only once the server keeps saying so.
+                unknown_polls += 1
+                unknown_since = now if unknown_since is None else unknown_since
+                last_answer = now
+                if unknown_polls >= 2 and now - unknown_since >= s.stale_probe_s:
+                    raise JobLostError(
+                        f"the server no longer knows job {job_id} (HTTP {http.status_code} for "
+                        f"{now - unknown_since:.0f}s); resubmitting"
+                    )
+                problem = f"HTTP {http.status_code} (unknown id?)"
+            elif http is not None and http.status_code in (401, 403):
+                raise FatalRemoteError(f"NDIF rejected the API key (HTTP {http.status_code})")
+            elif http is not None and http.status_code == 200:
+                try:
+                    response = ResponseModel.model_validate_json(http.text)
+                except Exception as err:  # noqa: BLE001 - a garbled answer: poll again
+                    response, problem = None, f"unparsable status ({type(err).__name__})"
+                if response is not None:
+                    last_answer, unknown_since, unknown_polls = now, None, 0
+                    status = getattr(response.status, "name", None) or str(response.status)
+                    backend.status = response.status
+                    if status == "ERROR":
+                        raise classify(RemoteError(response.description), s.api_key) from None
+                    if status == "COMPLETED":
+                        result = self._download(backend, response.data)
+                        if result is not None:
+                            self.on_status("downloaded")
+                            return result
+                        problem = "result download failed"
+                    else:
+                        seen = (status, str(response.description or ""))
+                        if seen != last_seen:
+                            last_seen, changed = seen, now
+                        if status == "RUNNING":
+                            running_since = now if running_since is None else running_since
+                            if now - running_since > s.job_timeout_s:
+                                raise JobLostError(
+                                    f"job {job_id} has been RUNNING for {now - running_since:.0f}s, past "
+                                    f"NDIF's execution cap ({NDIF_EXECUTION_CAP_S:.0f}s): its status froze "
+                                    "(server restart); resubmitting"
+                                )
+                        elif now - changed > s.queue_timeout_s:
+                            changed = now
+                            self._probe_queued(job_id, status)
+                        if status != shown:
+                            self.on_status(status.lower())
+                            shown = status
+            elif http is not None:
+                problem = f"HTTP {http.status_code}"
+            if problem is not None:
+                log.info("poll of job %s: %s; polling again", job_id, problem)
+                if now - last_answer > s.job_timeout_s:
+                    raise JobLostError(
+                        f"no answer about job {job_id} for {now - last_answer:.0f}s (longer than NDIF "
+                        "runs a job); resubmitting"
+                    )
+            time.sleep(delay)
+            delay = min(delay * 1.5, s.poll_max_s)
+
+    def _download(self, backend: Any, data: Any) -> dict[str, Any] | None:
+        """Fetch a COMPLETED job's result; None when worth trying again (5xx, connection).
+
+        The link is an object-store URL, not NDIF's API: a 401/403 (or 400/404/410) there means
+        the presigned link expired or its object is gone, never a bad API key.
+        """
+        import httpx
+
+        if isinstance(data, (list, tuple)) and data and isinstance(data[0], str):
+            data = data[0]  # NDIF's actor records (url, size) (base.py @02758d7c); the URL is what we fetch
         try:
-            return self._get(f"/response/{job_id}").status_code == 404
-        except Exception:  # noqa: BLE001 - unreachable now: let the poll loop find out
-            return False
+            return backend.download_result(data)
+        except httpx.HTTPStatusError as err:
+            code = err.response.status_code
+            if code in (400, 401, 403, 404, 410):
+                reason = "403 AccessDenied: the presigned link expired" if code == 403 else f"HTTP {code}"
+                raise ResultExpiredError(
+                    f"job {backend.job_id} finished but its result link is no longer valid "
+                    f"(object store: {reason}; NDIF's links last 2 h); resubmitting the batch"
+                ) from None
+            log.info("result download for job %s: HTTP %s; retrying", backend.job_id, code)
+            return None
+        except (httpx.TransportError, OSError) as err:
+            log.info("result download for job %s: %s; retrying", backend.job_id, type(err).__name__)
+            return None
+
+    def _probe_queued(self, job_id: str, status: str) -> None:
+        """A queued job unchanged for `queue_timeout_s`: resubmit only if the server no longer
+        knows it (checked by the poll loop) or no longer lists the model as deployed."""
+        try:
+            reply = self._get("/status")
+            deployments = dict(reply.json().get("deployments") or {}) if reply.status_code == 200 else None
+        except Exception:  # noqa: BLE001 - cannot tell: keep waiting
+            deployments = None
+        if deployments is not None and not any(
+            d.get("repo_id") == self.ref.repo_id and d.get("deployment_level") in _HOSTED_LEVELS
+            for d in deployments.values()
+        ):
+            raise JobLostError(
+                f"job {job_id} has been {status} for {self.settings.queue_timeout_s:.0f}s and "
+                f"{self.ref.repo_id} is no longer deployed; resubmitting"
+            )
+        log.warning(
+            "job %s still %s after %.0fs; the server still knows it, so it keeps its place",
+            job_id, status, self.settings.queue_timeout_s,
+        )
 
     def _submit(self, run: Callable[[], Any]) -> Any:
         import nnsight
@@ -371,15 +612,10 @@ class NDIFExecutor:
         return self._output(self._wait(backend))
 
     def reattach(self, job_id: str) -> GenerationOutput | None:
-        """Collect a job submitted by an earlier (killed) run; None when the server forgot it."""
+        """Collect a job submitted by an earlier (killed) run; None when it must be resubmitted
+        (the server forgot it, it failed, its status froze, or its result link expired)."""
         from nnsight.intervention.backends.remote import RemoteBackend
 
-        try:
-            probe = self._get(f"/response/{job_id}")
-        except Exception as err:  # noqa: BLE001 - classified below
-            raise classify(err, self.settings.api_key) from None
-        if probe.status_code == 404:  # the server forgot it (restart, expiry): resubmit
-            return None
         backend = RemoteBackend(
             self.model_key,
             host=self.settings.host,
@@ -387,7 +623,11 @@ class NDIFExecutor:
             job_id=job_id,
             blocking=False,
         )
-        return self._output(self._wait(backend))
+        try:
+            return self._output(self._wait(backend))
+        except TransientError as err:  # resubmitting is the answer to all of these
+            log.info("job %s cannot be collected (%s); resubmitting", job_id, err)
+            return None
 
     @staticmethod
     def _output(result: dict[str, Any]) -> GenerationOutput:

@@ -16,12 +16,24 @@ jobs in submission order, like one model replica):
   file ``blob``; headers ``ndif-api-key``, ``nnsight-version``, ``python-version``. Answers the
   ``ResponseModel`` JSON ``{id, status: "RECEIVED", description, ...}``; 401 / 400 / 5xx carry
   ``{"detail": ...}``, which the client folds into ``RemoteError("Failed to send request: <detail>")``.
-- ``GET /response/{id}``: 404 for an unknown id (the client reads that as "not yet" and returns
-  ``None``), else the job's latest ``ResponseModel``. A COMPLETED response's ``data`` is the URL
-  ``{url}/result/{id}``: a non-blocking poll parses the body as JSON, so the result cannot ride
-  inline there, and the client streams the URL with a GET (as for NDIF's presigned URLs).
+- ``GET /response/{id}``: for an unknown id 404 by default (the client reads that as "not yet"
+  and returns ``None``) or, with ``Faults.unknown_id_status=500``, the 500 real NDIF answers;
+  else the job's latest ``ResponseModel`` (``Faults.poll_fault_rate``: a share answer 502). A
+  COMPLETED response's ``data`` is the URL ``{url}/result/{id}``: a non-blocking poll parses the
+  body as JSON, so the result cannot ride inline there, and the client streams the URL with a GET.
+  With ``Faults.result_url_ttl_s`` it is instead an object-store URL
+  ``{url}/objects/results/{id}.pt?X-Amz-Date=..&X-Amz-Expires=..`` signed when the job completed,
+  which answers 403 AccessDenied (S3's XML) once expired, as NDIF's presigned links do after 2 h.
 - ``GET /result/{id}``: the result blob: ``torch.save({name: value})``, zstd-compressed when the
   request said ``compress`` (the client's ``finalize`` decompresses, then ``torch.load``).
+
+Real-service behaviours (ndif-team/ndif; see `remote_introspect.executors.ndif` for file and
+commit): the version rule (client nnsight >= the server's, client Python major.minor >= the
+server's, else HTTP 400) is on by default; `restart` loses queued and running jobs (``lost=
+"forget"`` drops them, ``"freeze"`` leaves their last status readable forever, as NDIF's object
+store does); ``Faults.running_cap_s`` ends a job RUNNING too long with "Job took longer than
+timeout: N seconds"; ``Faults.missing_endpoints`` answers 404 for ``/env`` etc.;
+``Faults.warm_models`` reports a deployment WARM.
 - ``GET /subscribe`` (websocket; only for ``blocking=True``): first frame ``{"session_id": ...}``,
   then one frame per status. A COMPLETED result up to ``inline_limit`` bytes rides inline as a
   binary frame (a pickled ``ResponseModel`` whose ``data`` is the blob), larger ones as a URL.
@@ -80,6 +92,7 @@ job: every request starts from clean caches, and the client's entries are never 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -207,13 +220,30 @@ class Faults:
     #: connection, "close" sends a websocket close frame first
     drop_websocket: bool | str = False
     unavailable_models: frozenset[str] = frozenset()  #: keys reported COLD and refused (fatal text)
+    #: keys reported WARM (cached off the GPUs; the next request brings them back) and not
+    #: RUNNING; requests still run
+    warm_models: frozenset[str] = frozenset()
     fault_rate: float = 0.0  #: this share of submissions fails transiently ...
     transient_kinds: tuple[str, ...] = TRANSIENT_ERRORS  #: ... as one of these (texts or HTTP_503)
     seed: int = 0  #: seeds the fault_rate RNG (re-seeded when assigned)
+    #: GET /response/{id} for an id the server does not know. The client reads 404 as "not yet";
+    #: NDIF answers 500 (``BackendResponseModel.load`` -> S3 NoSuchKey, unhandled in ``app.py``).
+    unknown_id_status: int = 404
+    poll_fault_rate: float = 0.0  #: this share of GET /response answers 502 (a proxy blip)
+    #: COMPLETED results are served from a separate object-store path by a URL signed when the
+    #: job completes and valid this long; afterwards the URL answers 403 AccessDenied (S3's
+    #: presigned-URL expiry; NDIF signs for 2 h). None: the plain ``/result/{id}`` route.
+    result_url_ttl_s: float | None = None
+    #: a job RUNNING longer than this ends ERROR with NDIF's execution-timeout text
+    running_cap_s: float | None = None
+    #: GET paths (e.g. ``{"/env", "/whoami"}``) this server answers 404, as an older or other
+    #: NDIF-compatible deployment may
+    missing_endpoints: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_lock", threading.RLock())
         object.__setattr__(self, "_rng", random.Random(self.seed))
+        object.__setattr__(self, "_poll_rng", random.Random(self.seed + 1))
 
     def __setattr__(self, name: str, value: Any) -> None:
         if "_lock" not in self.__dict__:  # still inside the dataclass __init__
@@ -223,6 +253,7 @@ class Faults:
             object.__setattr__(self, name, value)
             if name == "seed":
                 object.__setattr__(self, "_rng", random.Random(value))
+                object.__setattr__(self, "_poll_rng", random.Random(value + 1))
 
     def update(self, **changes: Any) -> None:
         """Set several switches atomically."""
@@ -238,6 +269,11 @@ class Faults:
             fresh = Faults(seed=self.seed)
             for name in self.__dataclass_fields__:
                 setattr(self, name, getattr(fresh, name))
+
+    def poll_fails(self) -> bool:
+        """Whether this GET /response answers 502 (draws from a second seeded RNG)."""
+        with self._lock:
+            return self.poll_fault_rate > 0 and self._poll_rng.random() < self.poll_fault_rate
 
     def plan_submission(self) -> tuple[str | None, str | None]:
         """``(HTTP_503 or None, ERROR text the job must end with or None)`` for one submission."""
@@ -267,6 +303,7 @@ class _Job:
     description: str = "Your job has been received and is waiting to be queued."
     result: bytes | None = None
     meta: dict | None = None
+    signed_at: float | None = None  # when the result URL was signed (object-store expiry)
 
 
 class _Recorder(dict):
@@ -309,8 +346,13 @@ class LoopbackNDIF:
         api_keys: accepted keys (or key -> email for ``/whoami``); ``None`` accepts any key,
             including none (NDIF's dev mode).
         min_nnsight_version: clients below it get HTTP 400 (the real check is a minimum, not an
-            exact match); ``None`` disables the check.
+            exact match). ``"server"`` (default) = the server's own nnsight, as NDIF's
+            ``AppConfig.min_nnsight_version`` defaults to its installed version
+            (ndif-team/ndif ``src/services/api/src/config.py`` @14c5ae16); ``None`` disables it.
+        min_python_version: the same rule for the client's Python major.minor (``python-version``
+            header); ``"server"`` (default) = `server_python_version`'s; ``None`` disables it.
         server_nnsight_version: reported by ``/env``; defaults to the installed nnsight.
+        server_python_version: reported by ``/env`` (``sys.version`` format); defaults to ours.
         port: 0 picks a free port.
         inline_limit: largest result (bytes) sent inline on the websocket; larger ones go by URL.
         keep_results: keep a result after it is downloaded (NDIF's presigned URLs last ~2 h, so a
@@ -323,8 +365,10 @@ class LoopbackNDIF:
         models: Mapping[str, ModelSpec],
         *,
         api_keys: Iterable[str] | Mapping[str, str] | None = (DEFAULT_API_KEY,),
-        min_nnsight_version: str | None = None,
+        min_nnsight_version: str | None = "server",
+        min_python_version: str | None = "server",
         server_nnsight_version: str | None = None,
+        server_python_version: str | None = None,
         port: int = 0,
         inline_limit: int = 1 << 20,
         keep_results: bool = True,
@@ -341,8 +385,16 @@ class LoopbackNDIF:
             self.api_keys = dict(api_keys)
         else:
             self.api_keys = {key: f"{key}@loopback.invalid" for key in api_keys}
-        self.min_nnsight_version = min_nnsight_version
         self.server_nnsight_version = server_nnsight_version or _installed("nnsight")
+        self.server_python_version = server_python_version or sys.version
+        self.min_nnsight_version = (
+            self.server_nnsight_version if min_nnsight_version == "server" else min_nnsight_version
+        )
+        self.min_python_version = (
+            ".".join(self.server_python_version.split()[0].split(".")[:2])
+            if min_python_version == "server"
+            else min_python_version
+        )
         self.inline_limit = inline_limit
         self.keep_results = keep_results
         self.preload = preload
@@ -436,14 +488,26 @@ class LoopbackNDIF:
         elif self._httpd is None:
             self._listen()
 
-    def restart(self, first_request_error: str | None = None) -> None:
-        """Forget every job (queued, running, finished), as a server restart does: polls get 404.
+    def restart(self, first_request_error: str | None = None, lost: str = "forget") -> None:
+        """Restart: every queued or running job is lost, as NDIF's in-memory queues are.
 
+        ``lost="forget"``: the server forgets every job (finished ones too); polls then answer
+        `Faults.unknown_id_status`. ``lost="freeze"``: NDIF's statuses live in the object store,
+        which survives the restart, so a lost job keeps its last status (QUEUED, RUNNING) forever
+        and never runs; finished jobs stay collectable.
         ``first_request_error``: the next submission ends ERROR with this text, as NDIF's first
         request after a backend restart does (e.g. `CONNECTION_LOST`).
         """
+        if lost not in ("forget", "freeze"):
+            raise ValueError(f"lost must be 'forget' or 'freeze', not {lost!r}")
         with self._lock:
-            self._jobs.clear()
+            if lost == "forget":
+                self._jobs.clear()
+            else:
+                for job_id, job in list(self._jobs.items()):
+                    if job.status not in ("COMPLETED", "ERROR"):
+                        # A new object: the running one's later updates fail the identity check.
+                        self._jobs[job_id] = dataclasses.replace(job, hang=True, blob=b"")
             self._fail_next_with = first_request_error
         # Drop what was queued; a job already running finds itself gone from _jobs when it
         # reports back, so its result is discarded too.
@@ -468,6 +532,9 @@ class LoopbackNDIF:
             self.http_requests = 0  #: every POST (accepted or not)
             self.failed = 0  #: jobs ended ERROR
             self.max_rows_seen = 0  #: largest batch (rows) any forward saw
+            self.upload_bytes = 0  #: payload (``blob``) bytes received with POST /request
+            self.poll_errors = 0  #: GET /response answered 502 by `Faults.poll_fault_rate`
+            self.expired_downloads = 0  #: result downloads refused because the URL had expired
 
     @property
     def round_trips(self) -> int:
@@ -478,7 +545,8 @@ class LoopbackNDIF:
     def counters(self) -> dict[str, int]:
         with self._lock:
             names = (
-                "requests accepted polls downloads result_bytes subscriptions completed failed max_rows_seen gets http_requests"
+                "requests accepted polls downloads result_bytes subscriptions completed failed max_rows_seen gets "
+                "http_requests upload_bytes poll_errors expired_downloads"
             ).split()
             return {name: getattr(self, name) for name in names} | {"round_trips": self.round_trips}
 
@@ -500,20 +568,21 @@ class LoopbackNDIF:
             _, data = _parse_key(key)
             repo_id = data.get("repo_id", key) if isinstance(data, dict) else key
             cold = key in unavailable
+            warm = not cold and key in self.faults.warm_models
             deployments[key] = {
                 "model_key": key,
                 "repo_id": repo_id,
                 "revision": data.get("revision") if isinstance(data, dict) else None,
                 "task": data.get("task") if isinstance(data, dict) else None,
-                "deployment_level": "COLD" if cold else "HOT",
-                "application_state": "NOT_STARTED" if cold else "RUNNING",
+                "deployment_level": "COLD" if cold else ("WARM" if warm else "HOT"),
+                "application_state": "NOT_STARTED" if cold or warm else "RUNNING",
             }
         return {"deployments": deployments}
 
     def env_payload(self) -> dict[str, Any]:
         packages = {name: _installed(name) for name in ("torch", "transformers", "zstandard")}
         packages["nnsight"] = self.server_nnsight_version
-        return {"python_version": sys.version, "packages": packages}
+        return {"python_version": self.server_python_version, "packages": packages}
 
     def _resolve_key(self, model_key: str) -> str | None:
         if model_key in self._specs:
@@ -595,10 +664,34 @@ class LoopbackNDIF:
     def response_json(self, job: _Job) -> str:
         from nnsight.schema.response import ResponseModel
 
-        data = f"{self.url}/result/{job.id}" if job.status == "COMPLETED" else None
+        data = self.result_url(job) if job.status == "COMPLETED" else None
         return ResponseModel(
             id=job.id, status=job.status, description=job.description, data=data, meta=job.meta
         ).model_dump_json()
+
+    def result_url(self, job: _Job) -> str:
+        """Where a COMPLETED job's result is fetched: ``/result/{id}``, or, with
+        `Faults.result_url_ttl_s`, an object-store URL signed once, when the job completed."""
+        if self.faults.result_url_ttl_s is None:
+            return f"{self.url}/result/{job.id}"
+        signed = job.signed_at if job.signed_at is not None else time.time()
+        return (
+            f"{self.url}/objects/results/{job.id}.pt?X-Amz-Date={signed:.3f}"
+            f"&X-Amz-Expires={self.faults.result_url_ttl_s}"
+        )
+
+    def take_object(self, job_id: str, query: str) -> bytes | int:
+        """The object-store route: the result blob, or 403 once the signature has expired."""
+        params = dict(item.partition("=")[::2] for item in query.split("&") if item)
+        try:
+            expires_at = float(params["X-Amz-Date"]) + float(params["X-Amz-Expires"])
+        except (KeyError, ValueError):
+            return 403
+        if time.time() > expires_at:
+            self._count("expired_downloads")
+            return 403
+        blob = self.take_result(job_id)
+        return 404 if blob is None else blob
 
     def take_result(self, job_id: str) -> bytes | None:
         with self._lock:
@@ -652,6 +745,13 @@ class LoopbackNDIF:
         if not self._set_status(job, "RUNNING", "Your job has started running."):
             return
         started = time.monotonic()
+        cap = self.faults.running_cap_s
+        if cap is not None and self.faults.run_delay_s > cap:
+            # NDIF's model actor waits `execution_timeout` seconds, then kills the job
+            # (ray/deployments/modeling/base.py @02758d7c).
+            if self._sleep(cap, job):
+                self._finish_error(job, f"{JOB_TIMEOUT}: {cap} seconds")
+            return
         try:
             saves = self._execute(job)
             job.blob = b""  # the payload is spent; a long benchmark should not hold every one
@@ -674,7 +774,10 @@ class LoopbackNDIF:
         if not self._sleep(self.faults.run_delay_s - (time.monotonic() - started), job):
             return
         meta = {"loopback": {"execute_s": round(time.monotonic() - started, 6), "result_bytes": len(blob)}}
-        if self._set_status(job, "COMPLETED", "Your job has been completed.", result=blob, meta=meta):
+        signed = time.time()
+        if self._set_status(
+            job, "COMPLETED", "Your job has been completed.", result=blob, meta=meta, signed_at=signed
+        ):
             self._count("completed")
 
     def _finish_error(self, job: _Job, description: str) -> None:
@@ -896,6 +999,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             # Same order as NDIF's validate_request: key, then client versions, then the backend.
             self._check_key()
+            # NDIF's rule (dependencies.py validate_nnsight_version / validate_python_version
+            # @134eac98): client nnsight >= the minimum (default: the server's own version), and
+            # the client's Python major.minor >= the server's; else HTTP 400 with these texts.
             client_version = self.headers.get("nnsight-version", "")
             minimum = server.min_nnsight_version
             if server.faults.version_mismatch or (
@@ -908,12 +1014,21 @@ class _Handler(BaseHTTPRequestHandler):
                     f"version. The minimum supported version is {shown}. Please update nnsight to the "
                     "latest version: `pip install --upgrade nnsight`",
                 )
+            client_python = ".".join(self.headers.get("python-version", "").split(".")[:2])
+            min_python = server.min_python_version
+            if min_python is not None and _version_tuple(client_python) < _version_tuple(min_python):
+                raise _HTTPFault(
+                    HTTPStatus.BAD_REQUEST,
+                    f"Client python version {client_python} is incompatible with the server. The minimum "
+                    f"supported version is {min_python}. Please update your python version and try again.",
+                )
             status = server.faults.submit_status
             if status is not None:
                 raise _HTTPFault(status, UNAVAILABLE_DETAIL if status >= 500 else "Rejected by fault.")
             fields = _multipart(self.headers.get("Content-Type", ""), body)
             if "data" not in fields or "blob" not in fields:
                 raise _HTTPFault(HTTPStatus.BAD_REQUEST, "Expected form field 'data' and file 'blob'.")
+            server._count("upload_bytes", len(fields["blob"]))
             job = server.submit(json.loads(fields["data"]), fields["blob"])
         except _HTTPFault as fault:
             self._json(fault.status, {"detail": fault.detail})
@@ -927,19 +1042,44 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         server = self.loopback
-        path = self.path.split("?", 1)[0].rstrip("/")
+        path, _, query = self.path.partition("?")
+        path = path.rstrip("/")
         server._count("gets")
         try:
-            if path.startswith("/response/"):
+            if path in server.faults.missing_endpoints:
+                self._json(404, {"detail": "Not Found"})
+            elif path.startswith("/response/"):
                 server._count("polls")
                 job_id = path[len("/response/") :]
+                if server.faults.poll_fails():
+                    server._count("poll_errors")
+                    self._send(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")
+                    return
                 with server._lock:
                     job = server._jobs.get(job_id)
                     text = None if job is None else server.response_json(job)
                 if text is None:
-                    self._json(404, {"detail": f"Response {job_id} not found."})
+                    status = server.faults.unknown_id_status
+                    if status == 500:  # FastAPI's answer to the unhandled S3 NoSuchKey
+                        self._send(500, b"Internal Server Error", "text/plain; charset=utf-8")
+                    else:
+                        self._json(status, {"detail": f"Response {job_id} not found."})
                 else:
                     self._send(200, text.encode())
+            elif path.startswith("/objects/results/"):
+                job_id = path[len("/objects/results/") :].removesuffix(".pt")
+                got = server.take_object(job_id, query)
+                if isinstance(got, bytes):
+                    self._send(200, got, "application/octet-stream")
+                else:
+                    code, message = (
+                        ("AccessDenied", "Request has expired") if got == 403 else ("NoSuchKey", "Not found")
+                    )
+                    body = (
+                        '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>'
+                        f"{code}</Code><Message>{message}</Message></Error>"
+                    )
+                    self._send(got, body.encode(), "application/xml")
             elif path.startswith("/result/"):
                 blob = server.take_result(path[len("/result/") :])
                 if blob is None:
