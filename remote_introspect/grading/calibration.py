@@ -20,6 +20,9 @@ import polars as pl
 
 from ..errors import UserError
 from .base import Grader, get_grader
+from .heuristic import HeuristicGrader
+
+LABEL_RUBRIC = "llama-introspection"  # the rubric the shipped labels were made with
 
 CRITERIA: tuple[tuple[str, str], ...] = (
     ("refusal", "refusal"),
@@ -134,7 +137,12 @@ def calibration_table(
     grader = grader or get_grader("heuristic")
     df = load_calibration(data_dir)
     concepts = [c if c and c.strip() else None for c in df["concept"].to_list()]
-    grades = grader.grade_many(list(zip(df["response"].to_list(), concepts, strict=True)))
+    items = list(zip(df["response"].to_list(), concepts, strict=True))
+    if isinstance(grader, HeuristicGrader):
+        # The labels were made with the llama-introspection rubric: grade in that rubric.
+        grades = grader.grade_many(items, protocols=LABEL_RUBRIC)
+    else:
+        grades = grader.grade_many(items)
     files = list(dict.fromkeys(df["file"].to_list()))
     file_col = np.array(df["file"].to_list())
     has_concept = np.array([c is not None for c in concepts])
