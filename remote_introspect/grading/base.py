@@ -90,7 +90,12 @@ class Grader(Protocol):
 
     def grade(self, response: str, concept: str | None) -> Grade: ...
 
-    def grade_many(self, items: list[tuple[str, str | None]]) -> list[Grade]: ...
+    def grade_many(
+        self,
+        items: list[tuple[str, str | None]],
+        questions: list[str | None] | None = None,
+        protocols: list[str | None] | str | None = None,
+    ) -> list[Grade]: ...
 
 
 def get_grader(name: str = "heuristic") -> Grader:
