@@ -10,6 +10,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import polars as pl
@@ -49,9 +50,14 @@ def grade_cache(
     """(Re)grade every done, intact trial of the cache that `judge` (at its current version) has
     not graded. A trial the judge could not grade stays ungraded (visible in `audit`)."""
     from .audit import judge_agreement
+    from .grading.base import grading_inputs
     from .grading.heuristic import HeuristicGrader
-    from .grading.llm_judge import LLMJudge, default_question
-    from .results_frame import judge_identity, load_all_grades, load_frame
+    from .grading.llm_judge import LLMJudge
+    from .results_frame import judge_identity, load_all_grades, load_experiments, load_frame
+
+    def frame_experiments(store: Any) -> list[Any]:
+        return load_experiments(store.conn)
+
     from .store import Store
 
     root = Path(root)
@@ -77,16 +83,24 @@ def grade_cache(
         todo = intact.filter(pl.col("strict").is_null())
         result.already = intact.height - todo.height
         if todo.height:
-            rows = todo.select("key", "response", "concept", "prompt_set").to_dicts()
-            items = [(r["response"] or "", r["concept"]) for r in rows]
+            rows = todo.select("key", "response", "concept", "prompt_set", "condition").to_dicts()
+            protocol_of = {
+                k: (e.spec or {}).get("protocol") for e in frame_experiments(store) for k in e.keys
+            }
+            trials = [SimpleNamespace(**r) for r in rows]
+            items, questions, protocols = [], [], []
+            for r, t in zip(rows, trials, strict=True):
+                i, q, p = grading_inputs([t], [r], protocol_of.get(r["key"]))
+                items += i
+                questions += q
+                protocols += p
             if isinstance(grader, LLMJudge):
-                questions = [default_question(r["prompt_set"] or "lindsey") for r in rows]
-                outcome = grader.grade_many_partial(items, questions, progress)
+                outcome = grader.grade_many_partial(items, questions, progress, protocols)
                 grades = outcome.grades
                 result.failures = outcome.failures
                 result.calls_made, result.calls_cached = outcome.calls_made, outcome.calls_cached
             else:
-                grades = list(grader.grade_many(items))
+                grades = list(grader.grade_many(items, questions, protocols))
             ok = {r["key"]: g.model_dump() for r, g in zip(rows, grades, strict=True) if g is not None}
             if ok:
                 store.save_grades(grader.name, grader.version, ok)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
@@ -35,6 +35,24 @@ def grading_concept(condition: str | None, concept: str | None) -> str | None:
     if condition in ("random", "control", "scale"):
         return None
     return concept
+
+
+def grading_inputs(
+    trials: list[Any], rows: list[dict[str, Any]], protocol: str | None = None
+) -> tuple[list[tuple[str, str | None]], list[str | None], list[str]]:
+    """(items, questions, rubrics) for graders, from trials (anything with condition, concept,
+    prompt_set) and their stored rows (with `response`): the concept a trial is graded against
+    (`grading_concept`), the question its prompt set asked, and the rubric of `protocol` (else of
+    the prompt set)."""
+    from .llm_judge import default_question
+
+    items = [
+        (r["response"] or "", grading_concept(t.condition, t.concept))
+        for t, r in zip(trials, rows, strict=True)
+    ]
+    questions: list[str | None] = [default_question(t.prompt_set or "lindsey") for t in trials]
+    rubrics = [rubric_for(protocol, t.prompt_set) for t in trials]
+    return items, questions, rubrics
 
 
 class Grade(BaseModel):
