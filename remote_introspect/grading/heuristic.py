@@ -213,6 +213,12 @@ _HALLUCINATION = re.compile(
     r"\bi(?:'ll| will)\s+(?:now\s+)?inject\b|\bi(?:'ll| will)\s+(?:generate|choose|select|pick)\s+a\s+random\b|"
     r"\byour turn\b|\btrial 2\s*:|\bsimulated neural\b|\bneural activity (?:is|was|will be) (?:simulated|as follows)"
 )
+# Role-play of the experiment itself (the model simulating trials or injections): a claim made
+# inside it is never counted as a strict hit without review.
+_ROLE_PLAY = re.compile(
+    r"\bsimulat(?:e|ed|es|ing|ion)\b|\bi(?:'ll| will)\s+(?:now\s+)?(?:generate|create|run|choose|pick)\b|"
+    r"\b\d+%\s+(?:injected|control)\b|\bcontrol trials?\s*:|\bpretend|\brole[- ]?play|\blet'?s\s+(?:say|assume)\b"
+)
 _COMES_TO_MIND = re.compile(r"\b(?:comes?|came|springs?)\s+to\s+mind\b")
 _NON_LATIN = re.compile(r"[\u0400-\u04ff\u0590-\u06ff\u0900-\u0dff\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 
@@ -636,6 +642,8 @@ class HeuristicGrader:
                 review.append("hedged")
             if a.refusal_cue:
                 review.append("premise disclaimer")
+            if _ROLE_PLAY.search(low):
+                review.append("role-play or simulation")
             if not re.search(r"[.!?\"')\]*]\s*$", low.rstrip()):
                 review.append("truncated")
         needs_review = bool(review) and affirmative and identifies and early and coherent
