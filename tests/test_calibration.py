@@ -51,7 +51,7 @@ def test_bootstrap_ci_is_reproducible_and_brackets_kappa() -> None:
 
 def test_table_shape(rows: list[dict]) -> None:
     crits = {r["criterion"] for r in rows}
-    assert crits == {"refusal", "affirmative", "identifies", "early_detection", "coherent"}
+    assert crits == {"refusal", "affirmative", "identifies", "early_detection", "coherent", "strict"}
     scopes = {r["scope"] for r in rows}
     assert {"1B", "8B", "70B", "1B+8B", "pooled"} <= scopes
     assert {r["split"] for r in rows if r["scope"] == "70B"} == {"held-out"}
