@@ -37,6 +37,7 @@ class CacheGradeResult:
     calls_cached: int = 0
     failures: list[str] = field(default_factory=list)
     agreement: list[dict[str, Any]] = field(default_factory=list)
+    disagreements: list[dict[str, Any]] = field(default_factory=list)
 
 
 def grade_cache(
@@ -55,8 +56,8 @@ def grade_cache(
     from .grading.llm_judge import LLMJudge
     from .results_frame import judge_identity, load_all_grades, load_experiments, load_frame
 
-    def frame_experiments(store: Any) -> list[Any]:
-        return load_experiments(store.conn)
+    def protocol_of_experiments(store: Any) -> dict[str, str | None]:
+        return {k: (e.spec or {}).get("protocol") for e in load_experiments(store.conn) for k in e.keys}
 
     from .store import Store
 
@@ -84,9 +85,7 @@ def grade_cache(
         result.already = intact.height - todo.height
         if todo.height:
             rows = todo.select("key", "response", "concept", "prompt_set", "condition").to_dicts()
-            protocol_of = {
-                k: (e.spec or {}).get("protocol") for e in frame_experiments(store) for k in e.keys
-            }
+            protocol_of = protocol_of_experiments(store)
             trials = [SimpleNamespace(**r) for r in rows]
             items, questions, protocols = [], [], []
             for r, t in zip(rows, trials, strict=True):
@@ -106,6 +105,8 @@ def grade_cache(
                 store.save_grades(grader.name, grader.version, ok)
             result.graded = len(ok)
             result.failed = len(rows) - len(ok)
+        if isinstance(grader, LLMJudge):
+            result.disagreements = _offline_vs_judge(store, intact, grader, protocol_of_experiments(store))
         keys = set(df.filter(pl.col("integrity") == "ok")["key"].to_list())
         result.agreement = [
             p
@@ -118,6 +119,82 @@ def grade_cache(
         if isinstance(grader, LLMJudge):
             grader.close()
     return result
+
+
+AGREEMENT_CRITERIA = ("refusal", "affirmative", "identifies", "early_detection", "coherent", "strict")
+
+
+def _offline_vs_judge(
+    store: Any, intact: pl.DataFrame, judge: Any, protocol_of: dict[str, str | None]
+) -> list[dict[str, Any]]:
+    """Grade every intact trial the LLM judge graded with the offline grader too (stored, so the
+    agreement table below covers them) and return the trials where the two disagree on any
+    criterion: key, condition, concept, strength, the differing criteria (offline -> judge), the
+    response."""
+    from .grading.base import grading_inputs
+    from .grading.heuristic import HeuristicGrader
+    from .results_frame import load_all_grades
+
+    offline = HeuristicGrader()
+    grades = load_all_grades(store.conn)
+    by = {
+        (r["trial_key"], r["grader"], r["grader_version"]): r
+        for r in grades.iter_rows(named=True)
+        if (r["grader"], r["grader_version"])
+        in ((offline.name, offline.version), (judge.name, judge.version))
+    }
+    rows = [r for r in intact.iter_rows(named=True) if (r["key"], judge.name, judge.version) in by]
+    missing = [r for r in rows if (r["key"], offline.name, offline.version) not in by]
+    if missing:
+        items, questions, protocols = [], [], []
+        for r in missing:
+            i, q, p = grading_inputs([SimpleNamespace(**r)], [r], protocol_of.get(r["key"]))
+            items += i
+            questions += q
+            protocols += p
+        new = {
+            r["key"]: g.model_dump()
+            for r, g in zip(missing, offline.grade_many(items, questions, protocols), strict=True)
+        }
+        store.save_grades(offline.name, offline.version, new)
+        for k, g in new.items():
+            by[(k, offline.name, offline.version)] = g
+    out = []
+    for r in rows:
+        a, b = by[(r["key"], offline.name, offline.version)], by[(r["key"], judge.name, judge.version)]
+        diff = [c for c in AGREEMENT_CRITERIA if bool(a.get(c)) != bool(b.get(c))]
+        if diff:
+            out.append(
+                {
+                    "key": r["key"],
+                    "condition": r.get("condition"),
+                    "concept": r.get("concept"),
+                    "strength": r.get("strength"),
+                    "criteria": {c: (bool(a.get(c)), bool(b.get(c))) for c in diff},
+                    "offline_review": bool(a.get("needs_review")),
+                    "response": r.get("response") or "",
+                }
+            )
+    return out
+
+
+def format_disagreements(rows: list[dict[str, Any]], limit: int = 20) -> list[str]:
+    """One line per disagreement (offline -> judge), the response quoted on one line."""
+    out = []
+    for d in rows[:limit]:
+        crit = ", ".join(
+            f"{c} {'Y' if a else 'N'}->{'Y' if b else 'N'}" for c, (a, b) in d["criteria"].items()
+        )
+        resp = " ".join(d["response"].split())
+        resp = resp if len(resp) <= 160 else resp[:157] + "..."
+        where = (
+            f"{d['condition']} {d['concept'] or '-'} s={d['strength'] if d['strength'] is not None else '-'}"
+        )
+        review = " [offline: to review]" if d["offline_review"] else ""
+        out.append(f"{d['key'][:12]} {where}: {crit}{review} | {json.dumps(resp, ensure_ascii=False)}")
+    if len(rows) > limit:
+        out.append(f"... and {len(rows) - limit} more")
+    return out
 
 
 def _write(text: str) -> None:
@@ -184,6 +261,12 @@ def grade(
             f"on {pair['n']} trials:"
         )
         for line in format_agreement_rows(pair):
+            _write("  " + line)
+    if res.disagreements or res.agreement:
+        _write(
+            f"disagreements offline heuristic -> {res.judge} (offline -> judge): {len(res.disagreements)} trial(s)"
+        )
+        for line in format_disagreements(res.disagreements):
             _write("  " + line)
     if res.failed:
         _fail(
