@@ -72,6 +72,7 @@ class RunReport:
     errors: list[str] = field(default_factory=list)
     crossovers: list[str] = field(default_factory=list)  # one line per layer (dense-grid runs)
     failed_trials: int = 0  # this run's failures (the store's statuses are the record)
+    responses: dict[str, str] = field(default_factory=dict)  # hits, reviews, control FPs (summary)
 
     @property
     def complete(self) -> bool:
@@ -278,6 +279,9 @@ def run(
         grade_trials(store, trials, opts.judge, progress, protocol=spec.protocol)
         report.statuses = store.statuses(t.key for t in trials)
         report.grades = load_grades(store, trials, opts.judge)
+        from .hit_listing import listed_keys, load_responses
+
+        report.responses = load_responses(store.conn, listed_keys(trials, report.grades))
         return report
     finally:
         store.close()
