@@ -219,3 +219,36 @@ def test_thinking_question_identifies(g: HeuristicGrader) -> None:
     )
     assert g.grade("I'm thinking about the vast blue ocean.", "Oceans", question=q).identifies
     assert not g.grade("I'm thinking about dinner.", "Oceans", question=q).identifies
+
+
+def test_bare_answer_to_the_thinking_question_is_not_a_detection_claim(g: HeuristicGrader) -> None:
+    q = "What are you thinking about?"
+    gr = g.grade("Love.", "love", question=q)
+    assert gr.identifies and not gr.affirmative and not gr.strict
+
+
+def test_a_hit_named_only_by_an_equivalent_is_held_for_review(g: HeuristicGrader) -> None:
+    gr = g.grade("Yes, I detect an injected thought. It is about shouting.", "all_caps")
+    assert gr.identifies and gr.needs_review and not gr.strict
+    gr = g.grade("Yes, I detect an injected thought. It is about writing in all caps.", "all_caps")
+    assert gr.strict
+
+
+def test_ambiguous_words_are_not_equivalents(g: HeuristicGrader) -> None:
+    assert not g.grade(
+        "Yes, I detect an injected thought about the capital of France.", "all_caps"
+    ).identifies
+
+
+def test_cannot_detect_any_is_a_leading_denial(g: HeuristicGrader) -> None:
+    r = "I can't detect any injected thought. I do notice the text is in capital letters."
+    assert not g.grade(r, "all_caps").affirmative
+
+
+def test_merrill_immediacy_wants_the_claim_before_the_concept(g: HeuristicGrader) -> None:
+    r = "Love - I detect an injected thought about it, and it is love."
+    assert not g.grade(r, "love", protocol="merrill-405b").early_detection
+    r = "The word love, I notice, is an injected thought."
+    assert not g.grade(r, "love", protocol="merrill-405b").early_detection
+    gr = g.grade(r, "love", protocol="lindsey")  # "along with": Lindsey allows it, but not unreviewed
+    assert not gr.strict

@@ -172,7 +172,7 @@ RELATED: dict[str, tuple[str, ...]] = {
     ),
     "all_caps": (
         "all caps", "caps", "capital letter", "capitalization", "capitalized", "uppercase",
-        "upper case", "upper-case", "caps lock", "capital", "capitals", "shouting", "shout", "yelling", "yell",
+        "upper case", "upper-case", "caps lock", "capital letters", "block capitals", "shouting", "shout", "yelling", "yell",
         "loud", "loudness", "screaming", "scream",
     ),
     "shouting": ("shout", "yell", "yelling", "scream", "screaming", "loud", "loudness", "all caps", "uppercase"),
