@@ -226,10 +226,16 @@ def grade(
     try:
         if calibrate:
             from .grading import get_grader
-            from .grading.calibration import calibration_table, format_calibration_table
+            from .grading.calibration import (
+                calibration_table,
+                format_calibration_table,
+                rubric_reference_line,
+            )
 
             grader = get_grader(judge) if judge != "heuristic" else None
             _write(format_calibration_table(calibration_table(grader=grader)))
+            if grader is None:
+                _write(rubric_reference_line(calibration_table(rubric="lindsey", n_boot=200), "lindsey"))
             return
         if input is not None or output is not None:
             if input is None or output is None:

@@ -252,3 +252,9 @@ def test_merrill_immediacy_wants_the_claim_before_the_concept(g: HeuristicGrader
     assert not g.grade(r, "love", protocol="merrill-405b").early_detection
     gr = g.grade(r, "love", protocol="lindsey")  # "along with": Lindsey allows it, but not unreviewed
     assert not gr.strict
+
+
+def test_terse_denial_is_coherent_and_thinking_about_is_a_weak_claim(g: HeuristicGrader) -> None:
+    assert g.grade("No injected thought detected.", "love").coherent
+    gr = g.grade("I notice that I am thinking about love.", "love")
+    assert gr.affirmative and gr.needs_review and not gr.strict

@@ -137,15 +137,18 @@ def calibration_table(
     grader: Grader | None = None,
     n_boot: int = DEFAULT_BOOT,
     seed: int = DEFAULT_SEED,
+    rubric: str = LABEL_RUBRIC,
 ) -> list[dict[str, Any]]:
-    """One row per (criterion, scope): n, positives per rater, raw agreement, kappa and its CI."""
+    """One row per (criterion, scope): n, positives per rater, raw agreement, kappa and its CI.
+    `rubric` (heuristic only): the labels' own by default; "lindsey" shows how far the published
+    judges' wider reading (issue 12) is from these labels."""
     grader = grader or get_grader("heuristic")
     df = load_calibration(data_dir)
     concepts = [c if c and c.strip() else None for c in df["concept"].to_list()]
     items = list(zip(df["response"].to_list(), concepts, strict=True))
     if isinstance(grader, HeuristicGrader):
         # The labels were made with the llama-introspection rubric: grade in that rubric.
-        grades = grader.grade_many(items, protocols=LABEL_RUBRIC)
+        grades = grader.grade_many(items, protocols=rubric)
     else:
         grades = grader.grade_many(items)
     files = list(dict.fromkeys(df["file"].to_list()))
@@ -222,6 +225,21 @@ def _fmt(x: float, spec: str) -> str:
     if x is None or math.isnan(x):
         return "n/a"
     return format(x + 0.0, spec).replace("-0.00", "0.00")  # no "-0.00" for a kappa of -0.001
+
+
+def rubric_reference_line(rows: list[dict[str, Any]], rubric: str) -> str:
+    """One line: pooled agreement of the heuristic in another rubric with the same labels."""
+    parts = []
+    for r in rows:
+        if r["scope"] == "pooled" and r["criterion"] in ("affirmative", "identifies", "strict"):
+            extra = f", {r['false_strict']} false strict" if r["criterion"] == "strict" else ""
+            parts.append(
+                f"{r['criterion']} {100 * r['agreement']:.1f}% kappa {_fmt(r['kappa'], '.2f')}{extra}"
+            )
+    return (
+        f"for reference, the heuristic in the {rubric} rubric (names anywhere, reads a bare answer as a claim) "
+        f"against the same labels, pooled: " + "; ".join(parts)
+    )
 
 
 def format_calibration_table(rows: list[dict[str, Any]]) -> str:

@@ -88,7 +88,7 @@ _AFF_DETECT = re.compile(_I_AUX + r"(?:\s+|(?='))(?:" + _DETECT_VERB + r"|'ve\s+
 _AFF_FEEL = re.compile(_I_AUX + r"(?:\s+|(?='))" + _FEEL_VERB + r"\b")
 _WEAK_OBJECT = re.compile(
     r"inclination|\bpull\b|association|tendency|\bbias\b|\bhint\b|faint|slight|subtle|\burge\b|"
-    r"\bdrawn\b|\blean(?:ing)?\b|comes? to mind|stands? out"
+    r"\bdrawn\b|\blean(?:ing)?\b|comes? to mind|stands? out|\bthinking\s+(?:about|of)\b"
 )
 # What a detection claim must be about: a thought/injection or something out of the ordinary
 # ("I detect a small spike in the alpha band" is simulated neuroscience, not a detection claim).
@@ -552,7 +552,7 @@ def _garbled_short(toks: list[tuple[str, int]], low: str) -> bool:
     if _BAD_AGREEMENT.search(low):
         return True
     rest = words[1:] if words[0] in ("yes", "no") else words
-    return len(rest) >= 3 and not any(w in _FUNCTION_WORDS or w.endswith("n't") for w in rest)
+    return len(rest) >= 4 and not any(w in _FUNCTION_WORDS or w.endswith("n't") for w in rest)
 
 
 def _repetitive(words: list[str]) -> bool:
