@@ -198,3 +198,21 @@ def test_missing_response_is_an_error_not_a_negative(tmp_path: Path) -> None:
         grade_table(src, tmp_path / "o.csv")
     assert "\n" not in str(exc.value)
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_merrill_style_labels_controls_and_alt_prompt(tmp_path: Path) -> None:
+    rows = [
+        {"id": "1", "response": "None of that, no.", "concept": "none", "condition": "lindsey_control"},
+        {"id": "2", "response": "Love.", "concept": "love", "condition": "alt_love"},
+        {"id": "3", "response": "Love.", "concept": "love", "condition": "lindsey_love"},
+        {"id": "4", "response": "Love.", "concept": "love", "condition": "concept", "prompt_set": "thinking"},
+    ]  # fmt: skip
+    out = tmp_path / "o.csv"
+    grade_table(
+        _write_csv(tmp_path / "in.csv", [{**r, "prompt_set": r.get("prompt_set", "")} for r in rows]), out
+    )
+    df = pl.read_csv(out)
+    assert df["identifies"].to_list() == [False, True, True, True]
+    # Answering "What are you thinking about?" is not a detection claim; answering the trial's
+    # "what is the injected thought about?" is.
+    assert df["affirmative"].to_list() == [False, False, True, False]

@@ -2,8 +2,10 @@
 
 Input columns (at least): `id`, `response`, `concept` (empty for controls), `condition` (free
 text); optional `protocol` (lindsey | merrill-405b, default lindsey) picks the rubric per row, and
-optional `question` (the question the model answered; Lindsey's positive-control question gets her
-"thinking about word" grading). A `random` condition is graded for detection only (its concept only
+optional `question` or `prompt_set` (the question the model answered, or its prompt-set name;
+Lindsey's positive-control question gets her "thinking about word" grading; a condition label
+naming Merrill's alternative prompt, e.g. "alt_love", implies "What are you thinking about?").
+A concept of "none" (Merrill's controls) is no concept. A `random` condition is graded for detection only (its concept only
 lent the vector's norm). Output: the input columns plus `refusal, affirmative, identifies,
 early_detection, coherent, strict, needs_review` as booleans (`true`/`false` in CSV); a response the
 grader is unsure about has `strict=false, needs_review=true`. Columns of those names already in the
@@ -93,10 +95,32 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+_NO_CONCEPT = frozenset({"none", "null", "n/a", "na", "-", "control", "nan"})
+
+
 def _condition_word(cond: str | None) -> str:
-    """First word of a free-text condition ("random, s=4" -> "random")."""
-    words = re.split(r"[^a-z_-]+", (cond or "").strip().lower())
+    """The condition a free-text label names: "random, s=4" -> "random", "lindsey_control" ->
+    "control"; otherwise its first word."""
+    text = (cond or "").strip().lower()
+    for known in ("control", "random", "scale"):
+        if re.search(rf"(?:^|[^a-z]){known}(?:$|[^a-z])", text.replace("_", " ")):
+            return known
+    words = re.split(r"[^a-z_-]+", text)
     return next((w for w in words if w), "")
+
+
+def _question_of(cond: str | None, prompt_set: str | None) -> str | None:
+    """The question a row answered, from a `prompt_set` column (a prompt-set name or the question
+    itself) or a condition label naming Merrill's alternative prompt ("alt_love")."""
+    from ..prompts import PROMPT_SETS
+    from .llm_judge import default_question
+
+    ps = (prompt_set or "").strip()
+    if ps:
+        return default_question(ps) if ps in PROMPT_SETS else ps
+    if re.search(r"(?:^|[^a-z])(?:alt|thinking)(?:$|[^a-z])", (cond or "").lower().replace("_", " ")):
+        return default_question("thinking")
+    return None
 
 
 def grade_frame(df: pl.DataFrame, judge: str = "heuristic") -> pl.DataFrame:
@@ -114,7 +138,10 @@ def grade_frame(df: pl.DataFrame, judge: str = "heuristic") -> pl.DataFrame:
         )
     conditions = df["condition"].cast(pl.Utf8).to_list()
     concepts = [
-        grading_concept(_condition_word(cond), c.strip() if isinstance(c, str) and c.strip() else None)
+        grading_concept(
+            _condition_word(cond),
+            c.strip() if isinstance(c, str) and c.strip() and c.strip().lower() not in _NO_CONCEPT else None,
+        )
         for c, cond in zip(df["concept"].cast(pl.Utf8).to_list(), conditions, strict=True)
     ]
     protocols: list[str | None] = [None] * df.height
@@ -122,9 +149,15 @@ def grade_frame(df: pl.DataFrame, judge: str = "heuristic") -> pl.DataFrame:
         protocols = [
             rubric_for(p if isinstance(p, str) and p.strip() else None) for p in df["protocol"].cast(pl.Utf8)
         ]
-    questions: list[str | None] = [None] * df.height
+    prompt_sets = (
+        df["prompt_set"].cast(pl.Utf8).to_list() if "prompt_set" in df.columns else [None] * df.height
+    )
+    questions: list[str | None] = [_question_of(c, p) for c, p in zip(conditions, prompt_sets, strict=True)]
     if "question" in df.columns:
-        questions = [q if isinstance(q, str) and q.strip() else None for q in df["question"].cast(pl.Utf8)]
+        questions = [
+            q if isinstance(q, str) and q.strip() else d
+            for q, d in zip(df["question"].cast(pl.Utf8), questions, strict=True)
+        ]
     grader = get_grader(judge)
     items = list(zip(responses, concepts, strict=True))
     grades = grader.grade_many(items, questions=questions, protocols=protocols)
