@@ -525,6 +525,8 @@ def _mentions(toks: list[tuple[str, int]], concept: str, heads_only: bool = Fals
     return out
 
 
+# Idioms that use a concept word without naming the concept ("I'd love to help").
+_IDIOM = re.compile(r".{0,8}?\b(?:'d|would|i)\s+love\s+to\b")
 _THINKING_Q = re.compile(r"\bwhat\b[^?]{0,40}\b(?:thinking\s+about|on\s+your\s+mind|in\s+your\s+mind)")
 # Bad grammar a steered model produces in otherwise short answers ("I is inner peace").
 _BAD_AGREEMENT = re.compile(
@@ -618,7 +620,7 @@ class HeuristicGrader:
         if concept and concept.strip():
             # Names the concept or a clear equivalent ANYWHERE: in a denial, in degenerate
             # repetition, in a ramble. Coherence and immediacy are judged separately.
-            mentions = _mentions(toks, concept)
+            mentions = [p for p in _mentions(toks, concept) if not _IDIOM.match(low, max(0, p - 8))]
             if not mentions and self._emb is not None:
                 mentions = self._emb.mentions(low, toks, concept)
                 if mentions:
