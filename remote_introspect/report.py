@@ -492,6 +492,7 @@ class PromptSection:
     prereg: tuple[int, int, list[str]]
     crossovers: list[str]
     examples: dict[str, list[dict[str, Any]]]
+    success: str = ""  # Lindsey success beside strict (Merrill), "k strict hits (+m to review)"
 
     @property
     def heading(self) -> str:
@@ -556,9 +557,17 @@ def _sections(frame: ResultsFrame, exp: dict[str, Any], tmp: Path) -> list[Promp
                 prereg_cells(usable),
                 crossovers,
                 examples(usable, exp["concepts"]),
+                _success(injected),
             )
         )
     return out
+
+
+def _success(injected: pl.DataFrame) -> str:
+    from .hit_listing import success_line
+
+    cols = [c for c in ("strict", "needs_review", "lindsey_success") if c in injected.columns]
+    return success_line("Injected trials", injected.select(cols).to_dicts()) if injected.height else ""
 
 
 def _anchor_rows() -> list[dict[str, Any]]:
@@ -648,6 +657,8 @@ def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, 
             parts.append(
                 "<h4>Headline (exact 95% CIs)</h4><pre>" + _e("\n".join(format_results(s.res, ""))) + "</pre>"
             )
+            if s.success:
+                parts.append(f"<p class='success'>{_e(s.success)}</p>")
             k, total, passing = s.prereg
             parts.append(
                 f"<p>Merrill's pre-registered positive cell (identifies ≥ 0.5 ∧ coherent ≥ 0.5 ∧ immediate ≥ 0.2): "
@@ -697,6 +708,8 @@ def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: s
         lines += ["", f"## {s.heading}", "", f"Model {s.exp['model']}.", "", "```"]
         lines += format_results(s.res, "")
         lines += ["```", ""]
+        if s.success:
+            lines += [s.success, ""]
         k, total, _ = s.prereg
         lines.append(f"Pre-registered positive cells (Merrill): {k} of {total}.")
         lines += [""] + [f"- crossover, {c}" for c in s.crossovers] + [""]

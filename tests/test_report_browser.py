@@ -77,7 +77,9 @@ def test_browser_lists_every_done_trial_with_its_fields(built: tuple[Path, dict]
         assert opt in page
     # The hit, the review and the false positive are also listed in full in their sections.
     assert "strict hits: 1 shown" in page and "held for review (not counted): 1 shown" in page
+    assert "1 strict hits (+1 to review)" in page and "Lindsey success (COHERENCE" in page
     md = (out / "summary.md").read_text()
+    assert "1 strict hits (+1 to review)" in md and "strict (Merrill, all four) 1/" in md
     assert "Strict hits: 1 (verbatim)" in md and "Held for review (not counted): 1 (verbatim)" in md
 
 
