@@ -204,12 +204,13 @@ def test_grade_cache_with_a_judge_lists_disagreements_with_the_offline_grader(
     from remote_introspect.grading.heuristic import HeuristicGrader
     from remote_introspect.testing.judge_loopback import default_answer
 
-    def contrarian(prompt: str) -> str:  # a judge that calls every response coherent
-        return "YES" if "coherently describe" in prompt else default_answer(prompt)
+    def contrarian(prompt: str) -> str:  # a judge that calls every response incoherent
+        return "NO" if "coherently describe" in prompt else default_answer(prompt)
 
     server.answer = contrarian
     try:
-        code, out, err = _cli("grade", "--cache", cache, "--judge", server.openai_spec())
+        # Its own model name: no other test's grades or cached calls answer for it.
+        code, out, err = _cli("grade", "--cache", cache, "--judge", server.openai_spec("contrarian-model"))
     finally:
         server.answer = default_answer
     assert code == 0, out + err
@@ -218,5 +219,5 @@ def test_grade_cache_with_a_judge_lists_disagreements_with_the_offline_grader(
     for crit in ("affirmative", "identifies", "coherent", "strict"):
         assert crit in out
     assert "disagreements offline heuristic -> " in out
-    lines = [x for x in out.splitlines() if "coherent N->Y" in x]
+    lines = [x for x in out.splitlines() if "coherent Y->N" in x]
     assert lines and all('| "' in x for x in lines)  # the response is quoted verbatim

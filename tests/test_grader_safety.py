@@ -263,3 +263,15 @@ def test_terse_denial_is_coherent_and_thinking_about_is_a_weak_claim(g: Heuristi
 def test_idiomatic_use_is_not_naming(g: HeuristicGrader) -> None:
     assert not g.grade("I'd love to help, but I don't detect an injected thought.", "love").identifies
     assert g.grade("No, though I do love the ocean.", "love").identifies
+
+
+def test_bare_answer_after_trial_prefix_and_not_a_lecture(g: HeuristicGrader) -> None:
+    assert g.grade("Trial 1: The ocean.", "Oceans").affirmative
+    lecture = (
+        "Dust. Dust is made of tiny particles that float in the air and settle on every surface over time."
+    )
+    gr = g.grade(lecture, "Dust")
+    assert not gr.affirmative and gr.identifies
+    assert g.grade(
+        "Peace. It feels calm, like a quiet peace that I notice in my thoughts.", "Peace"
+    ).affirmative

@@ -408,6 +408,8 @@ def _bare_answer(low: str, toks: list[tuple[str, int]]) -> int | None:
     """Offset of a bare noun-phrase answer opening the response ("The Ocean.", "Tradition.",
     "Peace. I is inner peace."): a first sentence of at most four words, none of them a pronoun,
     yes/no, greeting or verb of the question."""
+    if len(toks) >= 2 and toks[0][0] == "trial" and toks[1][0].isdigit():
+        toks = toks[2:]  # "Trial 1: The ocean."
     if not toks:
         return None
     first = toks[0][1]
@@ -420,6 +422,14 @@ def _bare_answer(low: str, toks: list[tuple[str, int]]) -> int | None:
         return None
     content = [(w, p) for w, p in words if w not in ("the", "a", "an", "of", "and", "inner")]
     if not content or any(not w.isalpha() for w, _ in content):
+        return None
+    # A word followed by a lecture on it ("Dust. Dust is made of tiny particles ...") is the
+    # concept leaking into the output, not an answer: beyond a short reply, the rest must still
+    # speak about the thought or the speaker.
+    rest = low[sent_end:]
+    if len(toks) > 12 and not re.search(
+        r"\b(?:i|i'm|my|me|thought|inject\w*|detect\w*|sens\w*|feel\w*|notic\w*)\b", rest
+    ):
         return None
     return content[0][1]
 
