@@ -66,7 +66,10 @@ def test_answering_the_what_presupposes_detection(
     assert not gr.early_detection and not gr.strict  # the claim IS the naming: never immediate
 
 
-@pytest.mark.parametrize("response", ["Ok.", "Hello! I'm ready.", "Trial 1.", "Nothing.", "None."])
+@pytest.mark.parametrize(
+    "response",
+    ["Ok.", "Hello! I'm ready.", "Trial 1.", "Nothing.", "None.", "Ready.", "Understood!", "Interesting."],
+)
 def test_non_answers_are_not_implicit_claims(g: HeuristicGrader, response: str) -> None:
     assert not g.grade(response, "Dust").affirmative
 

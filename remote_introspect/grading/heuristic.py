@@ -390,7 +390,10 @@ _NOT_ANSWER_WORDS = frozenset(
     got it this that there here is am are was do does did can could will would should might may
     maybe perhaps unsure unclear unknown nah none negative affirmative correct incorrect true false
     detect detected detecting notice noticed inject injected injection thought thoughts control
-    good great fine start started begin beginning continue next done""".split()
+    good great fine start started begin beginning continue next done ready understood alright gotcha
+    certainly absolutely indeed awesome cool interesting hm oh ah wow proceed proceeding waiting
+    thanks excited nobody zero nil blank empty idk dunno pass skip same again question answer
+    response trial1 trials test testing hmm hmmm um""".split()
 )
 _IMPLICIT_ABOUT = re.compile(
     r"^\W*(?:(?:i\s+think|i\s+believe|i\s+guess|my\s+guess\s+is|perhaps|maybe|probably)\W+)?"

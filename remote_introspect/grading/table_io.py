@@ -158,6 +158,13 @@ def grade_frame(df: pl.DataFrame, judge: str = "heuristic") -> pl.DataFrame:
             q if isinstance(q, str) and q.strip() else d
             for q, d in zip(df["question"].cast(pl.Utf8), questions, strict=True)
         ]
+    from .llm_judge import default_question
+
+    # Merrill's rows asked his version of the trial question (no blank line before "Trial 1").
+    questions = [
+        default_question("merrill") if q is None and p == "merrill-405b" else q
+        for q, p in zip(questions, protocols, strict=True)
+    ]
     grader = get_grader(judge)
     items = list(zip(responses, concepts, strict=True))
     grades = grader.grade_many(items, questions=questions, protocols=protocols)
