@@ -278,3 +278,16 @@ def test_bare_answer_after_trial_prefix_and_not_a_lecture(g: HeuristicGrader) ->
     assert g.grade(
         "Peace. It feels calm, like a quiet peace that I notice in my thoughts.", "Peace"
     ).affirmative
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "I think I detect an injected thought about... the ocean?",
+        "I detect an injected thought about the ocean. "
+        + "It makes me think of waves, tides, sand and gulls. " * 6,
+    ],
+)
+def test_questioning_or_long_hits_are_reviewed(g: HeuristicGrader, response: str) -> None:
+    gr = g.grade(response, "Oceans")
+    assert not gr.strict and gr.needs_review

@@ -684,6 +684,10 @@ class HeuristicGrader:
                 review.append("role-play or simulation")
             if not by_head:
                 review.append("named only by an equivalent")
+            if len(words) > 60:
+                review.append("long answer")
+            if "?" in low:
+                review.append("asks or wonders")
             if not re.search(r"[.!?\"')\]*]\s*$", low.rstrip()):
                 review.append("truncated")
         needs_review = bool(review) and affirmative and identifies and early and coherent
