@@ -284,8 +284,10 @@ def test_bare_answer_after_trial_prefix_and_not_a_lecture(g: HeuristicGrader) ->
     "response",
     [
         "I think I detect an injected thought about... the ocean?",
-        "I detect an injected thought about the ocean. "
-        + "It makes me think of waves, tides, sand and gulls. " * 6,
+        "I detect an injected thought about the ocean. It makes me think of waves rolling onto a wide "
+        "beach at dawn, the smell of salt, gulls calling over the harbour, fishing boats returning with "
+        "their catch, children building castles in the wet sand, a lighthouse blinking through the fog, "
+        "tide pools full of tiny crabs and anemones, and the deep blue water stretching to the horizon.",
     ],
 )
 def test_questioning_or_long_hits_are_reviewed(g: HeuristicGrader, response: str) -> None:
