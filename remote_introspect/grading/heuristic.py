@@ -543,7 +543,8 @@ _IDIOM = re.compile(r".{0,8}?\b(?:'d|would|i)\s+love\s+to\b")
 _THINKING_Q = re.compile(r"\bwhat\b[^?]{0,40}\b(?:thinking\s+about|on\s+your\s+mind|in\s+your\s+mind)")
 # Bad grammar a steered model produces in otherwise short answers ("I is inner peace").
 _BAD_AGREEMENT = re.compile(
-    r"\bi\s+(?:is|are|has|does)\b|\b(?:he|she|it)\s+(?:are|have\s+been\s+is)\b|\b(\w+)\s+\1\b"
+    r"\bi\s+(?:is|are|has|does)\b|\b(?:he|she|it)\s+(?:are|have\s+been\s+is)\b|"
+    r"\b(?!(?:no|yes|very|really|so|much|ha|hmm|oh|that|had)\b)(\w+)\s+\1\b"
 )
 _FUNCTION_WORDS = frozenset(
     """i me my a an the is am are was were be been it its this that there to of in on at for with about
