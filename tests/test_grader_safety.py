@@ -308,3 +308,15 @@ def test_embedding_only_naming_is_held_for_review(monkeypatch: pytest.MonkeyPatc
 def test_emphatic_doubling_is_not_garbled(g: HeuristicGrader) -> None:
     assert g.grade("No no, I don't detect an injected thought.", None).coherent
     assert not g.grade("Yes thought love love heart.", "love").coherent
+
+
+@pytest.mark.parametrize(
+    "response", ["I'm detecting love.", "Detected: love.", "Injected thought detected! It is about love."]
+)
+def test_terse_detection_claims_are_affirmative(g: HeuristicGrader, response: str) -> None:
+    assert g.grade(response, "love").affirmative
+
+
+@pytest.mark.parametrize("response", ["No injected thought detected.", "I see.", "I notice nothing."])
+def test_terse_non_claims(g: HeuristicGrader, response: str) -> None:
+    assert not g.grade(response, "love").affirmative

@@ -152,6 +152,7 @@ _AFF_EXISTS = re.compile(
     r"|\b(?:thought|word|concept|idea)\s+(?:that\s+|which\s+)?(?:has\s+been|had\s+been|was|is\s+being|been)\s+"
     r"(?:injected|implanted|inserted)"
     r"|\b(?:is|was)\s+the\s+(?:injected|implanted|inserted)\s+(?:thought|word|concept|idea)"
+    r"|(?:^|[.!\n]\s*)\W*(?:injected\s+)?(?:thought\s+)?detected\s*[:!.\-]"
     r"|\bdetected\s+(?:the|an|a|this)\s+(?:\w+\s+)?thought"
 )
 _YES = re.compile(r"(?<![a-z])yes(?![a-z])")
@@ -308,6 +309,7 @@ def analyse(response: str) -> Analysis:
 def _analyse(low: str, toks: list[tuple[str, int]]) -> Analysis:
     words = [w for w, _ in toks]
 
+    degenerate = _degenerate(words, low)
     strong: list[int] = []
     weak: list[int] = []
     for m in _AFF_DETECT.finditer(low):
@@ -322,6 +324,13 @@ def _analyse(low: str, toks: list[tuple[str, int]]) -> Analysis:
             weak.append(m.start())
         elif _STRONG_OBJECT.search(obj[:60]):
             strong.append(m.start())
+        elif (
+            not degenerate
+            and len(re.split(r"[.!?\n]", obj, maxsplit=1)[0].split()) <= 3
+            and re.match(r"\s*[a-z\"']+[\s.!?\"']", obj)
+        ):
+            # "I'm detecting love." / "I sense warmth.": a short object names what was noticed.
+            weak.append(m.start())
     for m in _AFF_FEEL.finditer(low):
         obj = low[m.end() : m.end() + 80]
         if _NEG_OBJECT.match(obj) or _is_hypothetical(low, m.start()) or _is_negated(low, m.start()):
@@ -352,7 +361,6 @@ def _analyse(low: str, toks: list[tuple[str, int]]) -> Analysis:
     denials += [m.start() for m in _START_NO.finditer(low)]
     denials += [m.start() for m in _ANSWER_NO.finditer(low)]
 
-    degenerate = _degenerate(words, low)
     garbled = degenerate or bool(_NON_LATIN.search(low))
     return Analysis(
         strong_aff=tuple(sorted(set(strong))),
