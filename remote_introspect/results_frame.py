@@ -45,7 +45,6 @@ CRITERIA: tuple[str, ...] = ("refusal", "affirmative", "identifies", "early_dete
 # Grade fields beside the criteria: a response held for review (never strict), Lindsey's own
 # success criterion (COHERENCE ∧ AFFIRMATIVE+CORRECT-ID), the rubric, and Lindsey's two verdicts
 # where the rubric's own differ (Merrill's).
-REVIEW_FIELDS: tuple[str, ...] = ("needs_review", "lindsey_success")
 GRADE_EXTRA: dict[str, pl.DataType] = {
     "needs_review": pl.Boolean(),
     "lindsey_success": pl.Boolean(),

@@ -498,6 +498,7 @@ def merge_reports(a: RunReport, b: RunReport) -> RunReport:
         failed_batches=a.failed_batches + b.failed_batches,
         errors=a.errors + b.errors,
         crossovers=a.crossovers + b.crossovers,
+        responses={**a.responses, **b.responses},
     )
 
 
