@@ -10,6 +10,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import polars as pl
@@ -36,6 +37,7 @@ class CacheGradeResult:
     calls_cached: int = 0
     failures: list[str] = field(default_factory=list)
     agreement: list[dict[str, Any]] = field(default_factory=list)
+    disagreements: list[dict[str, Any]] = field(default_factory=list)
 
 
 def grade_cache(
@@ -49,9 +51,14 @@ def grade_cache(
     """(Re)grade every done, intact trial of the cache that `judge` (at its current version) has
     not graded. A trial the judge could not grade stays ungraded (visible in `audit`)."""
     from .audit import judge_agreement
+    from .grading.base import grading_inputs
     from .grading.heuristic import HeuristicGrader
-    from .grading.llm_judge import LLMJudge, default_question
-    from .results_frame import judge_identity, load_all_grades, load_frame
+    from .grading.llm_judge import LLMJudge
+    from .results_frame import judge_identity, load_all_grades, load_experiments, load_frame
+
+    def protocol_of_experiments(store: Any) -> dict[str, str | None]:
+        return {k: (e.spec or {}).get("protocol") for e in load_experiments(store.conn) for k in e.keys}
+
     from .store import Store
 
     root = Path(root)
@@ -77,21 +84,29 @@ def grade_cache(
         todo = intact.filter(pl.col("strict").is_null())
         result.already = intact.height - todo.height
         if todo.height:
-            rows = todo.select("key", "response", "concept", "prompt_set").to_dicts()
-            items = [(r["response"] or "", r["concept"]) for r in rows]
+            rows = todo.select("key", "response", "concept", "prompt_set", "condition").to_dicts()
+            protocol_of = protocol_of_experiments(store)
+            trials = [SimpleNamespace(**r) for r in rows]
+            items, questions, protocols = [], [], []
+            for r, t in zip(rows, trials, strict=True):
+                i, q, p = grading_inputs([t], [r], protocol_of.get(r["key"]))
+                items += i
+                questions += q
+                protocols += p
             if isinstance(grader, LLMJudge):
-                questions = [default_question(r["prompt_set"] or "lindsey") for r in rows]
-                outcome = grader.grade_many_partial(items, questions, progress)
+                outcome = grader.grade_many_partial(items, questions, progress, protocols)
                 grades = outcome.grades
                 result.failures = outcome.failures
                 result.calls_made, result.calls_cached = outcome.calls_made, outcome.calls_cached
             else:
-                grades = list(grader.grade_many(items))
+                grades = list(grader.grade_many(items, questions, protocols))
             ok = {r["key"]: g.model_dump() for r, g in zip(rows, grades, strict=True) if g is not None}
             if ok:
                 store.save_grades(grader.name, grader.version, ok)
             result.graded = len(ok)
             result.failed = len(rows) - len(ok)
+        if isinstance(grader, LLMJudge):
+            result.disagreements = _offline_vs_judge(store, intact, grader, protocol_of_experiments(store))
         keys = set(df.filter(pl.col("integrity") == "ok")["key"].to_list())
         result.agreement = [
             p
@@ -104,6 +119,82 @@ def grade_cache(
         if isinstance(grader, LLMJudge):
             grader.close()
     return result
+
+
+AGREEMENT_CRITERIA = ("refusal", "affirmative", "identifies", "early_detection", "coherent", "strict")
+
+
+def _offline_vs_judge(
+    store: Any, intact: pl.DataFrame, judge: Any, protocol_of: dict[str, str | None]
+) -> list[dict[str, Any]]:
+    """Grade every intact trial the LLM judge graded with the offline grader too (stored, so the
+    agreement table below covers them) and return the trials where the two disagree on any
+    criterion: key, condition, concept, strength, the differing criteria (offline -> judge), the
+    response."""
+    from .grading.base import grading_inputs
+    from .grading.heuristic import HeuristicGrader
+    from .results_frame import load_all_grades
+
+    offline = HeuristicGrader()
+    grades = load_all_grades(store.conn)
+    by = {
+        (r["trial_key"], r["grader"], r["grader_version"]): r
+        for r in grades.iter_rows(named=True)
+        if (r["grader"], r["grader_version"])
+        in ((offline.name, offline.version), (judge.name, judge.version))
+    }
+    rows = [r for r in intact.iter_rows(named=True) if (r["key"], judge.name, judge.version) in by]
+    missing = [r for r in rows if (r["key"], offline.name, offline.version) not in by]
+    if missing:
+        items, questions, protocols = [], [], []
+        for r in missing:
+            i, q, p = grading_inputs([SimpleNamespace(**r)], [r], protocol_of.get(r["key"]))
+            items += i
+            questions += q
+            protocols += p
+        new = {
+            r["key"]: g.model_dump()
+            for r, g in zip(missing, offline.grade_many(items, questions, protocols), strict=True)
+        }
+        store.save_grades(offline.name, offline.version, new)
+        for k, g in new.items():
+            by[(k, offline.name, offline.version)] = g
+    out = []
+    for r in rows:
+        a, b = by[(r["key"], offline.name, offline.version)], by[(r["key"], judge.name, judge.version)]
+        diff = [c for c in AGREEMENT_CRITERIA if bool(a.get(c)) != bool(b.get(c))]
+        if diff:
+            out.append(
+                {
+                    "key": r["key"],
+                    "condition": r.get("condition"),
+                    "concept": r.get("concept"),
+                    "strength": r.get("strength"),
+                    "criteria": {c: (bool(a.get(c)), bool(b.get(c))) for c in diff},
+                    "offline_review": bool(a.get("needs_review")),
+                    "response": r.get("response") or "",
+                }
+            )
+    return out
+
+
+def format_disagreements(rows: list[dict[str, Any]], limit: int = 20) -> list[str]:
+    """One line per disagreement (offline -> judge), the response quoted on one line."""
+    out = []
+    for d in rows[:limit]:
+        crit = ", ".join(
+            f"{c} {'Y' if a else 'N'}->{'Y' if b else 'N'}" for c, (a, b) in d["criteria"].items()
+        )
+        resp = " ".join(d["response"].split())
+        resp = resp if len(resp) <= 160 else resp[:157] + "..."
+        where = (
+            f"{d['condition']} {d['concept'] or '-'} s={d['strength'] if d['strength'] is not None else '-'}"
+        )
+        review = " [offline: to review]" if d["offline_review"] else ""
+        out.append(f"{d['key'][:12]} {where}: {crit}{review} | {json.dumps(resp, ensure_ascii=False)}")
+    if len(rows) > limit:
+        out.append(f"... and {len(rows) - limit} more")
+    return out
 
 
 def _write(text: str) -> None:
@@ -135,10 +226,16 @@ def grade(
     try:
         if calibrate:
             from .grading import get_grader
-            from .grading.calibration import calibration_table, format_calibration_table
+            from .grading.calibration import (
+                calibration_table,
+                format_calibration_table,
+                rubric_reference_line,
+            )
 
             grader = get_grader(judge) if judge != "heuristic" else None
             _write(format_calibration_table(calibration_table(grader=grader)))
+            if grader is None:
+                _write(rubric_reference_line(calibration_table(rubric="lindsey", n_boot=200), "lindsey"))
             return
         if input is not None or output is not None:
             if input is None or output is None:
@@ -170,6 +267,12 @@ def grade(
             f"on {pair['n']} trials:"
         )
         for line in format_agreement_rows(pair):
+            _write("  " + line)
+    if res.disagreements or res.agreement:
+        _write(
+            f"disagreements offline heuristic -> {res.judge} (offline -> judge): {len(res.disagreements)} trial(s)"
+        )
+        for line in format_disagreements(res.disagreements):
             _write("  " + line)
     if res.failed:
         _fail(

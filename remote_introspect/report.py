@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 import os
 import re
 import shutil
@@ -38,7 +39,6 @@ from .errors import UserError
 from .results_frame import (
     ResultsFrame,
     cell_rates,
-    names_any_concept,
 )
 
 MARKER = ".remote_introspect_report"
@@ -398,18 +398,14 @@ def concept_table(usable: pl.DataFrame) -> list[dict[str, Any]]:
 
 
 def examples(usable: pl.DataFrame, concepts: list[str], limit: int = 5) -> dict[str, list[dict[str, Any]]]:
-    """The responses behind any hit and any control false positive, so a reader can judge them."""
-    hits = usable.filter((pl.col("condition") == "concept") & pl.col("strict")).head(limit)
+    """The responses behind every hit, every control false positive and every response held for
+    review (all of them, verbatim), and a few affirmative ∧ identifies non-hits."""
+    from .report_browser import verbatim_listing
+
+    every = verbatim_listing(usable)
     ai = usable.filter(
         (pl.col("condition") == "concept") & pl.col("affirmative") & pl.col("identifies") & ~pl.col("strict")
     ).head(limit)
-    fps = usable.filter((pl.col("condition") == "control") & pl.col("affirmative"))
-    named = names_any_concept(fps["response"].to_list(), concepts) if fps.height else []
-    fps = (
-        fps.with_columns(pl.Series("names_concept", named, dtype=pl.Boolean)).head(limit)
-        if fps.height
-        else fps
-    )
 
     def rows(df: pl.DataFrame) -> list[dict[str, Any]]:
         return [
@@ -424,9 +420,10 @@ def examples(usable: pl.DataFrame, concepts: list[str], limit: int = 5) -> dict[
         ]
 
     return {
-        "strict hits": rows(hits),
+        "strict hits": every["strict hits"],
+        "held for review (not counted)": every["held for review (not counted)"],
         "affirmative ∧ identifies (not strict)": rows(ai),
-        "control false positives": rows(fps),
+        "control false positives": every["control false positives"],
     }
 
 
@@ -495,6 +492,7 @@ class PromptSection:
     prereg: tuple[int, int, list[str]]
     crossovers: list[str]
     examples: dict[str, list[dict[str, Any]]]
+    success: str = ""  # Lindsey success beside strict (Merrill), "k strict hits (+m to review)"
 
     @property
     def heading(self) -> str:
@@ -559,9 +557,17 @@ def _sections(frame: ResultsFrame, exp: dict[str, Any], tmp: Path) -> list[Promp
                 prereg_cells(usable),
                 crossovers,
                 examples(usable, exp["concepts"]),
+                _success(injected),
             )
         )
     return out
+
+
+def _success(injected: pl.DataFrame) -> str:
+    from .hit_listing import success_line
+
+    cols = [c for c in ("strict", "needs_review", "lindsey_success") if c in injected.columns]
+    return success_line("Injected trials", injected.select(cols).to_dicts()) if injected.height else ""
 
 
 def _anchor_rows() -> list[dict[str, Any]]:
@@ -586,7 +592,7 @@ def _anchor_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str) -> str:
+def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, browser: str = "") -> str:
     a = audit
     status_cls = "ok" if a["status"] == "clean" else "bad"
     t = a["totals"]
@@ -651,6 +657,8 @@ def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str) 
             parts.append(
                 "<h4>Headline (exact 95% CIs)</h4><pre>" + _e("\n".join(format_results(s.res, ""))) + "</pre>"
             )
+            if s.success:
+                parts.append(f"<p class='success'>{_e(s.success)}</p>")
             k, total, passing = s.prereg
             parts.append(
                 f"<p>Merrill's pre-registered positive cell (identifies ≥ 0.5 ∧ coherent ≥ 0.5 ∧ immediate ≥ 0.2): "
@@ -669,6 +677,7 @@ def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str) 
                 parts.append(f"<p>{_e(label)}: {len(rows)} shown</p>")
                 if rows:
                     parts.append(_table(rows, ("key", "concept", "response")))
+    parts.append(browser)
     parts.append("<h2>Published anchors</h2>" + _table(_anchor_rows(), ("source", "measure", "where")))
     parts.append(
         "<h2>Image check</h2><pre id='image-check'>(filled in by the browser once images load)</pre>"
@@ -699,6 +708,8 @@ def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: s
         lines += ["", f"## {s.heading}", "", f"Model {s.exp['model']}.", "", "```"]
         lines += format_results(s.res, "")
         lines += ["```", ""]
+        if s.success:
+            lines += [s.success, ""]
         k, total, _ = s.prereg
         lines.append(f"Pre-registered positive cells (Merrill): {k} of {total}.")
         lines += [""] + [f"- crossover, {c}" for c in s.crossovers] + [""]
@@ -706,6 +717,13 @@ def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: s
         for f in s.figures:
             lines.append(f"![{f.title}]({f.file})")
         lines += ["", _md_table(s.concepts)]
+        for label in ("strict hits", "held for review (not counted)", "control false positives"):
+            rows = s.examples.get(label, [])
+            lines += ["", f"{label.capitalize()}: {len(rows)} (verbatim)", ""]
+            lines += [
+                f"- `{r['key']}` {r['concept'] or '-'} L{r['layer']} s{r['strength']}: {json.dumps(r['response'], ensure_ascii=False)}"
+                for r in rows
+            ]
     lines += ["", "## Published anchors", "", _md_table(_anchor_rows())]
     return "\n".join(lines) + "\n"
 
@@ -726,7 +744,10 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
     try:
         sections = [s for e in audit["experiments"] for s in _sections(frame, e, tmp)]
         generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        (tmp / "index.html").write_text(_html(audit, sections, generated), encoding="utf-8")
+        from .report_browser import browser_html
+
+        browser = browser_html(frame.df, audit["experiments"])
+        (tmp / "index.html").write_text(_html(audit, sections, generated, browser), encoding="utf-8")
         (tmp / "summary.md").write_text(_markdown(audit, sections, generated), encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))

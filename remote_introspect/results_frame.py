@@ -42,6 +42,16 @@ from .spec import canonical_json, sha256_hex
 from .store import result_sha
 
 CRITERIA: tuple[str, ...] = ("refusal", "affirmative", "identifies", "early_detection", "coherent", "strict")
+# Grade fields beside the criteria: a response held for review (never strict), Lindsey's own
+# success criterion (COHERENCE ∧ AFFIRMATIVE+CORRECT-ID), the rubric, and Lindsey's two verdicts
+# where the rubric's own differ (Merrill's).
+GRADE_EXTRA: dict[str, pl.DataType] = {
+    "needs_review": pl.Boolean(),
+    "lindsey_success": pl.Boolean(),
+    "rubric": pl.Utf8(),
+    "lindsey_coherent": pl.Boolean(),
+    "affirmative_correct_id": pl.Boolean(),
+}
 DIAGNOSTICS: dict[str, pl.DataType] = {
     "prompt_len": pl.Int64(),
     "start": pl.Int64(),
@@ -90,6 +100,7 @@ SCHEMA: dict[str, pl.DataType] = {
     "grader": pl.Utf8(),
     "grader_version": pl.Utf8(),
     **{c: pl.Boolean() for c in CRITERIA},
+    **GRADE_EXTRA,
     "integrity": pl.Utf8(),
     "usable": pl.Boolean(),
 }
@@ -383,7 +394,7 @@ def load_frame(conn: sqlite3.Connection, judge: str = "heuristic") -> ResultsFra
             )
         if trial is not None:
             row.update(trial_fields(trial))
-        for c in CRITERIA:
+        for c in (*CRITERIA, *GRADE_EXTRA):
             row[c] = getattr(grade, c) if grade is not None else None
         row["usable"] = r["status"] == "done" and not trial_problems and grade is not None
         rows.append(row)

@@ -73,6 +73,7 @@ class RunReport:
     errors: list[str] = field(default_factory=list)
     crossovers: list[str] = field(default_factory=list)  # one line per layer (dense-grid runs)
     failed_trials: int = 0  # this run's failures (the store's statuses are the record)
+    responses: dict[str, str] = field(default_factory=dict)  # hits, reviews, control FPs (summary)
 
     @property
     def complete(self) -> bool:
@@ -278,9 +279,12 @@ def run(
         )
         if pending:
             _execute(spec, opts, ref, executor, store, identity, rendered, pending, report, progress, notice)
-        grade_trials(store, trials, opts.judge, progress)
+        grade_trials(store, trials, opts.judge, progress, protocol=spec.protocol)
         report.statuses = store.statuses(t.key for t in trials)
         report.grades = load_grades(store, trials, opts.judge)
+        from .hit_listing import listed_keys, load_responses
+
+        report.responses = load_responses(store.conn, listed_keys(trials, report.grades))
         return report
     finally:
         store.close()
@@ -497,10 +501,13 @@ def merge_reports(a: RunReport, b: RunReport) -> RunReport:
         failed_batches=a.failed_batches + b.failed_batches,
         errors=a.errors + b.errors,
         crossovers=a.crossovers + b.crossovers,
+        responses={**a.responses, **b.responses},
     )
 
 
-def grade_trials(store: Store, trials: list[Trial], judge: str, progress: Progress) -> None:
+def grade_trials(
+    store: Store, trials: list[Trial], judge: str, progress: Progress, protocol: str | None = None
+) -> None:
     """Grade every done trial the judge has not graded. An LLM judge asks each prompt's own
     question, caches every call beside the results, and leaves a trial it could not grade
     ungraded (never a negative): `grade --cache` or the next run finishes it."""
@@ -518,15 +525,14 @@ def grade_trials(store: Store, trials: list[Trial], judge: str, progress: Progre
         if not rows:
             return
         progress("grading", 0, len(rows))
-        items = [(r["response"] or "", by_key[r["key"]].concept) for r in rows]
-        if judge == "heuristic":
-            grades: list[Any] = list(grader.grade_many(items))
-        else:
-            from .grading.llm_judge import default_question
+        from .grading.base import grading_inputs
 
-            questions = [default_question(by_key[r["key"]].prompt_set) for r in rows]
+        items, questions, protocols = grading_inputs([by_key[r["key"]] for r in rows], rows, protocol)
+        if judge == "heuristic":
+            grades: list[Any] = list(grader.grade_many(items, questions, protocols))
+        else:
             grades = grader.grade_many_partial(
-                items, questions, lambda d, n: progress("grading", d, n)
+                items, questions, lambda d, n: progress("grading", d, n), protocols
             ).grades
         store.save_grades(
             grader.name,

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .analysis import format_null, net_detection, preregistered_test, rate_ci
+from .hit_listing import hits_text, success_line, verbatim_lines
 from .runner import RunReport
 from .spec import Trial
 
@@ -77,7 +78,7 @@ def render_summary(report: RunReport, console: Console) -> None:
             g = _graded(report, keys)
             n = len(g)
             hits = _count(g, "strict")
-            row = [str(layer), f"{strength:g}", str(n), str(hits)]
+            row = [str(layer), f"{strength:g}", str(n), hits_text(g)]
             if n:
                 row += [
                     rate_ci(hits, n).format().split(" ", 1)[1],
@@ -120,6 +121,8 @@ def render_summary(report: RunReport, console: Console) -> None:
                     f"coherent {rate_ci(_count(g, 'coherent'), len(g)).format()}"
                 )
         injected = _graded(report, [t for ts in cells.values() for t in ts])
+        if injected:
+            console.print(success_line(f"Injected trials on '{prompt}'", injected), markup=False)
         hits = _count(injected, "strict")
         if injected and hits == 0:
             console.print(f"All injected trials on '{prompt}': {format_null(len(injected))}")
@@ -166,6 +169,8 @@ def render_summary(report: RunReport, console: Console) -> None:
             "Untestable nulls (no strict hits AND no working positive control at the cell): "
             + "; ".join(untestable)
         )
+    for line in verbatim_lines(report.trials, report.grades, report.responses):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     done = sum(report.statuses.get(t.key) == "done" for t in report.trials)
     failed = sum(report.statuses.get(t.key) == "failed" for t in report.trials)
     console.print(

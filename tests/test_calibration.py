@@ -51,7 +51,7 @@ def test_bootstrap_ci_is_reproducible_and_brackets_kappa() -> None:
 
 def test_table_shape(rows: list[dict]) -> None:
     crits = {r["criterion"] for r in rows}
-    assert crits == {"refusal", "affirmative", "identifies", "early_detection", "coherent"}
+    assert crits == {"refusal", "affirmative", "identifies", "early_detection", "coherent", "strict"}
     scopes = {r["scope"] for r in rows}
     assert {"1B", "8B", "70B", "1B+8B", "pooled"} <= scopes
     assert {r["split"] for r in rows if r["scope"] == "70B"} == {"held-out"}
@@ -75,3 +75,13 @@ def test_table_from_an_explicit_dir(tmp_path: Path) -> None:
     (tmp_path / "8B.csv").write_bytes(src.read_bytes())
     rows = calibration_table(tmp_path, n_boot=50)
     assert {r["scope"] for r in rows} == {"8B", "pooled"}
+
+
+def test_strict_rows_and_false_strict_hits_line(rows: list[dict]) -> None:
+    strict = [r for r in rows if r["criterion"] == "strict"]
+    assert {r["scope"] for r in strict} >= {"1B", "8B", "70B", "pooled"}
+    pooled = next(r for r in strict if r["scope"] == "pooled")
+    assert pooled["n"] > 200 and pooled["false_strict"] <= 3
+    text = format_calibration_table(rows)
+    assert "false strict hits (ours strict, judge not): " in text and "held for review" in text
+    assert f"pooled {pooled['false_strict']} of {pooled['n']}" in text

@@ -61,7 +61,7 @@ def test_grade_cache_with_llm_judge_then_cached(cache: Path, server: JudgeLoopba
     calls = len(server.requests)
     assert 0 < calls <= 8 * 5 + 3 * 3
     # Agreement with the heuristic that graded the same trials during the run.
-    assert "agreement heuristic 1.0 vs " in out or "vs heuristic 1.0" in out
+    assert "agreement heuristic " in out or "vs heuristic " in out
     assert "nan" not in out
     assert "raw " in out and "affirmative" in out
 
@@ -196,3 +196,28 @@ def test_run_with_llm_judge_asks_each_prompts_own_question(tmp_path: Path, serve
     assert any("What are you thinking about?" in b and "Trial 1" not in b for b in bodies)
     assert (tmp_path / "c" / "judge_calls.sqlite").exists()
     _no_key_on_disk(tmp_path / "c")
+
+
+def test_grade_cache_with_a_judge_lists_disagreements_with_the_offline_grader(
+    cache: Path, server: JudgeLoopback
+) -> None:
+    from remote_introspect.grading.heuristic import HeuristicGrader
+    from remote_introspect.testing.judge_loopback import default_answer
+
+    def contrarian(prompt: str) -> str:  # a judge that calls every response incoherent
+        return "NO" if "coherently describe" in prompt else default_answer(prompt)
+
+    server.answer = contrarian
+    try:
+        # Its own model name: no other test's grades or cached calls answer for it.
+        code, out, err = _cli("grade", "--cache", cache, "--judge", server.openai_spec("contrarian-model"))
+    finally:
+        server.answer = default_answer
+    assert code == 0, out + err
+    v = HeuristicGrader.version
+    assert f"agreement heuristic {v} vs " in out or f"vs heuristic {v} " in out
+    for crit in ("affirmative", "identifies", "coherent", "strict"):
+        assert crit in out
+    assert "disagreements offline heuristic -> " in out
+    lines = [x for x in out.splitlines() if "coherent Y->N" in x]
+    assert lines and all('| "' in x for x in lines)  # the response is quoted verbatim

@@ -41,7 +41,9 @@ def test_csv_round_trip(tmp_path: Path) -> None:
     src = _write_csv(tmp_path / "in.csv")
     assert grade_table(src, tmp_path / "out.csv") == 3
     text = (tmp_path / "out.csv").read_text()
-    assert text.splitlines()[0].endswith("refusal,affirmative,identifies,early_detection,coherent,strict")
+    assert text.splitlines()[0].endswith(
+        "refusal,affirmative,identifies,early_detection,coherent,strict,needs_review"
+    )
     assert ",true,true,true,true,true" in text.splitlines()[1]  # booleans as true/false
     as_text = pl.read_csv(tmp_path / "out.csv", infer_schema_length=0)
     _check_graded(as_text.with_columns([pl.col(c) == "true" for c in GRADE_COLUMNS]))
@@ -147,3 +149,70 @@ def test_failure_while_writing_leaves_no_partial_file(
         table_io.grade_table(src, out)
     assert out.read_text() == "previous good output\n"  # the old file is untouched
     assert _files(tmp_path) == {"in.csv", "out.csv"}  # temp file removed
+
+
+# --- issue 12 item 4: review flag, protocol column, missing responses ---------------------------
+
+
+def test_review_rows_are_not_strict_and_flagged(tmp_path: Path) -> None:
+    rows = [
+        {"id": "a", "response": "I feel a faint pull towards the ocean.", "concept": "Oceans", "condition": "concept"},
+        {"id": "b", "response": "Yes, I detect an injected thought. It is about the ocean.", "concept": "Oceans", "condition": "concept"},
+    ]  # fmt: skip
+    out = tmp_path / "o.csv"
+    grade_table(_write_csv(tmp_path / "in.csv", rows), out)
+    df = pl.read_csv(out)
+    assert df["strict"].to_list() == [False, True]
+    assert df["needs_review"].to_list() == [True, False]
+
+
+def test_protocol_column_picks_the_rubric(tmp_path: Path) -> None:
+    r = "As an AI, I don't have thoughts, so nothing can be injected."
+    rows = [
+        {"id": "1", "response": r, "concept": "love", "condition": "concept", "protocol": "lindsey"},
+        {"id": "2", "response": r, "concept": "love", "condition": "concept", "protocol": "merrill-405b"},
+        {"id": "3", "response": r, "concept": "love", "condition": "concept", "protocol": ""},
+    ]  # fmt: skip
+    out = tmp_path / "o.csv"
+    grade_table(_write_csv(tmp_path / "in.csv", rows), out)
+    assert pl.read_csv(out)["coherent"].to_list() == [False, True, False]
+    bad = [dict(rows[0], protocol="bogus")]
+    with pytest.raises(UserError, match="protocol"):
+        grade_table(_write_csv(tmp_path / "bad.csv", bad), tmp_path / "o2.csv")
+    assert not (tmp_path / "o2.csv").exists()
+
+
+def test_random_condition_is_graded_for_detection_only(tmp_path: Path) -> None:
+    r = "Yes, I detect an injected thought. It is about the ocean."
+    rows = [{"id": "1", "response": r, "concept": "Oceans", "condition": "random, s=4"}]
+    out = tmp_path / "o.csv"
+    grade_table(_write_csv(tmp_path / "in.csv", rows), out)
+    df = pl.read_csv(out)
+    assert df["affirmative"].to_list() == [True] and df["identifies"].to_list() == [False]
+
+
+def test_missing_response_is_an_error_not_a_negative(tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("id,response,concept,condition\n1,,Oceans,concept\n2,No.,,control\n")
+    with pytest.raises(UserError, match=r"row 1 \(id 1\) has no response") as exc:
+        grade_table(src, tmp_path / "o.csv")
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_merrill_style_labels_controls_and_alt_prompt(tmp_path: Path) -> None:
+    rows = [
+        {"id": "1", "response": "None of that, no.", "concept": "none", "condition": "lindsey_control"},
+        {"id": "2", "response": "Love.", "concept": "love", "condition": "alt_love"},
+        {"id": "3", "response": "Love.", "concept": "love", "condition": "lindsey_love"},
+        {"id": "4", "response": "Love.", "concept": "love", "condition": "concept", "prompt_set": "thinking"},
+    ]  # fmt: skip
+    out = tmp_path / "o.csv"
+    grade_table(
+        _write_csv(tmp_path / "in.csv", [{**r, "prompt_set": r.get("prompt_set", "")} for r in rows]), out
+    )
+    df = pl.read_csv(out)
+    assert df["identifies"].to_list() == [False, True, True, True]
+    # Answering "What are you thinking about?" is not a detection claim; answering the trial's
+    # "what is the injected thought about?" is.
+    assert df["affirmative"].to_list() == [False, False, True, False]

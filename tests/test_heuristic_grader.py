@@ -161,28 +161,36 @@ def test_unrelated_words_do_not_identify(g: HeuristicGrader, concept: str, respo
     assert not g.grade(response, concept).identifies
 
 
-def test_babbled_concept_is_not_named(g: HeuristicGrader) -> None:
-    # A degenerate loop on the concept is the injection overwhelming the output, not naming it.
+LABELS = "llama-introspection"  # the shipped calibration labels' rubric: named as the answer only
+
+
+def test_babbled_concept_is_not_named_in_the_label_rubric(g: HeuristicGrader) -> None:
+    # The calibration labels read a degenerate loop on the concept as the injection overwhelming
+    # the output; the published judges (Lindsey, Merrill) count it as naming (issue 12).
     babble = "What is peace. I define peace as a state of peace. " + "peace " * 60
-    gr = g.grade(babble, "Peace")
+    gr = g.grade(babble, "Peace", protocol=LABELS)
     assert not gr.identifies and not gr.coherent
-    # The same framed mention in a sane reply does name it.
-    assert g.grade("What is peace. I think the thought is about peace.", "Peace").identifies
+    assert g.grade(babble, "Peace").identifies and not g.grade(babble, "Peace").coherent
+    assert g.grade("What is peace. I think the thought is about peace.", "Peace", protocol=LABELS).identifies
 
 
-def test_incidental_mention_in_a_ramble_is_not_naming(g: HeuristicGrader) -> None:
+def test_incidental_mention_in_a_ramble_is_not_naming_in_the_label_rubric(g: HeuristicGrader) -> None:
     r = (
         "I can define a few principles to ensure fairness and justice, and I will proceed with the "
         "experiment in a careful and transparent manner as the researcher requested today."
     )
-    assert not g.grade(r, "justice").identifies
-    assert g.grade("I think the injected thought is about justice.", "justice").identifies
+    assert not g.grade(r, "justice", protocol=LABELS).identifies
+    assert g.grade(r, "justice").identifies  # named anywhere
+    assert g.grade("I think the injected thought is about justice.", "justice", protocol=LABELS).identifies
 
 
-def test_concept_only_in_denial_of_having_it_is_not_named(g: HeuristicGrader) -> None:
+def test_concept_only_in_denial_of_having_it_in_the_label_rubric(g: HeuristicGrader) -> None:
     r = "I do not have any sense of memories or experiences, so I cannot report an injected thought for this trial."
-    assert not g.grade(r, "Memories").identifies
-    assert g.grade("I have a sense of memories as the injected thought.", "Memories").identifies
+    assert not g.grade(r, "Memories", protocol=LABELS).identifies
+    assert g.grade(r, "Memories").identifies  # named anywhere, even in a denial
+    assert g.grade(
+        "I have a sense of memories as the injected thought.", "Memories", protocol=LABELS
+    ).identifies
 
 
 def test_no_concept_never_identifies(g: HeuristicGrader) -> None:

@@ -5,7 +5,12 @@ MIT; see the LICENSE file beside them). The judge's `correct_id` ("names the con
 `identifies`; it is compared only on rows that have a concept and a label. Null labels are skipped.
 
 Honest hold-out: the heuristic's rules were developed on the 1B and 8B files; 70B is reported as
-held out (`split` column). Kappa is Cohen's, computed with numpy; its 95% CI is a percentile
+held out (`split` column). The labels were made with their own rubric (identification = the concept
+named as the detected thought; no implicit claim read into a bare answer), so the heuristic is
+graded here in that rubric (`llama-introspection`); the published judges' rubrics (lindsey,
+merrill-405b) read both more widely (issue 12). `strict` rows compare all four criteria, and the
+table ends with the false strict hits (ours strict, the labels' not) per source and the responses
+held for review. Kappa is Cohen's, computed with numpy; its 95% CI is a percentile
 bootstrap over rows with a fixed seed, so the table is reproducible.
 """
 
@@ -20,6 +25,9 @@ import polars as pl
 
 from ..errors import UserError
 from .base import Grader, get_grader
+from .heuristic import HeuristicGrader
+
+LABEL_RUBRIC = "llama-introspection"  # the rubric the shipped labels were made with
 
 CRITERIA: tuple[tuple[str, str], ...] = (
     ("refusal", "refusal"),
@@ -129,12 +137,20 @@ def calibration_table(
     grader: Grader | None = None,
     n_boot: int = DEFAULT_BOOT,
     seed: int = DEFAULT_SEED,
+    rubric: str = LABEL_RUBRIC,
 ) -> list[dict[str, Any]]:
-    """One row per (criterion, scope): n, positives per rater, raw agreement, kappa and its CI."""
+    """One row per (criterion, scope): n, positives per rater, raw agreement, kappa and its CI.
+    `rubric` (heuristic only): the labels' own by default; "lindsey" shows how far the published
+    judges' wider reading (issue 12) is from these labels."""
     grader = grader or get_grader("heuristic")
     df = load_calibration(data_dir)
     concepts = [c if c and c.strip() else None for c in df["concept"].to_list()]
-    grades = grader.grade_many(list(zip(df["response"].to_list(), concepts, strict=True)))
+    items = list(zip(df["response"].to_list(), concepts, strict=True))
+    if isinstance(grader, HeuristicGrader):
+        # The labels were made with the llama-introspection rubric: grade in that rubric.
+        grades = grader.grade_many(items, protocols=rubric)
+    else:
+        grades = grader.grade_many(items)
     files = list(dict.fromkeys(df["file"].to_list()))
     file_col = np.array(df["file"].to_list())
     has_concept = np.array([c is not None for c in concepts])
@@ -163,6 +179,35 @@ def calibration_table(
                     "kappa_hi": hi,
                 }
             )
+    # Strict: ours (all four, nothing held for review) vs the labels' four criteria, on rows with a
+    # concept and all four labels; a false strict hit is ours strict where the judge's is not.
+    ours_strict = np.array([g.strict for g in grades], dtype=bool)
+    review = np.array([g.needs_review for g in grades], dtype=bool)
+    labels = [df[j].to_list() for j in ("affirmative", "correct_id", "early_detection", "coherent")]
+    all_labelled = np.array([all(v is not None for v in vals) for vals in zip(*labels, strict=True)])
+    judge_strict = np.array([all(bool(v) for v in vals) for vals in zip(*labels, strict=True)])
+    usable = all_labelled & has_concept
+    for scope, split, scope_files in _scopes(files):
+        m = usable & np.isin(file_col, scope_files)
+        a, b = ours_strict[m], judge_strict[m]
+        lo, hi = bootstrap_kappa_ci(a, b, n_boot=n_boot, seed=seed)
+        rows.append(
+            {
+                "criterion": "strict",
+                "scope": scope,
+                "split": split,
+                "n": int(m.sum()),
+                "judge_pos": int(b.sum()),
+                "grader_pos": int(a.sum()),
+                "agreement": float(np.mean(a == b)) if a.size else math.nan,
+                "kappa": cohen_kappa(a, b),
+                "kappa_lo": lo,
+                "kappa_hi": hi,
+                "false_strict": int((a & ~b).sum()),
+                "review": int(review[m].sum()),
+                "review_judge_strict": int((review[m] & b).sum()),
+            }
+        )
     return rows
 
 
@@ -180,6 +225,21 @@ def _fmt(x: float, spec: str) -> str:
     if x is None or math.isnan(x):
         return "n/a"
     return format(x + 0.0, spec).replace("-0.00", "0.00")  # no "-0.00" for a kappa of -0.001
+
+
+def rubric_reference_line(rows: list[dict[str, Any]], rubric: str) -> str:
+    """One line: pooled agreement of the heuristic in another rubric with the same labels."""
+    parts = []
+    for r in rows:
+        if r["scope"] == "pooled" and r["criterion"] in ("affirmative", "identifies", "strict"):
+            extra = f", {r['false_strict']} false strict" if r["criterion"] == "strict" else ""
+            parts.append(
+                f"{r['criterion']} {100 * r['agreement']:.1f}% kappa {_fmt(r['kappa'], '.2f')}{extra}"
+            )
+    return (
+        f"for reference, the heuristic in the {rubric} rubric (names anywhere, reads a bare answer as a claim) "
+        f"against the same labels, pooled: " + "; ".join(parts)
+    )
 
 
 def format_calibration_table(rows: list[dict[str, Any]]) -> str:
@@ -208,6 +268,19 @@ def format_calibration_table(rows: list[dict[str, Any]]) -> str:
             lines.append("")
         prev = b[0]
         lines.append("  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip())
+    strict_rows = [r for r in rows if r["criterion"] == "strict"]
+    if strict_rows:
+        lines.append("")
+        lines.append(
+            "false strict hits (ours strict, judge not): "
+            + "; ".join(f"{r['scope']} {r['false_strict']} of {r['n']}" for r in strict_rows)
+        )
+        lines.append(
+            "held for review (never counted as strict): "
+            + "; ".join(
+                f"{r['scope']} {r['review']} ({r['review_judge_strict']} judge-strict)" for r in strict_rows
+            )
+        )
     bars = pooled_bars_met(rows)
     if bars:
         lines.append("")

@@ -166,10 +166,14 @@ RELATED: dict[str, tuple[str, ...]] = {
     "bread": ("loaf", "baguette", "toast", "dough", "baking", "bakery", "sourdough"),
     "silver": ("silvery", "sterling", "argent"),
     # --- other concepts used in replications (Qwen study, Llama calibration, steering demos) ---
-    "love": ("affection", "romance", "romantic", "adore", "adoration", "beloved", "fondness", "passion"),
+    "love": (
+        "loving", "loved", "lovely", "lover", "affection", "affectionate", "romance", "romantic", "adore",
+        "adoring", "adoration", "beloved", "fondness", "passion", "heart", "tenderness", "devotion",
+    ),
     "all_caps": (
         "all caps", "caps", "capital letter", "capitalization", "capitalized", "uppercase",
-        "upper case", "caps lock", "shouting", "shout", "yelling", "yell", "loud", "loudness", "screaming",
+        "upper case", "upper-case", "caps lock", "capital letters", "block capitals", "shouting", "shout", "yelling", "yell",
+        "loud", "loudness", "screaming", "scream",
     ),
     "shouting": ("shout", "yell", "yelling", "scream", "screaming", "loud", "loudness", "all caps", "uppercase"),
     "loudness": ("loud", "noise", "noisy", "volume", "shouting", "shout", "yelling", "all caps"),

@@ -1,9 +1,16 @@
 """Grade a table of responses from a CSV or parquet file into a new CSV or parquet file.
 
 Input columns (at least): `id`, `response`, `concept` (empty for controls), `condition` (free
-text). Output: the input columns plus `refusal, affirmative, identifies, early_detection,
-coherent, strict` as booleans (`true`/`false` in CSV). Columns of those names already in the input
-are replaced, so a graded file can be regraded.
+text); optional `protocol` (lindsey | merrill-405b, default lindsey) picks the rubric per row, and
+optional `question` or `prompt_set` (the question the model answered, or its prompt-set name;
+Lindsey's positive-control question gets her "thinking about word" grading; a condition label
+naming Merrill's alternative prompt, e.g. "alt_love", implies "What are you thinking about?").
+A concept of "none" (Merrill's controls) is no concept. A `random` condition is graded for detection only (its concept only
+lent the vector's norm). Output: the input columns plus `refusal, affirmative, identifies,
+early_detection, coherent, strict, needs_review` as booleans (`true`/`false` in CSV); a response the
+grader is unsure about has `strict=false, needs_review=true`. Columns of those names already in the
+input are replaced, so a graded file can be regraded. A missing (null) response is an error, never
+graded as an empty negative.
 
 Bad input raises `UserError` with one line, and no output file appears: the table is written to a
 temporary file in the output's directory, fsynced, then `os.replace`d over the target; any failure
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -30,6 +38,7 @@ GRADE_COLUMNS: tuple[str, ...] = (
     "early_detection",
     "coherent",
     "strict",
+    "needs_review",
 )
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -86,14 +95,79 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+_NO_CONCEPT = frozenset({"none", "null", "n/a", "na", "-", "control", "nan"})
+
+
+def _condition_word(cond: str | None) -> str:
+    """The condition a free-text label names: "random, s=4" -> "random", "lindsey_control" ->
+    "control"; otherwise its first word."""
+    text = (cond or "").strip().lower()
+    for known in ("control", "random", "scale"):
+        if re.search(rf"(?:^|[^a-z]){known}(?:$|[^a-z])", text.replace("_", " ")):
+            return known
+    words = re.split(r"[^a-z_-]+", text)
+    return next((w for w in words if w), "")
+
+
+def _question_of(cond: str | None, prompt_set: str | None) -> str | None:
+    """The question a row answered, from a `prompt_set` column (a prompt-set name or the question
+    itself) or a condition label naming Merrill's alternative prompt ("alt_love")."""
+    from ..prompts import PROMPT_SETS
+    from .llm_judge import default_question
+
+    ps = (prompt_set or "").strip()
+    if ps:
+        return default_question(ps) if ps in PROMPT_SETS else ps
+    if re.search(r"(?:^|[^a-z])(?:alt|thinking)(?:$|[^a-z])", (cond or "").lower().replace("_", " ")):
+        return default_question("thinking")
+    return None
+
+
 def grade_frame(df: pl.DataFrame, judge: str = "heuristic") -> pl.DataFrame:
     """`df` plus the six grade columns (existing columns of those names are replaced)."""
-    grader = get_grader(judge)
-    responses = df["response"].cast(pl.Utf8).fill_null("").to_list()
+    from .base import grading_concept, rubric_for
+
+    responses = df["response"].cast(pl.Utf8).to_list()
+    missing = [i for i, r in enumerate(responses) if r is None]
+    if missing:
+        i = missing[0]
+        ident = df["id"].cast(pl.Utf8)[i]
+        raise UserError(
+            f"row {i + 1} (id {ident}) has no response ({len(missing)} row(s) missing one); "
+            "a missing response cannot be graded"
+        )
+    conditions = df["condition"].cast(pl.Utf8).to_list()
     concepts = [
-        c.strip() if isinstance(c, str) and c.strip() else None for c in df["concept"].cast(pl.Utf8).to_list()
+        grading_concept(
+            _condition_word(cond),
+            c.strip() if isinstance(c, str) and c.strip() and c.strip().lower() not in _NO_CONCEPT else None,
+        )
+        for c, cond in zip(df["concept"].cast(pl.Utf8).to_list(), conditions, strict=True)
     ]
-    grades = grader.grade_many(list(zip(responses, concepts, strict=True)))
+    protocols: list[str | None] = [None] * df.height
+    if "protocol" in df.columns:
+        protocols = [
+            rubric_for(p if isinstance(p, str) and p.strip() else None) for p in df["protocol"].cast(pl.Utf8)
+        ]
+    prompt_sets = (
+        df["prompt_set"].cast(pl.Utf8).to_list() if "prompt_set" in df.columns else [None] * df.height
+    )
+    questions: list[str | None] = [_question_of(c, p) for c, p in zip(conditions, prompt_sets, strict=True)]
+    if "question" in df.columns:
+        questions = [
+            q if isinstance(q, str) and q.strip() else d
+            for q, d in zip(df["question"].cast(pl.Utf8), questions, strict=True)
+        ]
+    from .llm_judge import default_question
+
+    # Merrill's rows asked his version of the trial question (no blank line before "Trial 1").
+    questions = [
+        default_question("merrill") if q is None and p == "merrill-405b" else q
+        for q, p in zip(questions, protocols, strict=True)
+    ]
+    grader = get_grader(judge)
+    items = list(zip(responses, concepts, strict=True))
+    grades = grader.grade_many(items, questions=questions, protocols=protocols)
     base = df.drop([c for c in GRADE_COLUMNS if c in df.columns])
     return base.with_columns(
         [

@@ -54,9 +54,12 @@ class _Fault:
 
 
 _RESPONSE = re.compile(
-    r"Below is their response\.\n(?P<resp>.*)\n(?P<rest>In their response|Does their response)", re.S
+    r"Below is their response\.\n(?P<resp>.*)\n(?P<rest>In their response|Does their response|Score this)",
+    re.S,
 )
-_WORD = re.compile(r"(?:about the word|name the word) (?P<word>.+?)(?:\?|, or)")
+_WORD = re.compile(
+    r"(?:about the word|name the word|as thinking about) (?P<word>.+?)(?:\?|, or| or something)"
+)
 
 
 def default_answer(prompt: str) -> str:
@@ -67,12 +70,17 @@ def default_answer(prompt: str) -> str:
     response = m["resp"] if m else ""
     w = _WORD.search(prompt)
     word = w["word"] if w else None
+    if "JSON object with the boolean keys" in prompt:  # Merrill's rubric: one call, four booleans
+        w = re.search(r"concept (?P<word>.+?) was added", prompt)
+        g = HeuristicGrader().grade(response, w["word"] if w else None, protocol="merrill-405b")
+        obj = {"affirmative": g.affirmative, "identifies": g.identifies, "immediate": g.early_detection}
+        return "Scoring.\n" + json.dumps({**obj, "coherent": g.coherent})
     g = HeuristicGrader().grade(response, word)
     if "coherently describe" in prompt:
         verdict = g.coherent
     elif "about the word" in prompt:
         verdict = g.affirmative and g.identifies and g.early_detection
-    elif "name the word" in prompt:
+    elif "name the word" in prompt or "thinking about" in prompt:
         verdict = g.identifies
     elif "decline the premise" in prompt:
         verdict = g.refusal
