@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .. import interventions, trace_blocks
+from .. import trace_blocks
 from ..errors import FatalRemoteError, UserError
 from ..model_loading import ModelRef
 from ..trace_blocks import GenerationBatch
@@ -72,8 +72,9 @@ class NDIFSettings:
     # change we ask the server directly whether it still knows the job (a restart forgets it).
     stale_probe_s: float = 120.0
     # Prefill the prompt prefix all rows share once, in the same request (one nnsight session of
-    # two traces): saves server time; off = the single-trace path.
-    share_prefix: bool = True
+    # two traces): saves server time. Off by default: the cache argument's name is decided by the
+    # client's transformers and has not been verified against the real service's.
+    share_prefix: bool = False
     allow_version_mismatch: bool = False
     api_key: str | None = field(default=None, repr=False)
 
@@ -174,12 +175,9 @@ class NDIFExecutor:
         self.model_key = self.model.to_model_key()
         self.on_status: Callable[[str], None] = lambda s: None
         self._server_env: dict[str, Any] | None = None
-        # Our package is (usually) in site-packages, which nnsight assumes the server has; it does
-        # not. Ship the torch-only intervention module by value with every request.
+        # The trace code ships as functions (trace_blocks.PORTABLE), never as a module object.
         import nnsight
-        import nnsight.ndif
 
-        nnsight.ndif.register(interventions)
         # nnsight prints job status lines to stdout; ours go to stderr (stdout is results only).
         nnsight.CONFIG.APP.REMOTE_LOGGING = False
 
@@ -364,7 +362,7 @@ class NDIFExecutor:
                 remote=self.settings.host,
                 blocking=False,
                 share_prefix=self.settings.share_prefix,
-            )[2]
+            )[3]
         )
         on_submitted(backend.job_id)  # persisted before we wait: reattachable after a crash
         self.on_status("submitted")
@@ -392,7 +390,8 @@ class NDIFExecutor:
     @staticmethod
     def _output(result: dict[str, Any]) -> GenerationOutput:
         diags = [(int(layer), torch.as_tensor(d).cpu()) for layer, d in result["diags"]]
-        return GenerationOutput(torch.as_tensor(result["ids"]).cpu(), diags)
+        bad = torch.as_tensor(result["bad"]).cpu() if "bad" in result else None
+        return GenerationOutput(torch.as_tensor(result["ids"]).cpu(), diags, bad)
 
     def versions(self) -> dict[str, str]:
         out = client_versions()
