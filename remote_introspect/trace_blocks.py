@@ -13,8 +13,10 @@ import contextlib
 import hashlib
 import inspect
 import linecache
+import types
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nnsight
@@ -227,6 +229,7 @@ def generate_steered(
     n_rows = batch.input_ids.shape[0]
     steer_layer = PORTABLE["steer_layer"]
     sample_step = PORTABLE["sample_step"]
+    save = nnsight.save  # a function, not the nnsight module object, travels with the request
     gen_kwargs = _generate_kwargs(batch)
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
 
@@ -264,8 +267,8 @@ def generate_steered(
                 gen_kwargs[cache_kw] = past
             with model.generate(**gen_kwargs) as tracer:
                 with tracer.invoke(inputs):
-                    diags = nnsight.save([])
-                    bad = nnsight.save(torch.zeros(n_rows, dtype=torch.bool))
+                    diags = save([])
+                    bad = save(torch.zeros(n_rows, dtype=torch.bool))
                     rel = torch.zeros(n_rows)
                     for step in tracer.iter[:]:
                         for layer in layers:
@@ -311,3 +314,34 @@ def extract_last_token(
         # lm_head (vocab × hidden per position: most of the pass on a small, wide-vocab model).
         tracer.stop()
     return stacked, tracer
+
+
+# The functions above that open nnsight traces run under a neutral file name (their source is
+# registered in linecache under it, line for line): nnsight records the trace's file name in
+# every request, and the client's absolute paths have no business on the server.
+TRACE_FILE = "<remote_introspect.trace_blocks>"
+
+
+def _relocate_code(code: types.CodeType) -> types.CodeType:
+    consts = tuple(_relocate_code(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=TRACE_FILE, co_consts=consts)
+
+
+def _relocate(fn: Any) -> Any:
+    moved = types.FunctionType(
+        _relocate_code(fn.__code__), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+    moved.__kwdefaults__ = fn.__kwdefaults__
+    moved.__doc__, moved.__annotations__, moved.__qualname__ = fn.__doc__, fn.__annotations__, fn.__qualname__
+    moved.__module__ = fn.__module__
+    return moved
+
+
+def _register_trace_source() -> None:
+    source = Path(__file__).read_text(encoding="utf-8")
+    linecache.cache[TRACE_FILE] = (len(source), None, source.splitlines(keepends=True), TRACE_FILE)
+
+
+_register_trace_source()
+generate_steered = _relocate(generate_steered)
+extract_last_token = _relocate(extract_last_token)

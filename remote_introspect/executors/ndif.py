@@ -161,7 +161,13 @@ def build_remote_model(ref: ModelRef, tokenizer: Any) -> Any:
     if ref.local_dir is None:
         cfg_dir = ref.preset.shipped_config_path() if ref.preset else None
         kwargs["config"] = AutoConfig.from_pretrained(str(cfg_dir) if cfg_dir else ref.repo_id)
-    return TransformersModel(ref.repo_id, **kwargs)
+    model = TransformersModel(ref.repo_id, **kwargs)
+    # Send none of the client's model settings: the config object (with the client's file path in
+    # it) stays out of the pickled model state, and nnsight's per-request env (the client's
+    # resolved attention implementation) is empty. The server runs its deployment as deployed.
+    model.kwargs.pop("config", None)
+    object.__setattr__(model, "_remoteable_get_env", dict)
+    return model
 
 
 class NDIFExecutor:

@@ -80,6 +80,7 @@ job: every request starts from clean caches, and the client's entries are never 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -317,6 +318,10 @@ class LoopbackNDIF:
             reattaching client can fetch it again); ``False`` frees it on first download.
         preload: load every model on `start` rather than on its first request.
     """
+
+    #: Deserialize requests under NDIF's import whitelist (testing/ndif_protected_env.py), as the
+    #: real server does; a request that imports anything else fails with NDIF's ImportError.
+    protected_env: bool = False
 
     def __init__(
         self,
@@ -691,7 +696,14 @@ class LoopbackNDIF:
         model = self._model(job.model_key)
         unique = f"<ndif-loopback {job.id}>"
 
-        class _Unpickler(CustomCloudUnpickler):
+        base: type = CustomCloudUnpickler
+        guard: Any = contextlib.nullcontext()
+        if self.protected_env:  # NDIF's deserialization sandbox, see testing/ndif_protected_env.py
+            from .ndif_protected_env import import_guard, protected_unpickler
+
+            base, guard = protected_unpickler(CustomCloudUnpickler), import_guard()
+
+        class _Unpickler(base):  # type: ignore[misc, valid-type]
             # deserialize() compiles the block under tracer.info.frame.f_code.co_filename and
             # registers it in linecache there; renaming it here, before that happens, gives the
             # job fresh SOURCES/BLOCKS entries and leaves the client's file entries alone.
@@ -701,9 +713,10 @@ class LoopbackNDIF:
                 code.co_filename = f"{unique} {code.co_filename}"
                 return obj
 
-        tracer = RequestModel.deserialize(
-            job.blob, model._remoteable_persistent_objects(), job.compress, unpickler=_Unpickler
-        )
+        with guard:
+            tracer = RequestModel.deserialize(
+                job.blob, model._remoteable_persistent_objects(), job.compress, unpickler=_Unpickler
+            )
         frame = tracer.info.frame
         filename = frame.f_code.co_filename
         recorder = _Recorder(frame.f_locals)
