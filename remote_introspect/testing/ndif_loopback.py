@@ -80,7 +80,6 @@ job: every request starts from clean caches, and the client's entries are never 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import io
 import json
@@ -697,11 +696,10 @@ class LoopbackNDIF:
         unique = f"<ndif-loopback {job.id}>"
 
         base: type = CustomCloudUnpickler
-        guard: Any = contextlib.nullcontext()
         if self.protected_env:  # NDIF's deserialization sandbox, see testing/ndif_protected_env.py
-            from .ndif_protected_env import import_guard, protected_unpickler
+            from .ndif_protected_env import protected_unpickler
 
-            base, guard = protected_unpickler(CustomCloudUnpickler), import_guard()
+            base = protected_unpickler(CustomCloudUnpickler)
 
         class _Unpickler(base):  # type: ignore[misc, valid-type]
             # deserialize() compiles the block under tracer.info.frame.f_code.co_filename and
@@ -713,10 +711,9 @@ class LoopbackNDIF:
                 code.co_filename = f"{unique} {code.co_filename}"
                 return obj
 
-        with guard:
-            tracer = RequestModel.deserialize(
-                job.blob, model._remoteable_persistent_objects(), job.compress, unpickler=_Unpickler
-            )
+        tracer = RequestModel.deserialize(
+            job.blob, model._remoteable_persistent_objects(), job.compress, unpickler=_Unpickler
+        )
         frame = tracer.info.frame
         filename = frame.f_code.co_filename
         recorder = _Recorder(frame.f_locals)

@@ -144,13 +144,18 @@ def import_guard(whitelist: tuple[tuple[str, bool], ...] = WHITELISTED_MODULES_D
 
 
 def protected_unpickler(base: type) -> type:
-    """A subclass of the unpickler `base` whose ``find_class`` obeys the deserialization whitelist
-    (the C unpickler skips ``__import__`` for modules already loaded, so it is checked here)."""
+    """A subclass of the unpickler `base` that loads under the deserialization whitelist: every
+    ``__import__`` during ``load`` (`import_guard`) and every ``find_class`` (the C unpickler skips
+    ``__import__`` for modules already loaded, so it is checked there too)."""
 
     class ProtectedUnpickler(base):  # type: ignore[misc, valid-type]
         def find_class(self, module: str, name: str) -> Any:
             _check(module, WHITELISTED_MODULES_DESERIALIZATION)
             return super().find_class(module, name)
+
+        def load(self) -> Any:
+            with import_guard():  # cloudpickle's subimport/dynamic_subimport go through __import__
+                return super().load()
 
     return ProtectedUnpickler
 
@@ -228,10 +233,7 @@ def check_payload(
         raw = zstandard.ZstdDecompressor().decompress(blob)
     problems = [f"client path in payload: {p}" for p in client_paths if p.encode() in raw]
     try:
-        with import_guard():
-            _tracer, (source, glbls, lcls) = nn_loads(
-                raw, persistent_objects, protected_unpickler(CustomCloudUnpickler)
-            )
+        _tracer, (source, glbls, lcls) = nn_loads(raw, persistent_objects, protected_unpickler(CustomCloudUnpickler))
     except (ImportError, pickle.UnpicklingError, AttributeError) as err:
         return [*problems, f"deserialization refused: {type(err).__name__}: {err}"]
     bad = sorted(payload_builtins(source, glbls, lcls) - WHITELISTED_BUILTINS)
