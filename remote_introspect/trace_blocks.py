@@ -245,6 +245,7 @@ def generate_steered(
         cache_kw = _cache_kwarg(hf)  # also the output attribute holding the cache
         # Transport options go to the session (one request); the rest are generate's.
         session_kwargs = {k: backend.pop(k) for k in list(backend) if k in _SESSION_OPTIONS}
+        gen_kwargs.update(backend)
         outer: Any = model.session(remote=remote, **session_kwargs)
     else:
         gen_kwargs.update(remote=remote, **backend)
