@@ -77,16 +77,27 @@ def row_uniforms(key: str, n: int) -> torch.Tensor:
     return torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+PORTABLE_FILE = "<remote_introspect.interventions>"
+_SOURCES: dict[str, str] = {}  # neutral file name -> source, kept in linecache (see _ensure_sources)
+
+
+def _ensure_sources() -> None:
+    """(Re-)register our neutral file names in linecache: nnsight reads the trace blocks and the
+    portable functions' source from there (a `linecache.clearcache()` elsewhere drops them)."""
+    for name, source in _SOURCES.items():
+        if name not in linecache.cache:
+            linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
+
+
 def _portable_functions() -> dict[str, Any]:
     """The functions of `interventions`, compiled from its source under a neutral file name in a
     namespace that is no importable module. nnsight ships such functions by source with only the
     globals they read (torch and each other): no module object, no `__spec__`/`__loader__`, no
     client file path, nothing the server must import from this package."""
     source = inspect.getsource(interventions)
-    filename = "<remote_introspect.interventions>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    _SOURCES[PORTABLE_FILE] = source
     namespace: dict[str, Any] = {"__name__": "remote_introspect_portable"}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own module's source
+    exec(compile(source, PORTABLE_FILE, "exec"), namespace)  # noqa: S102 - our own module's source
     return {
         name: fn
         for name, fn in namespace.items()
@@ -95,6 +106,7 @@ def _portable_functions() -> dict[str, Any]:
 
 
 PORTABLE = _portable_functions()
+_ensure_sources()
 
 
 def decoder_layers(model: Any) -> Any:
@@ -210,6 +222,7 @@ def generate_steered(
     argument's name is decided by the client's transformers, which the server's may not share).
     The steering block below is the same code for both paths.
     """
+    _ensure_sources()
     if share_prefix is None:
         share_prefix = remote is False or remote == "local"
     prefix_len = shared_prefix_length(batch) if share_prefix else 0
@@ -303,6 +316,7 @@ def extract_last_token(
     tensor, tracer). Only these rows come back."""
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    _ensure_sources()
     gather_rows = PORTABLE["gather_rows"]
     stacked = None  # filled by the trace, or (non-blocking remote) returned later as "stacked"
     with model.trace(inputs, remote=remote, **backend) as tracer:
@@ -338,11 +352,7 @@ def _relocate(fn: Any) -> Any:
     return moved
 
 
-def _register_trace_source() -> None:
-    source = Path(__file__).read_text(encoding="utf-8")
-    linecache.cache[TRACE_FILE] = (len(source), None, source.splitlines(keepends=True), TRACE_FILE)
-
-
-_register_trace_source()
+_SOURCES[TRACE_FILE] = Path(__file__).read_text(encoding="utf-8")
+_ensure_sources()
 generate_steered = _relocate(generate_steered)
 extract_last_token = _relocate(extract_last_token)
