@@ -415,3 +415,27 @@ def test_ndif_and_cli_default_to_the_single_trace_path() -> None:
     from remote_introspect.executors.ndif import NDIFSettings
 
     assert NDIFSettings().share_prefix is False and RunOptions().share_prefix is False
+
+
+def test_405b_shaped_192_row_request_ships_vectors_once(monkeypatch) -> None:
+    """192 rows, hidden 16384, 2 distinct vectors, 200 new tokens: 13.4 MB raw when each row
+    carried its own float32 vector; now the two bf16 vectors + per-row uniforms."""
+    import zstandard
+
+    from remote_introspect.executors.ndif import build_remote_model
+    from remote_introspect.model_loading import resolve_model
+    from remote_introspect.tiny_models import build_tiny_tokenizer
+
+    ref = resolve_model("405b")
+    model = build_remote_model(ref, build_tiny_tokenizer())
+    B, n, T = 192, 200, 172
+    ids = torch.randint(3, 100, (B, T), generator=torch.Generator().manual_seed(0))
+    b = GenerationBatch(ids, torch.ones_like(ids), torch.full((B,), 150), torch.full((B,), 84),
+                        torch.randn(2, ref.hidden_size).bfloat16(), torch.zeros(B, 4), torch.ones(B), n, True,
+                        1.0, 1.0, vector_index=torch.arange(B) % 2,
+                        uniforms=torch.stack([row_uniforms(str(i), n) for i in range(B)]))  # fmt: skip
+    captured = _capture(monkeypatch, stop=True)
+    with pytest.raises(_Sent):
+        trace_blocks.generate_steered(model, b, remote="http://127.0.0.1:9", blocking=False)
+    raw = zstandard.ZstdDecompressor().decompress(captured[0])
+    assert len(raw) < 1_500_000, len(raw)  # one float32 vector per row alone: 192 × 16384 × 4 = 12.6 MB
