@@ -121,16 +121,18 @@ def make_batch(
         vectors=vectors,
         coefs=coefs,
         scale=torch.ones(rows),
-        seed=seed,
         max_new_tokens=new_tokens,
         do_sample=True,
         temperature=1.0,
         top_p=1.0,
+        uniforms=torch.rand(rows, new_tokens, generator=gen, dtype=torch.float64),
     )
 
 
 def one_row(batch: GenerationBatch, i: int) -> GenerationBatch:
     fields = {k: (v[i : i + 1] if isinstance(v, torch.Tensor) else v) for k, v in batch.__dict__.items()}
+    fields["vectors"] = batch.row_vector(i)[None]
+    fields["vector_index"] = torch.zeros(1, dtype=torch.long)
     return GenerationBatch(**fields)
 
 
@@ -170,7 +172,11 @@ def run_calls(executor: LocalExecutor, batches: list[GenerationBatch], label: st
     step_ms: list[float] = []
     for b in batches:
         timer = StepTimer(device)
-        executor.generate_kwargs = {"stopping_criteria": StoppingCriteriaList([timer])}
+        # A fixed-length workload (trials stop at their end-of-turn token; a benchmark must not).
+        executor.generate_kwargs = {
+            "stopping_criteria": StoppingCriteriaList([timer]),
+            "min_new_tokens": batches[0].max_new_tokens,
+        }
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -272,7 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layer", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=list(DTYPES), default=None)
-    p.add_argument("--sampler", choices=["auto", *trace_blocks.SAMPLERS], default="auto")
     p.add_argument("--no-share", action="store_true", help="prefill the whole prompt for every row")
     p.add_argument("--compare-unshared", action="store_true", help="also time the batched path unshared")
     p.add_argument("--no-warmup", action="store_true")
@@ -298,9 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         else int(batch_arg)
     )
     per_call = args.per_call_trials or d["per_call"]
-    sampler = None if args.sampler == "auto" else args.sampler
     # share_prefix None: the package default (shared when the rows allow it).
-    executor = LocalExecutor(loaded, share_prefix=False if args.no_share else None, sampler=sampler)
+    executor = LocalExecutor(loaded, share_prefix=False if args.no_share else None)
     batch = make_batch(hf, rows, args.prompt_tokens, args.start, args.new_tokens, layer)
     warm = make_batch(
         hf, min(rows, 4), args.prompt_tokens, args.start, min(args.new_tokens, 4), layer, seed=1
@@ -331,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = trace_blocks.shared_prefix_length(batch) if executor.share_prefix is not False else 0
     print(
         f"model {args.model} (random init, {dtype_name}) on {name}; load {load_s:.1f}s; prompt {args.prompt_tokens} "
-        f"tokens, injection from {args.start}, {args.new_tokens} new tokens, sampling ({executor.sampler}); "
+        f"tokens, injection from {args.start}, {args.new_tokens} new tokens, sampling (per-trial inverse CDF in the trace); "
         f"layer {layer}; shared prefix {prefix} tokens"
     )
     header = f"{'path':<28} {'rows':>5} {'trials':>6} {'wall s':>8} {'trials/s':>9} {'prefill s':>9} {'ms/step':>8}"
@@ -359,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": args.model,
             "device": name,
             "rows": rows,
-            "sampler": executor.sampler,
+            "sampler": "per-trial-inverse-cdf",
             "shared_prefix_tokens": prefix,
             "results": [{**r.__dict__, "trials_per_s": r.trials_per_s} for r in results],
             "ratio": ratio,

@@ -149,7 +149,12 @@ MismatchOpt = Annotated[
 ]
 ShareOpt = Annotated[
     bool,
-    typer.Option(help="NDIF: prefill the prompt prefix all rows share once per request (a 2-trace session)."),
+    typer.Option(
+        "--share-prefix/--no-share-prefix",
+        help="NDIF: prefill the prompt prefix all rows share once per request (a 2-trace session). "
+        "Off by default: unverified on the real service (the cache argument's name is chosen by the "
+        "client's transformers). Local runs always share.",
+    ),
 ]
 
 
@@ -268,7 +273,7 @@ def replicate_lindsey(
     job_timeout: JobTimeoutOpt = 4200.0,
     queue_timeout: QueueTimeoutOpt = 7200.0,
     allow_version_mismatch: MismatchOpt = False,
-    share_prefix: ShareOpt = True,
+    share_prefix: ShareOpt = False,
 ) -> None:
     """Lindsey's injected-thought experiment: vectors, injected + control trials, grades, summary.
 
@@ -321,7 +326,7 @@ def run_file(
     job_timeout: JobTimeoutOpt = 4200.0,
     queue_timeout: QueueTimeoutOpt = 7200.0,
     allow_version_mismatch: MismatchOpt = False,
-    share_prefix: ShareOpt = True,
+    share_prefix: ShareOpt = False,
 ) -> None:
     """Run an experiment file; any flag overrides the file's value for that knob."""
     from .protocols import load_experiment_file
@@ -376,6 +381,11 @@ def _run_spec(spec, opts) -> None:  # type: ignore[no-untyped-def]
         except UserError as exc:
             _fail(str(exc), exc.exit_code)
     render_summary(report, out)
+    if report.nonfinite_trials:
+        sys.stderr.write(
+            f"error: {report.nonfinite_trials} trial(s) failed with non-finite activations/logits "
+            "(NaN/inf after steering: lower the strength); they are recorded failed, never graded\n"
+        )
     if not report.complete:
         for msg in sorted(set(report.errors))[:5]:
             err.print(f"[red]failed batch:[/] {msg}", highlight=False)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import concept_vectors
+from . import concept_vectors, trace_blocks
 from .errors import UserError
 from .executors.base import BatchTooLargeError, Executor
 from .model_loading import ModelRef, resolve_model
@@ -30,6 +30,7 @@ from .trace_blocks import GenerationBatch
 
 log = logging.getLogger(__name__)
 
+NONFINITE_ERROR = "non-finite activations/logits (NaN or inf in the steered hidden states or the logits)"
 _MODE_COLUMN = {"absolute": 0, "norm-matched": 1, "mlp-norm-matched": 2, "relative": 3}
 _EOS_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<eos>")
 
@@ -54,7 +55,7 @@ class RunOptions:
     queue_timeout_s: float | None = None  # NDIF: queued this long unchanged -> probe the server
     poll_initial_s: float | None = None
     stale_probe_s: float | None = None
-    share_prefix: bool = True
+    share_prefix: bool = False  # NDIF only (unverified on the real service); local runs share
     allow_version_mismatch: bool = False
 
 
@@ -74,6 +75,7 @@ class RunReport:
     crossovers: list[str] = field(default_factory=list)  # one line per layer (dense-grid runs)
     failed_trials: int = 0  # this run's failures (the store's statuses are the record)
     responses: dict[str, str] = field(default_factory=dict)  # hits, reviews, control FPs (summary)
+    nonfinite_trials: int = 0  # this run's trials failed for NaN/inf activations or logits
 
     @property
     def complete(self) -> bool:
@@ -142,6 +144,30 @@ def eos_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
+_VECTOR_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def vector_dtype_for(dtype_label: str) -> str:
+    """The dtype vectors are shipped in: the model's (its label's last part: bf16, fp16, fp32)."""
+    tail = dtype_label.rsplit("-", 1)[-1]
+    return tail if tail in _VECTOR_DTYPES else "fp32"
+
+
+def generation_for(spec: ExperimentSpec, executor: Executor, dtype_label: str) -> ExperimentSpec:
+    """The spec with the client-computed generation fields that go into every trial key: the stop
+    ids (model EOS + chat end-of-turn) and the vectors' dtype."""
+    model_eos = executor.model_eos_ids() if hasattr(executor, "model_eos_ids") else []
+    if not model_eos and getattr(executor, "model", None) is not None:  # NDIF: the meta model
+        model_eos = trace_blocks.model_eos_ids(executor.model._module)
+    gen = spec.generation.model_copy(
+        update={
+            "stop_ids": trace_blocks.stop_token_ids(executor.tokenizer, model_eos),
+            "vector_dtype": vector_dtype_for(dtype_label),
+        }
+    )
+    return spec.model_copy(update={"generation": gen})
+
+
 def build_generation_batch(
     batch: Batch,
     rendered: dict[str, RenderedPrompt],
@@ -149,22 +175,39 @@ def build_generation_batch(
     hidden: int,
     pad_id: int,
 ) -> tuple[GenerationBatch, list[int]]:
-    """Rows of one generate call; returns the batch and each row's unpadded injection start."""
+    """Rows of one generate call; returns the batch and each row's unpadded injection start.
+
+    Each distinct vector is shipped once ([V, H] in the trial's vector dtype) with a per-row
+    index; each row carries its own uniforms (drawn from its trial key) for sampling."""
     trials = batch.trials
+    g = trials[0].generation
+    vdtype = _VECTOR_DTYPES[g.vector_dtype or "fp32"]
     prompts = [rendered[t.prompt_set] for t in trials]
     ids, mask = concept_vectors.left_pad([list(p.input_ids) for p in prompts], pad_id)
     width = ids.shape[1]
     B = len(trials)
     starts = torch.zeros(B, dtype=torch.long)
     row_layers = torch.full((B,), -1, dtype=torch.long)
-    vecs = torch.zeros(B, hidden)
+    table: dict[bytes, int] = {}
+    rows_v: list[torch.Tensor] = []
+    vector_index = torch.zeros(B, dtype=torch.long)
     coefs = torch.zeros(B, 4)
     scale = torch.ones(B)
     raw_starts: list[int] = []
+
+    def index_of(v: torch.Tensor) -> int:
+        v = v.to(vdtype).contiguous()
+        key = v.view(torch.uint8).numpy().tobytes()
+        if key not in table:
+            table[key] = len(rows_v)
+            rows_v.append(v)
+        return table[key]
+
     for i, (t, p) in enumerate(zip(trials, prompts, strict=True)):
         raw = p.span_start(t.span)
         raw_starts.append(raw)
         starts[i] = raw + (width - len(p.input_ids))
+        vector_index[i] = -1
         if t.condition == "control":
             continue
         assert t.layer is not None
@@ -178,22 +221,31 @@ def build_generation_batch(
             v = concept_vectors.random_vector(v, seed=int(t.key[:8], 16))
         if t.strength_mode != "absolute":
             v = v / v.norm().clamp(min=1e-12)
-        vecs[i] = v
+        vector_index[i] = index_of(v)
         coefs[i, _MODE_COLUMN[t.strength_mode]] = t.strength
-    g = trials[0].generation
+    if (vector_index < 0).any():  # rows without a vector point at one zero row
+        vector_index[vector_index < 0] = index_of(torch.zeros(hidden))
+    uniforms = (
+        torch.stack([trace_blocks.row_uniforms(t.key, g.max_new_tokens) for t in trials])
+        if g.do_sample
+        else None
+    )
     gb = GenerationBatch(
         input_ids=ids,
         attention_mask=mask,
         starts=starts,
         row_layers=row_layers,
-        vectors=vecs,
+        vectors=torch.stack(rows_v),
         coefs=coefs,
         scale=scale,
-        seed=batch.seed,
         max_new_tokens=g.max_new_tokens,
         do_sample=g.do_sample,
         temperature=g.temperature,
         top_p=g.top_p,
+        vector_index=vector_index,
+        uniforms=uniforms,
+        stop_ids=tuple(g.stop_ids),
+        pad_id=pad_id,
     )
     return gb, raw_starts
 
@@ -224,7 +276,7 @@ def decode_rows(
         diag: dict[str, Any] = {
             "prompt_len": int(gb.attention_mask[i].sum()),
             "start": raw_starts[i],
-            "vector_norm": _finite(float(gb.vectors[i].norm())),
+            "vector_norm": _finite(float(gb.row_vector(i).float().norm())),
         }
         layer = int(gb.row_layers[i])
         if layer >= 0 and layer in by_layer:
@@ -265,7 +317,8 @@ def run(
         dtype=dtype_label,
         tokenizer_sha=tokenizer_fingerprint(tok),
     )
-    trials = plan_trials(spec, identity, {k: r.ids_hash for k, r in rendered.items()}, layers)
+    keyed = generation_for(spec, executor, dtype_label)  # stop ids and vector dtype go into keys
+    trials = plan_trials(keyed, identity, {k: r.ids_hash for k, r in rendered.items()}, layers)
     exp_id = experiment_id(spec, identity)
     store = Store(opts.cache_root)
     try:
@@ -340,8 +393,16 @@ def _execute(
     progress("generating", 0, total)
 
     def finish(batch: Batch, gb: GenerationBatch, raw_starts: list[int], out: Any) -> None:
-        results = decode_rows(batch, gb, out.ids, out.diagnostics, raw_starts, tok, stop_ids)
-        store.batch_done(batch.id, results, executor.name, executor.versions())
+        results = decode_rows(batch, gb, out.ids, out.diagnostics, raw_starts, tok, stop_ids | set(gb.stop_ids))
+        bad = getattr(out, "nonfinite", None)
+        bad_keys = [t.key for i, t in enumerate(batch.trials) if bad is not None and bool(bad[i])]
+        store.batch_done(
+            batch.id, {k: r for k, r in results.items() if k not in bad_keys}, executor.name, executor.versions()
+        )
+        if bad_keys:  # never done, never graded: failed with the reason (retried on the next run)
+            store.batch_failed(batch.id, bad_keys, NONFINITE_ERROR, "NonFiniteError")
+            report.failed_trials += len(bad_keys)
+            report.nonfinite_trials += len(bad_keys)
         report.executed_batches += 1
         done_rows[0] += len(batch.trials)
         progress("generating", done_rows[0], total)
@@ -502,6 +563,8 @@ def merge_reports(a: RunReport, b: RunReport) -> RunReport:
         errors=a.errors + b.errors,
         crossovers=a.crossovers + b.crossovers,
         responses={**a.responses, **b.responses},
+        failed_trials=a.failed_trials + b.failed_trials,
+        nonfinite_trials=a.nonfinite_trials + b.nonfinite_trials,
     )
 
 

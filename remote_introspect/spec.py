@@ -43,6 +43,11 @@ class GenerationParams(BaseModel):
     max_new_tokens: int = Field(100, ge=1, le=4096)
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    # Filled on the client by the runner (not user knobs): the ids that end a response (the
+    # model's generation-config EOS ids + the chat format's end-of-turn token), and the dtype the
+    # injected vectors are shipped in (the model's).
+    stop_ids: tuple[int, ...] = ()
+    vector_dtype: str | None = None
 
     @property
     def do_sample(self) -> bool:
@@ -228,8 +233,16 @@ class ModelIdentity(BaseModel):
     tokenizer_sha: str
 
 
+# Bumped when the meaning of a stored result changes under the same fields, so old results are
+# never mixed with new ones. 2: responses end at the first stop id (no forced length), and each
+# trial samples from its own key's uniforms (not a per-batch seed).
+TRIAL_KEY_VERSION = 2
+
+
 class Trial(BaseModel):
     model_config = ConfigDict(frozen=True)
+
+    key_version: int = TRIAL_KEY_VERSION
 
     model: ModelIdentity
     prompt_set: str

@@ -3,12 +3,20 @@
 Both executors (local and NDIF) call these with a different `remote` argument, so the code that
 runs on NDIF is exactly the code the tests run locally (and under `remote="local"`). nnsight
 captures a `with` block by re-reading this file's source; keep each block self-contained and
-reading only local names, torch, nnsight and `interventions` (registered for remote shipping).
+reading only local names, torch, nnsight and the portable copies of `interventions`' functions
+(`PORTABLE`: shipped by source, never as a module object).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import inspect
+import linecache
+import types
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nnsight
@@ -25,14 +33,29 @@ class GenerationBatch:
     attention_mask: torch.Tensor  # [B, T]
     starts: torch.Tensor  # [B] first injected position, in padded coordinates (T = generated only)
     row_layers: torch.Tensor  # [B] decoder layer steered for the row; -1 = none (control)
-    vectors: torch.Tensor  # [B, H] direction per row (zeros for controls)
+    vectors: torch.Tensor  # [V, H] distinct directions, shipped once each (the model's dtype)
     coefs: torch.Tensor  # [B, 4] (abs, ‖h‖, ‖m‖, relative) coefficients, see interventions.py
     scale: torch.Tensor  # [B] activation-scaling factor (1 = none)
-    seed: int
     max_new_tokens: int
     do_sample: bool
     temperature: float
     top_p: float
+    vector_index: torch.Tensor | None = None  # [B] row -> entry of `vectors` (None: row i -> i)
+    uniforms: torch.Tensor | None = None  # [B, max_new_tokens] float64, one per row and step
+    stop_ids: tuple[int, ...] = ()  # generation stops at any of these (EOS and end-of-turn ids)
+    pad_id: int | None = None  # what HF writes after a row has stopped
+
+    def __post_init__(self) -> None:
+        B = self.input_ids.shape[0]
+        if self.vector_index is None:
+            self.vector_index = torch.arange(B)
+        if self.uniforms is None:
+            self.uniforms = torch.zeros(B, 0, dtype=torch.float64)
+        if self.do_sample and tuple(self.uniforms.shape) != (B, self.max_new_tokens):
+            raise ValueError(
+                f"sampling needs one uniform per row and step: uniforms {tuple(self.uniforms.shape)}, "
+                f"expected {(B, self.max_new_tokens)} (see trace_blocks.row_uniforms)"
+            )
 
     @property
     def layers(self) -> list[int]:
@@ -41,6 +64,49 @@ class GenerationBatch:
     @property
     def needs_mlp(self) -> bool:
         return bool((self.coefs[:, 2] != 0).any())
+
+    def row_vector(self, i: int) -> torch.Tensor:
+        assert self.vector_index is not None
+        return self.vectors[int(self.vector_index[i])]
+
+
+def row_uniforms(key: str, n: int) -> torch.Tensor:
+    """A trial's own uniforms, one per generation step: float64 in [0, 1) from a generator seeded
+    by the trial key (a sha256 hex digest). They depend on nothing else (batch, companions)."""
+    seed = int(hashlib.sha256(key.encode()).hexdigest()[:16], 16)
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+PORTABLE_FILE = "<remote_introspect.interventions>"
+_SOURCES: dict[str, str] = {}  # neutral file name -> source, kept in linecache (see _ensure_sources)
+
+
+def _ensure_sources() -> None:
+    """(Re-)register our neutral file names in linecache: nnsight reads the trace blocks and the
+    portable functions' source from there (a `linecache.clearcache()` elsewhere drops them)."""
+    for name, source in _SOURCES.items():
+        if name not in linecache.cache:
+            linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
+
+
+def _portable_functions() -> dict[str, Any]:
+    """The functions of `interventions`, compiled from its source under a neutral file name in a
+    namespace that is no importable module. nnsight ships such functions by source with only the
+    globals they read (torch and each other): no module object, no `__spec__`/`__loader__`, no
+    client file path, nothing the server must import from this package."""
+    source = inspect.getsource(interventions)
+    _SOURCES[PORTABLE_FILE] = source
+    namespace: dict[str, Any] = {"__name__": "remote_introspect_portable"}
+    exec(compile(source, PORTABLE_FILE, "exec"), namespace)  # noqa: S102 - our own module's source
+    return {
+        name: fn
+        for name, fn in namespace.items()
+        if inspect.isfunction(fn) and fn.__module__ == "remote_introspect_portable"
+    }
+
+
+PORTABLE = _portable_functions()
+_ensure_sources()
 
 
 def decoder_layers(model: Any) -> Any:
@@ -79,129 +145,52 @@ def _forward_accepts(hf_model: Any, name: str) -> bool:
         return False
 
 
-class InverseCdfSampler:
-    """Draw each row's next token from HF's sampling distribution with ONE uniform per row.
-
-    `torch.multinomial(probs, 1)` draws an exponential variate for every vocabulary entry (an
-    exponential race): ~0.15 s per step for 24 rows × 262k vocab on 2 CPU cores, a quarter of the
-    step. This inverts the CDF of the same probabilities instead (HF's order: EOS suppression
-    while under `min_new_tokens`, HF's own temperature and top-p warpers, softmax): pick a block of
-    `block` vocabulary entries by its float32 mass (float64 running sum), then the token inside
-    the block by an exact float64 CDF of its entries. Same distribution (up to float32 rounding of
-    the block masses, ~1e-7 relative), a different random stream, ~10× cheaper.
-
-    It runs as the LAST logits processor under greedy decoding and returns a one-hot score (0 at
-    the drawn token, -inf elsewhere), so HF's argmax picks the drawn token; HF's stopping, padding
-    and streamer are untouched. `suppress` ids are set to -inf first (every step, as
-    min_new_tokens = max_new_tokens does), which lets the caller drop HF's two min-length
-    processors (a clone and a `where` over the logits each, every step). Local execution only.
-    """
-
-    def __init__(
-        self,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        suppress: list[int] | None = None,
-        block: int = 1024,
-    ) -> None:
-        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
-
-        self.warpers: list[Any] = []
-        if temperature != 1.0:
-            self.warpers.append(TemperatureLogitsWarper(temperature))
-        if top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
-        self.seed = seed
-        self.suppress = sorted(set(suppress or []))
-        self.block = block
-        self.generator: torch.Generator | None = None
-
-    def _block_size(self, vocab: int) -> int:
-        k = self.block
-        while k > 1 and vocab % k:
-            k //= 2
-        return k if k >= 64 else 0  # 0: no power-of-two block divides the vocabulary
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.suppress:  # in place: `scores` is generate's own float32 copy of this step's logits
-            scores[:, self.suppress] = float("-inf")
-        for warper in self.warpers:
-            scores = warper(input_ids, scores)
-        if self.generator is None:
-            self.generator = torch.Generator(device=scores.device).manual_seed(self.seed)
-        B, V = scores.shape
-        probs = torch.softmax(scores, dim=-1)  # what HF hands torch.multinomial
-        u = torch.rand((B, 1), generator=self.generator, dtype=torch.float64, device=scores.device)
-        k = self._block_size(V)
-        if k == 0:
-            token = _invert_cdf(probs, u)
-        else:
-            blocks = probs.view(B, V // k, k)
-            mass = blocks.sum(dim=-1).double()  # [B, V/k]
-            which = _invert_cdf(mass, u)  # [B, 1]
-            cdf = mass.cumsum(dim=-1)
-            before = torch.where(which > 0, cdf.gather(1, (which - 1).clamp(min=0)), torch.zeros_like(u))
-            # Where u fell inside the chosen block, as a fraction of that block's mass.
-            frac = ((u * cdf[:, -1:] - before) / mass.gather(1, which)).clamp(0.0, 1.0)
-            inner = blocks[torch.arange(B, device=scores.device), which[:, 0]]  # [B, k]
-            token = which * k + _invert_cdf(inner, frac)
-        return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
-
-
-def _invert_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """[B, 1] index i with cdf[i-1] <= u·total < cdf[i] (float64 running sums of `weights`
-    [B, N] >= 0, u [B, 1] in [0, 1)); never an index of zero weight."""
-    cdf = weights.double().cumsum(dim=-1)
-    total = cdf[:, -1:]
-    index = torch.searchsorted(cdf, u * total, right=True)
-    # u·total can round up to total: take the last entry with positive weight instead.
-    return torch.minimum(index, (cdf < total).sum(dim=-1, keepdim=True))
-
-
-SAMPLERS = ("hf", "inverse-cdf")
 _SESSION_OPTIONS = ("backend", "blocking", "job_id", "verbose")
 
 
-def _sampling_kwargs(batch: GenerationBatch, sampler: str, eos: list[int]) -> dict[str, Any]:
-    """HF generate's sampling arguments, min_new_tokens included (every row makes exactly n)."""
-    n = batch.max_new_tokens
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if not batch.do_sample:
-        return {"min_new_tokens": n, "do_sample": False}
-    if sampler == "hf":
-        return {
-            "min_new_tokens": n,
-            "do_sample": True,
-            "temperature": batch.temperature,
-            "top_p": batch.top_p,
-            "top_k": None,
-        }
-    from transformers import LogitsProcessorList
+def model_eos_ids(hf_model: Any) -> list[int]:
+    """The model's own stop ids: its generation config's EOS id(s) (else the model config's)."""
+    cfg = getattr(hf_model, "generation_config", None)
+    eos = getattr(cfg, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(getattr(hf_model, "config", None), "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
-    proc = InverseCdfSampler(batch.temperature, batch.top_p, batch.seed, suppress=eos)
-    # Greedy decoding: HF adds no warpers of its own, so the model's generation defaults cannot
-    # add a top-k (or temperature) behind our back; ours are applied inside the sampler, and so
-    # is min_new_tokens' EOS suppression (the sampler never draws an EOS id).
-    return {
+
+# The chat formats' end-of-turn (and end-of-text) tokens: Gemma, Llama 3, Qwen/ChatML.
+END_OF_TURN_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<eos>")
+
+
+def stop_token_ids(tokenizer: Any, model_eos: list[int]) -> tuple[int, ...]:
+    """Every id that ends a response, computed on the client: the model's generation-config EOS
+    ids, the tokenizer's EOS and the chat format's end-of-turn token(s) present in its vocabulary.
+    Passed to generate as `eos_token_id` and recorded in the trial key."""
+    ids = {int(e) for e in model_eos}
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    ids.update(int(vocab[t]) for t in END_OF_TURN_TOKENS if t in vocab)
+    return tuple(sorted(ids))
+
+
+def _generate_kwargs(batch: GenerationBatch) -> dict[str, Any]:
+    """HF generate's arguments: greedy decoding always (sampling happens in the trace, see
+    `interventions.sample_step`), nothing left for the model's generation config to add (no
+    temperature/top-p/top-k warpers, no min length), and the batch's stop ids."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": batch.max_new_tokens,
         "do_sample": False,
         "temperature": None,
         "top_p": None,
         "top_k": None,
-        "logits_processor": LogitsProcessorList([proc]),
     }
-
-
-def _eos_ids(hf_model: Any) -> list[int]:
-    """The ids HF's min-length processors suppress: the generation config's EOS id(s)."""
-    cfg = getattr(hf_model, "generation_config", None)
-    eos = getattr(cfg, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(hf_model.config, "eos_token_id", None)
-    if eos is None:
-        return []
-    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    if batch.stop_ids:
+        kwargs["eos_token_id"] = list(batch.stop_ids)
+    if batch.pad_id is not None:
+        kwargs["pad_token_id"] = int(batch.pad_id)
+    return kwargs
 
 
 def generate_steered(
@@ -211,109 +200,106 @@ def generate_steered(
     mlp_attr: str = "mlp",
     remote: Any = False,
     share_prefix: bool | None = None,
-    sampler: str = "hf",
     **backend: Any,
-) -> tuple[Any, Any, Any]:
-    """Run one steered, seeded, batched generation. Returns (ids, diagnostics list, tracer).
+) -> tuple[Any, Any, Any, Any]:
+    """Run one steered, batched generation. Returns (ids, diagnostics list, non-finite flags,
+    tracer).
 
-    ids: [B, T + max_new_tokens]; diagnostics: list of (layer, [B, 3]) from the prefill pass.
-    With `blocking=False` remote submission the values arrive later; the tracer carries the
-    backend (and its job id).
+    ids: [B, T + steps] (steps <= max_new_tokens: generation ends when every row has produced a
+    stop id; HF pads finished rows); diagnostics: list of (layer, [B, 3]) from the prefill pass;
+    non-finite flags: [B] bool, True where a steered hidden state or the logits were NaN/inf.
+    With `blocking=False` remote submission the values arrive later ("ids", "diags", "bad"); the
+    tracer carries the backend (and its job id).
+
+    The steering runs on every step that happens (nnsight's open `tracer.iter[:]` loop); the
+    statements after an open loop do not run, so the result is read in a second, empty invoke.
+    Sampling is `interventions.sample_step` with the batch's per-row uniforms.
 
     share_prefix: compute the prompt prefix all rows share (`shared_prefix_length`) ONCE, expand
     its KV cache to every row, then generate (prefilling only each row's steered span). One
-    `model.session` holds both traces, so it is one request remotely too. None (default): share
-    when running here or under `remote="local"`; real remote runs keep the single-trace path
-    unless asked. The steering is the same formula on the same positions either way.
-    sampler: "hf" (torch.multinomial, HF's own) or "inverse-cdf" (`InverseCdfSampler`; local only).
+    `model.session` holds both traces. None (default): share when running here or under
+    `remote="local"`; real remote runs keep the single-trace path unless asked (the cache
+    argument's name is decided by the client's transformers, which the server's may not share).
+    The steering block below is the same code for both paths.
     """
+    _ensure_sources()
     if share_prefix is None:
         share_prefix = remote is False or remote == "local"
-    if sampler != "hf" and remote is not False:
-        raise ValueError("the inverse-cdf sampler is for local execution only (remote uses HF's sampler)")
     prefix_len = shared_prefix_length(batch) if share_prefix else 0
+    # Names the trace block reads: plain values and the portable functions (never a module).
     layers = batch.layers
-    n = batch.max_new_tokens
+    starts = batch.starts - prefix_len  # the prefill pass sees positions [prefix_len, T) only
     row_layers = batch.row_layers
+    vector_index = batch.vector_index
     vectors = batch.vectors
     coefs = batch.coefs
     scale = batch.scale
-    seed = batch.seed
+    uniforms = batch.uniforms
+    do_sample = batch.do_sample
+    temperature = batch.temperature
+    top_p = batch.top_p
     needs_mlp = batch.needs_mlp
-    eos = _eos_ids(model._module) if sampler != "hf" else []
-    gen_kwargs = {"max_new_tokens": n, **_sampling_kwargs(batch, sampler, eos)}
+    n_rows = batch.input_ids.shape[0]
+    steer_layer = PORTABLE["steer_layer"]
+    sample_step = PORTABLE["sample_step"]
+    save = nnsight.save  # a function, not the nnsight module object, travels with the request
+    gen_kwargs = _generate_kwargs(batch)
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
 
-    # Non-blocking remote submission returns before the block runs: these stay None and the
-    # saved values arrive later from the backend, under the same names ("ids", "diags").
-    ids = diags = None
-    if prefix_len == 0:
-        starts = batch.starts
-        with model.generate(inputs, remote=remote, **gen_kwargs, **backend) as tracer:
-            # Seeding inside the block makes the server sample exactly as a local run does.
-            torch.manual_seed(seed)
-            diags = nnsight.save([])
-            rel = torch.zeros(row_layers.shape[0], device=row_layers.device)
-            for step in tracer.iter[:n]:
-                for layer in layers:
-                    rows = row_layers == layer
-                    sel_coefs = coefs * rows[:, None].to(coefs.dtype)
-                    sel_scale = torch.where(rows, scale, torch.ones_like(scale))
-                    block = model.model.layers[layer]
-                    mlp_out = getattr(block, mlp_attr).output if needs_mlp else None
-                    h = block.output
-                    mask = interventions.span_mask(h.shape[1], starts, step == 0, h.dtype)
-                    if step == 0:
-                        rel = torch.where(rows, interventions.prompt_span_norm(h, starts), rel)
-                    new = interventions.steer(h, mask, vectors, sel_coefs, sel_scale, rel, mlp_out)
-                    if step == 0:
-                        diags.append((layer, interventions.start_diagnostics(h, new, starts, rows)))
-                    block.output = new
-            ids = tracer.result.save()
-        return ids, diags, tracer
+    if prefix_len:
+        hf = model._module
+        prefix = {
+            "input_ids": batch.input_ids[:1, :prefix_len],
+            "attention_mask": batch.attention_mask[:1, :prefix_len],
+        }
+        prefix_kwargs: dict[str, Any] = {"use_cache": True}
+        if _forward_accepts(hf, "logits_to_keep"):
+            prefix_kwargs["logits_to_keep"] = 1  # the prefix's logits are never read
+        cache_kw = _cache_kwarg(hf)  # also the output attribute holding the cache
+        # Transport options go to the session (one request); the rest are generate's.
+        session_kwargs = {k: backend.pop(k) for k in list(backend) if k in _SESSION_OPTIONS}
+        gen_kwargs.update(backend)
+        outer: Any = model.session(remote=remote, **session_kwargs)
+    else:
+        gen_kwargs.update(remote=remote, **backend)
+        outer = contextlib.nullcontext()
 
-    # Shared prefix: the generate's prefill pass sees only positions [prefix_len, T), so the
-    # starts move by prefix_len (the injection begins at or after the prefix by construction).
-    starts = batch.starts - prefix_len
-    n_rows = batch.input_ids.shape[0]
-    prefix = {
-        "input_ids": batch.input_ids[:1, :prefix_len],
-        "attention_mask": batch.attention_mask[:1, :prefix_len],
-    }
-    hf = model._module
-    prefix_kwargs: dict[str, Any] = {"use_cache": True}
-    if _forward_accepts(hf, "logits_to_keep"):
-        prefix_kwargs["logits_to_keep"] = 1  # the prefix's logits are never read
-    cache_kw = _cache_kwarg(hf)  # also the output attribute holding the cache
-    # Transport options go to the session (one request); the rest are generate's.
-    session_kwargs = {k: backend.pop(k) for k in list(backend) if k in _SESSION_OPTIONS}
-    gen_kwargs.update(backend)
-    with model.session(remote=remote, **session_kwargs) as session:
-        with model.trace(prefix, **prefix_kwargs):
-            past = getattr(model.output, cache_kw)
-        past.batch_repeat_interleave(n_rows)
-        with model.generate(inputs, **{cache_kw: past}, **gen_kwargs) as tracer:
-            # The same block as above (kept textually identical; tests/test_shared_prefix.py).
-            torch.manual_seed(seed)
-            diags = nnsight.save([])
-            rel = torch.zeros(row_layers.shape[0], device=row_layers.device)
-            for step in tracer.iter[:n]:
-                for layer in layers:
-                    rows = row_layers == layer
-                    sel_coefs = coefs * rows[:, None].to(coefs.dtype)
-                    sel_scale = torch.where(rows, scale, torch.ones_like(scale))
-                    block = model.model.layers[layer]
-                    mlp_out = getattr(block, mlp_attr).output if needs_mlp else None
-                    h = block.output
-                    mask = interventions.span_mask(h.shape[1], starts, step == 0, h.dtype)
-                    if step == 0:
-                        rel = torch.where(rows, interventions.prompt_span_norm(h, starts), rel)
-                    new = interventions.steer(h, mask, vectors, sel_coefs, sel_scale, rel, mlp_out)
-                    if step == 0:
-                        diags.append((layer, interventions.start_diagnostics(h, new, starts, rows)))
-                    block.output = new
-            ids = tracer.result.save()
-    return ids, diags, session
+    # Non-blocking remote submission returns before the block runs: these stay None and the
+    # saved values arrive later from the backend, under the same names.
+    ids = diags = bad = None
+    shipped = (starts, row_layers, vector_index, vectors, coefs, scale)
+    # Keep every statement of the block on ONE line: under remote execution nnsight re-parses the
+    # block, and a statement spread over several lines shifts the nested `with` it looks up.
+    with warnings.catch_warnings():
+        # An open loop ends "cut short" by design when generation stops (see the docstring).
+        warnings.filterwarnings("ignore", message=".*was never reached.*")
+        with outer as session:
+            if prefix_len:
+                with model.trace(prefix, **prefix_kwargs):
+                    past = getattr(model.output, cache_kw)
+                past.batch_repeat_interleave(n_rows)
+                gen_kwargs[cache_kw] = past
+            with model.generate(**gen_kwargs) as tracer:
+                with tracer.invoke(inputs):
+                    diags = save([])
+                    bad = save(torch.zeros(n_rows, dtype=torch.bool))
+                    rel = torch.zeros(n_rows)
+                    for step in tracer.iter[:]:
+                        for layer in layers:
+                            block = model.model.layers[layer]
+                            mlp_out = getattr(block, mlp_attr).output if needs_mlp else None
+                            h, rel, diag, bad_h = steer_layer(block.output, mlp_out, step == 0, layer, *shipped, rel)
+                            if step == 0:
+                                diags.append((layer, diag))
+                            bad |= bad_h.cpu()
+                            block.output = h
+                        logits, bad_l = sample_step(model.lm_head.output, uniforms, step, do_sample, temperature, top_p)
+                        bad |= bad_l.cpu()
+                        if do_sample:
+                            model.lm_head.output = logits
+                with tracer.invoke():
+                    ids = tracer.result.save()
+    return ids, diags, bad, (session if prefix_len else tracer)
 
 
 def extract_last_token(
@@ -330,13 +316,43 @@ def extract_last_token(
     tensor, tracer). Only these rows come back."""
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    _ensure_sources()
+    gather_rows = PORTABLE["gather_rows"]
     stacked = None  # filled by the trace, or (non-blocking remote) returned later as "stacked"
     with model.trace(inputs, remote=remote, **backend) as tracer:
         rows = []
         for layer in layers:
             rows.append(model.model.layers[layer].output[:, -1, :].float())
-        stacked = torch.stack(rows).save()
+        # A model split over GPUs (device_map="auto") holds the layers on different devices.
+        stacked = gather_rows(rows).save()
         # Nothing past the last requested layer is needed: skip the rest of the stack and the
         # lm_head (vocab × hidden per position: most of the pass on a small, wide-vocab model).
         tracer.stop()
     return stacked, tracer
+
+
+# The functions above that open nnsight traces run under a neutral file name (their source is
+# registered in linecache under it, line for line): nnsight records the trace's file name in
+# every request, and the client's absolute paths have no business on the server.
+TRACE_FILE = "<remote_introspect.trace_blocks>"
+
+
+def _relocate_code(code: types.CodeType) -> types.CodeType:
+    consts = tuple(_relocate_code(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=TRACE_FILE, co_consts=consts)
+
+
+def _relocate(fn: Any) -> Any:
+    moved = types.FunctionType(
+        _relocate_code(fn.__code__), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+    moved.__kwdefaults__ = fn.__kwdefaults__
+    moved.__doc__, moved.__annotations__, moved.__qualname__ = fn.__doc__, fn.__annotations__, fn.__qualname__
+    moved.__module__ = fn.__module__
+    return moved
+
+
+_SOURCES[TRACE_FILE] = Path(__file__).read_text(encoding="utf-8")
+_ensure_sources()
+generate_steered = _relocate(generate_steered)
+extract_last_token = _relocate(extract_last_token)

@@ -83,7 +83,7 @@ def _reference_generate(hf, family, ids, mask, starts, layer, vectors, coefs, sc
     try:
         with torch.no_grad():
             out = hf.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False
+                input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False
             )
     finally:
         for hk in hooks:
@@ -109,16 +109,16 @@ def test_generation_matches_plain_torch_reference(tiny_family, mode):
     row_layers = torch.tensor([layer, layer, -1, layer])
     n = 6
     batch = trace_blocks.GenerationBatch(
-        ids, mask, starts, row_layers, vectors, coefs, scale, 0, n, False, 1.0, 1.0
+        ids, mask, starts, row_layers, vectors, coefs, scale, n, False, 1.0, 1.0
     )
     model = TransformersModel(hf, tokenizer=tok)
     mlp_attr = "post_feedforward_layernorm" if family == "gemma" else "mlp"
-    got, diags, _ = trace_blocks.generate_steered(model, batch, mlp_attr=mlp_attr)
+    got, diags, _, _ = trace_blocks.generate_steered(model, batch, mlp_attr=mlp_attr)
     ref = _reference_generate(hf, family, ids, mask, starts, layer, vectors, coefs, scale, n)
     assert torch.equal(got, ref), f"{family}/{mode}: steered ids differ from the reference"
 
     plain = hf.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False
+        input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False
     )
     # The control row (2) is untouched; the steered rows really changed something.
     assert torch.equal(got[2], plain[2])
@@ -206,15 +206,15 @@ def test_spans_match_plain_torch_reference(tiny_family, span):
     scale = torch.tensor([1.0, 1.0, 1.0, 2.0])
     row_layers = torch.tensor([layer, layer, -1, layer])
     batch = trace_blocks.GenerationBatch(
-        ids, mask, starts, row_layers, vectors, coefs, scale, 0, 5, False, 1.0, 1.0
+        ids, mask, starts, row_layers, vectors, coefs, scale, 5, False, 1.0, 1.0
     )
     model = TransformersModel(hf, tokenizer=tok)
     mlp_attr = "post_feedforward_layernorm" if family == "gemma" else "mlp"
-    got, _, _ = trace_blocks.generate_steered(model, batch, mlp_attr=mlp_attr)
+    got, _, _, _ = trace_blocks.generate_steered(model, batch, mlp_attr=mlp_attr)
     ref = _reference_generate(hf, family, ids, mask, starts, layer, vectors, coefs, scale, 5)
     assert torch.equal(got, ref), f"{family}/{span}"
     plain = hf.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False
+        input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False
     )
     if span == "generated":
         # Nothing in the prompt was steered: the first generated token is the unsteered one.

@@ -4,10 +4,10 @@
   and its cache expanded to all rows; only each row's steered span is prefilled per row. Splitting
   a prefill changes float rounding (~1e-7: GEMMs of different shapes), never the formula or the
   positions, so greedy ids equal the unshared path AND the plain-torch reference, and hidden
-  states / diagnostics agree to float tolerance. With sampling, the random stream is untouched
-  (the prefix pass draws nothing): same seed, same ids here.
-* The inverse-CDF sampler draws from HF's distribution (chi-square against softmax, temperature,
-  top-p, EOS suppression) from its own seeded stream.
+  states / diagnostics agree to float tolerance. With sampling, each row's uniforms are its own
+  (the prefix pass draws nothing): same uniforms, same ids here.
+* In-trace sampling (`interventions.sample_step`) draws from HF's distribution (chi-square against
+  softmax, temperature, top-p) with each row's own uniforms.
 * Vector extraction stops after the last requested layer and returns the same values.
 Each path also runs under nnsight's `remote="local"` simulation and on the loopback NDIF server.
 """
@@ -23,7 +23,7 @@ from test_injection_reference import MODES, _reference_generate
 
 from remote_introspect import trace_blocks
 from remote_introspect.concept_vectors import left_pad
-from remote_introspect.trace_blocks import GenerationBatch, InverseCdfSampler, shared_prefix_length
+from remote_introspect.trace_blocks import GenerationBatch, row_uniforms, shared_prefix_length
 
 PROMPT = "Tell me about Dust and the Oceans. Trial 1: Do you detect an injected thought?"
 
@@ -49,7 +49,10 @@ def _batch(tok, H: int, mode: str = "absolute", n: int = 6, do_sample: bool = Fa
     coefs = torch.zeros(5, 4)
     coefs[[0, 1, 3], MODES[mode]] = torch.tensor([strength, strength / 2, strength])
     scale = torch.tensor([1.0, 1.0, 1.0, 1.0, 3.0])
-    return GenerationBatch(ids, mask, starts, row_layers, vectors, coefs, scale, seed, n, do_sample, 1.0, 1.0)
+    uniforms = torch.stack([row_uniforms(f"row{i}-seed{seed}", n) for i in range(5)]) if do_sample else None
+    return GenerationBatch(
+        ids, mask, starts, row_layers, vectors, coefs, scale, n, do_sample, 1.0, 1.0, uniforms=uniforms
+    )
 
 
 def _assert_diags_close(a, b) -> None:
@@ -77,7 +80,7 @@ def test_shared_prefix_length_rules(tiny_tokenizer) -> None:
     long = tiny_tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
     ids, mask = left_pad([long, short], tiny_tokenizer.pad_token_id)  # padding
     padded = GenerationBatch(ids, mask, torch.tensor([5, 30]), torch.tensor([1, 1]), torch.zeros(2, 64),
-                             torch.zeros(2, 4), torch.ones(2), 0, 2, False, 1.0, 1.0)  # fmt: skip
+                             torch.zeros(2, 4), torch.ones(2), 2, False, 1.0, 1.0)  # fmt: skip
     assert shared_prefix_length(padded) == 0
     one = _batch(tiny_tokenizer, 64)
     one = GenerationBatch(**{**one.__dict__, "input_ids": one.input_ids[:1], "attention_mask":
@@ -94,10 +97,10 @@ def test_shared_prefix_equals_unshared_and_plain_torch_reference(tiny_family, mo
     model = TransformersModel(hf, tokenizer=tok)
     b = _batch(tok, hf.config.hidden_size, mode)
     assert shared_prefix_length(b) > 0
-    plain, plain_diags, _ = trace_blocks.generate_steered(
+    plain, plain_diags, _, _ = trace_blocks.generate_steered(
         model, b, mlp_attr=_mlp_attr(family), share_prefix=False
     )
-    shared, shared_diags, _ = trace_blocks.generate_steered(
+    shared, shared_diags, _, _ = trace_blocks.generate_steered(
         model, b, mlp_attr=_mlp_attr(family), share_prefix=True
     )
     assert torch.equal(shared, plain), f"{family}/{mode}: shared-prefix ids differ from the unshared path"
@@ -112,7 +115,6 @@ def test_shared_prefix_equals_unshared_and_plain_torch_reference(tiny_family, mo
         input_ids=b.input_ids,
         attention_mask=b.attention_mask,
         max_new_tokens=6,
-        min_new_tokens=6,
         do_sample=False,
     )
     assert torch.equal(shared[2], untouched[2])  # the control row
@@ -152,8 +154,8 @@ def test_shared_prefix_with_sampling_same_seed_same_ids(tiny_tokenizer) -> None:
     hf, tok = build_tiny_model("llama")
     model = TransformersModel(hf, tokenizer=tok)
     b = _batch(tok, hf.config.hidden_size, "relative", n=8, do_sample=True, seed=11)
-    a, _, _ = trace_blocks.generate_steered(model, b, share_prefix=False)
-    c, _, _ = trace_blocks.generate_steered(model, b, share_prefix=True)
+    a, _, _, _ = trace_blocks.generate_steered(model, b, share_prefix=False)
+    c, _, _, _ = trace_blocks.generate_steered(model, b, share_prefix=True)
     assert torch.equal(a, c)  # the prefix pass draws no random numbers; logits differ by ~1e-7
 
 
@@ -164,8 +166,8 @@ def test_shared_prefix_survives_remote_simulation(mode) -> None:
     hf, tok = build_tiny_model("gemma")
     model = TransformersModel(hf, tokenizer=tok)
     b = _batch(tok, hf.config.hidden_size, mode, n=4, do_sample=True, seed=5)
-    local, local_diags, _ = trace_blocks.generate_steered(model, b, mlp_attr=_mlp_attr("gemma"))
-    sim, sim_diags, _ = trace_blocks.generate_steered(model, b, mlp_attr=_mlp_attr("gemma"), remote="local")
+    local, local_diags, _, _ = trace_blocks.generate_steered(model, b, mlp_attr=_mlp_attr("gemma"))
+    sim, sim_diags, _, _ = trace_blocks.generate_steered(model, b, mlp_attr=_mlp_attr("gemma"), remote="local")
     assert torch.equal(local, sim)
     for (la, x), (lb, y) in zip(local_diags, sim_diags, strict=True):
         assert la == lb and torch.equal(x.isnan(), y.isnan()) and torch.equal(x.nan_to_num(), y.nan_to_num())
@@ -186,12 +188,12 @@ def test_shared_prefix_over_loopback_ndif_is_one_request(tmp_path) -> None:
     model_dir = materialize_tiny_model(tmp_path, "llama")
     client, local = client_model_for_dir(model_dir), server_model_for_dir(model_dir)
     b = _batch(local.tokenizer, 64, "absolute", n=5, do_sample=True, seed=2)
-    want, want_diags, _ = trace_blocks.generate_steered(local, b, share_prefix=True)
+    want, want_diags, _, _ = trace_blocks.generate_steered(local, b, share_prefix=True)
     saved = nnsight.CONFIG.API.APIKEY
     nnsight.CONFIG.API.APIKEY = DEFAULT_API_KEY
     try:
         with LoopbackNDIF({str(model_dir): model_dir}, preload=True) as server:
-            _, _, tracer = trace_blocks.generate_steered(
+            _, _, _, tracer = trace_blocks.generate_steered(
                 client, b, remote=server.url, blocking=False, share_prefix=True
             )
             backend = tracer.backend
@@ -232,30 +234,33 @@ def test_default_sharing_is_local_only(tiny_tokenizer, monkeypatch) -> None:
         assert bool(calls) == shares
 
 
-# -- the inverse-CDF sampler --------------------------------------------------------------------------
+# -- in-trace sampling from per-row uniforms -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("temperature", "top_p", "block"), [(1.0, 1.0, 1024), (0.7, 0.9, 64), (1.4, 1.0, 64), (1.0, 0.6, 128)]
-)
-def test_inverse_cdf_sampler_matches_hf_distribution(temperature, top_p, block) -> None:
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9), (1.4, 1.0), (1.0, 0.6)])
+def test_sample_step_matches_hf_distribution(temperature, top_p) -> None:
+    """interventions.sample_step draws from exactly HF's sampling distribution (temperature, then
+    top-p, then softmax) and forces the draw as a one-hot score at the last position."""
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from remote_introspect.interventions import sample_step
 
     V, draws = 512, 120_000
     logits = torch.randn(V, generator=torch.Generator().manual_seed(0)) * 2.0
-    sampler = InverseCdfSampler(temperature, top_p, seed=1, suppress=[7], block=block)
-    tokens = torch.cat(
-        [sampler(None, logits.expand(20_000, V).clone()).argmax(-1) for _ in range(draws // 20_000)]
-    )
+    u = torch.rand(draws, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    batch = logits.expand(draws, 2, V).clone()  # [B, T=2, V]: only the last position is forced
+    out, bad = sample_step(batch, u, 0, True, temperature, top_p)
+    assert out.shape == batch.shape and torch.equal(out[:, 0], batch[:, 0]) and not bad.any()
+    assert (torch.isinf(out[:, -1]).sum(-1) == V - 1).all()
+    tokens = out[:, -1].argmax(-1)
     ref = logits.clone()[None]
-    ref[:, 7] = float("-inf")
     if temperature != 1.0:
         ref = TemperatureLogitsWarper(temperature)(None, ref)
     if top_p < 1.0:
         ref = TopPLogitsWarper(top_p)(None, ref)
     p = torch.softmax(ref, -1)[0].double()  # exactly what HF hands torch.multinomial
     counts = torch.bincount(tokens, minlength=V).double()
-    assert counts[p == 0].sum() == 0  # suppressed / top-p-filtered tokens are never drawn
+    assert counts[p == 0].sum() == 0  # top-p-filtered tokens are never drawn
     expected = p * draws
     keep = expected > 5
     chi2 = float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
@@ -263,63 +268,51 @@ def test_inverse_cdf_sampler_matches_hf_distribution(temperature, top_p, block) 
     assert abs(chi2 - dof) / (2 * dof) ** 0.5 < 4.5, (chi2, dof)  # z-score of the chi-square statistic
 
 
-def test_inverse_cdf_sampler_edge_cases() -> None:
-    s = InverseCdfSampler(1.0, 1.0, seed=0, suppress=[3], block=64)
-    one_hot = torch.full((4, 256), float("-inf"))
-    one_hot[:, 3] = 50.0  # the argmax is suppressed: the next allowed token must be drawn
-    one_hot[:, 200] = 0.0
-    out = s(None, one_hot.clone())
-    assert (out.argmax(-1) == 200).all() and torch.isinf(out).sum() == 4 * 255
-    odd = InverseCdfSampler(1.0, 1.0, seed=0, block=1024)  # no power-of-two block divides 1000
-    assert odd._block_size(1000) == 0
-    draws = torch.cat([odd(None, torch.zeros(5_000, 1000)).argmax(-1) for _ in range(4)])
-    assert draws.min() >= 0 and draws.max() < 1000 and draws.unique().numel() > 990
+def test_sample_step_edge_cases() -> None:
+    from remote_introspect.interventions import sample_step
+
+    one_hot = torch.full((4, 1, 256), float("-inf"))
+    one_hot[:, 0, 200] = 0.0
+    u = torch.tensor([[0.0], [0.5], [0.999999], [1.0 - 2**-53]], dtype=torch.float64)
+    out, bad = sample_step(one_hot, u, 0, True, 1.0, 1.0)
+    assert (out[:, -1].argmax(-1) == 200).all() and not bad.any()
+    nan = torch.zeros(2, 1, 16)
+    nan[1, 0, 3] = float("nan")
+    _, bad = sample_step(nan, torch.full((2, 1), 0.5, dtype=torch.float64), 0, True, 1.0, 1.0)
+    assert bad.tolist() == [False, True]
+    greedy, bad = sample_step(nan, torch.zeros(2, 0, dtype=torch.float64), 0, False, 1.0, 1.0)
+    assert greedy is nan and bad.tolist() == [False, True]  # greedy: logits untouched, still checked
 
 
-def test_inverse_cdf_generation_is_seeded_and_low_temperature_is_greedy(tiny_tokenizer) -> None:
+def test_low_temperature_sampling_is_greedy(tiny_tokenizer) -> None:
+    """Near-zero temperature puts all mass on the argmax: the sampled path equals greedy decoding,
+    steering included (the one-hot-score trick composes with HF's loop and nnsight's steps)."""
     from remote_introspect.tiny_models import build_tiny_model
 
     hf, tok = build_tiny_model("qwen")
     model = TransformersModel(hf, tokenizer=tok)
     b = _batch(tok, hf.config.hidden_size, "norm-matched", n=6, do_sample=True, seed=4)
-    a, _, _ = trace_blocks.generate_steered(model, b, sampler="inverse-cdf")
-    again, _, _ = trace_blocks.generate_steered(model, b, sampler="inverse-cdf", share_prefix=False)
-    other, _, _ = trace_blocks.generate_steered(
-        model, GenerationBatch(**{**b.__dict__, "seed": 5}), sampler="inverse-cdf"
-    )
-    assert torch.equal(a, again) and not torch.equal(a, other)
-    assert not (a[:, b.input_ids.shape[1] :] == tok.eos_token_id).any()  # min_new_tokens' EOS ban holds
-    # Near-zero temperature puts all mass on the argmax: the sampler path equals greedy decoding,
-    # steering included (the one-hot-score trick composes with HF's loop and nnsight's steps).
     cold = GenerationBatch(**{**b.__dict__, "temperature": 1e-4, "top_p": 0.5})
     greedy = GenerationBatch(**{**b.__dict__, "do_sample": False})
-    got, _, _ = trace_blocks.generate_steered(model, cold, sampler="inverse-cdf")
-    want, _, _ = trace_blocks.generate_steered(model, greedy)
+    got, _, _, _ = trace_blocks.generate_steered(model, cold)
+    want, _, _, _ = trace_blocks.generate_steered(model, greedy)
     assert torch.equal(got, want)
-    with pytest.raises(ValueError, match="local execution only"):
-        trace_blocks.generate_steered(model, b, sampler="inverse-cdf", remote="local")
+    other = GenerationBatch(**{**b.__dict__, "uniforms": torch.rand(5, 6, dtype=torch.float64)})
+    a, _, _, _ = trace_blocks.generate_steered(model, b)
+    c, _, _, _ = trace_blocks.generate_steered(model, other)
+    assert not torch.equal(a, c)  # the uniforms, and only they, drive the draws
+    with pytest.raises(ValueError, match="one uniform per row and step"):
+        GenerationBatch(**{**b.__dict__, "uniforms": torch.rand(5, 2, dtype=torch.float64)})
 
 
-def test_local_executor_picks_sampler_and_records_it(tmp_path) -> None:
+def test_local_executor_records_sampler_and_prefix_cache() -> None:
     from types import SimpleNamespace
 
-    from remote_introspect.executors.local import FAST_SAMPLER_MIN_VOCAB, LocalExecutor, default_sampler
+    from remote_introspect.executors.local import LocalExecutor
 
-    def loaded(vocab: int, device: str = "cpu"):
-        module = SimpleNamespace(config=SimpleNamespace(vocab_size=vocab))
-        ref = SimpleNamespace(mlp_attr="mlp")
-        return SimpleNamespace(
-            nn_model=SimpleNamespace(_module=module), device=device, tokenizer=None, ref=ref
-        )
-
-    assert default_sampler(loaded(512), False) == "hf"  # tiny vocab: multinomial costs nothing
-    assert default_sampler(loaded(262_144), False) == "inverse-cdf"  # Gemma 3 on CPU
-    assert default_sampler(loaded(262_144), True) == "hf"  # simulated remote: the remote sampler
-    assert default_sampler(loaded(262_144, "cuda"), False) == "hf"
-    assert FAST_SAMPLER_MIN_VOCAB > 512
-    ex = LocalExecutor(loaded(262_144))  # type: ignore[arg-type]
-    v = ex.versions()
-    assert v["sampler"] == "inverse-cdf" and v["prefix_cache"] == "shared-when-rows-allow"
+    loaded = SimpleNamespace(nn_model=None, device="cpu", tokenizer=None, ref=SimpleNamespace(mlp_attr="mlp"))
+    v = LocalExecutor(loaded).versions()  # type: ignore[arg-type]
+    assert v["sampler"] == "per-trial-inverse-cdf" and v["prefix_cache"] == "shared-when-rows-allow"
 
 
 # -- vector extraction stops early ----------------------------------------------------------------------

@@ -36,9 +36,19 @@ def test_every_outcome_field_changes_the_key() -> None:
         dict(generation=GenerationParams(max_new_tokens=50)),
         dict(generation=GenerationParams(temperature=0.7)),
         dict(condition="random"),
+        dict(generation=GenerationParams(stop_ids=(1, 9))),
+        dict(generation=GenerationParams(vector_dtype="bf16")),
+        dict(key_version=1),
     ]
     keys = {_trial(**v).key for v in variants}
     assert ref not in keys and len(keys) == len(variants)
+
+
+def test_key_version_is_2() -> None:
+    """Version 2: free-length responses and per-trial sampling; version-1 results never match."""
+    from remote_introspect.spec import TRIAL_KEY_VERSION
+
+    assert TRIAL_KEY_VERSION == 2 and _trial().key_version == 2 and _trial().key != _trial(key_version=1).key
 
 
 def test_key_is_stable_and_canonical() -> None:

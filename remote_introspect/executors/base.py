@@ -24,6 +24,7 @@ class BatchTooLargeError(Exception):
 class GenerationOutput:
     ids: torch.Tensor  # [B, T + new]
     diagnostics: list[tuple[int, torch.Tensor]]  # (layer, [B, 3]) from the prefill pass
+    nonfinite: torch.Tensor | None = None  # [B] bool: steered hidden states or logits NaN/inf
 
 
 class Executor(Protocol):

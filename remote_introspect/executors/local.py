@@ -12,21 +12,6 @@ from ..model_loading import LoadedModel
 from ..trace_blocks import GenerationBatch
 from .base import GenerationOutput, client_versions
 
-# At and above this vocabulary, torch.multinomial's one exponential draw per entry dominates a CPU
-# decode step (Gemma 3's 262k: ~0.15 s of ~0.6 s at 24 rows); below it the sampler costs nothing.
-FAST_SAMPLER_MIN_VOCAB = 65_536
-
-
-def default_sampler(loaded: LoadedModel, remote_simulation: bool) -> str:
-    """The inverse-CDF sampler for in-process CPU runs of wide-vocabulary models, else HF's.
-
-    Both draw from the same distribution; the random streams differ, so the choice is recorded
-    with every batch (`versions()["sampler"]`). Remote and simulated-remote runs use HF's."""
-    vocab = int(getattr(loaded.nn_model._module.config, "vocab_size", 0) or 0)
-    if remote_simulation or loaded.device != "cpu" or vocab < FAST_SAMPLER_MIN_VOCAB:
-        return "hf"
-    return "inverse-cdf"
-
 
 class LocalExecutor:
     name = "local"
@@ -37,7 +22,6 @@ class LocalExecutor:
         *,
         remote_simulation: bool = False,
         share_prefix: bool | None = None,
-        sampler: str | None = None,
     ) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
@@ -45,7 +29,6 @@ class LocalExecutor:
         self._remote: Any = "local" if remote_simulation else False
         # None: compute the prompt prefix all rows share once (trace_blocks.shared_prefix_length).
         self.share_prefix = share_prefix
-        self.sampler = sampler or default_sampler(loaded, remote_simulation)
         # Extra keyword arguments for HF's generate (benchmarks pass a per-step timer here).
         self.generate_kwargs: dict[str, Any] = {}
 
@@ -71,21 +54,27 @@ class LocalExecutor:
     ) -> GenerationOutput:
         on_submitted(None)
         with torch.inference_mode():
-            ids, diags, _ = trace_blocks.generate_steered(
+            ids, diags, bad, _ = trace_blocks.generate_steered(
                 self.loaded.nn_model,
                 self._to_device(batch),
                 mlp_attr=self.loaded.ref.mlp_attr,
                 remote=self._remote,
                 share_prefix=self.share_prefix,
-                sampler=self.sampler,
                 **self.generate_kwargs,
             )
-        return GenerationOutput(ids.detach().cpu(), [(int(layer), d.detach().cpu()) for layer, d in diags])
+        return GenerationOutput(
+            ids.detach().cpu(),
+            [(int(layer), d.detach().cpu()) for layer, d in diags],
+            bad.detach().cpu(),
+        )
+
+    def model_eos_ids(self) -> list[int]:
+        return trace_blocks.model_eos_ids(self.loaded.nn_model._module)
 
     def versions(self) -> dict[str, str]:
         out = client_versions()
         out["device"] = self.loaded.device
-        out["sampler"] = self.sampler
+        out["sampler"] = "per-trial-inverse-cdf"
         out["prefix_cache"] = {None: "shared-when-rows-allow", True: "shared", False: "off"}[
             self.share_prefix
         ]

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from .. import interventions, trace_blocks
+from .. import trace_blocks
 from ..errors import FatalRemoteError, UserError
 from ..model_loading import ModelRef
 from ..trace_blocks import GenerationBatch
@@ -122,8 +122,9 @@ class NDIFSettings:
     # job counts as lost (a status not yet written, or a one-off 500, does not).
     stale_probe_s: float = 30.0
     # Prefill the prompt prefix all rows share once, in the same request (one nnsight session of
-    # two traces): saves server time; off = the single-trace path.
-    share_prefix: bool = True
+    # two traces): saves server time. Off by default: the cache argument's name is decided by the
+    # client's transformers and has not been verified against the real service's.
+    share_prefix: bool = False
     allow_version_mismatch: bool = False
     api_key: str | None = field(default=None, repr=False)
 
@@ -277,7 +278,13 @@ def build_remote_model(ref: ModelRef, tokenizer: Any) -> Any:
     if ref.local_dir is None:
         cfg_dir = ref.preset.shipped_config_path() if ref.preset else None
         kwargs["config"] = AutoConfig.from_pretrained(str(cfg_dir) if cfg_dir else ref.repo_id)
-    return TransformersModel(ref.repo_id, **kwargs)
+    model = TransformersModel(ref.repo_id, **kwargs)
+    # Send none of the client's model settings: the config object (with the client's file path in
+    # it) stays out of the pickled model state, and nnsight's per-request env (the client's
+    # resolved attention implementation) is empty. The server runs its deployment as deployed.
+    model.kwargs.pop("config", None)
+    object.__setattr__(model, "_remoteable_get_env", dict)
+    return model
 
 
 class NDIFExecutor:
@@ -291,12 +298,9 @@ class NDIFExecutor:
         self.model_key = self.model.to_model_key()
         self.on_status: Callable[[str], None] = lambda s: None
         self._server_env: dict[str, Any] | None = None
-        # Our package is (usually) in site-packages, which nnsight assumes the server has; it does
-        # not. Ship the torch-only intervention module by value with every request.
+        # The trace code ships as functions (trace_blocks.PORTABLE), never as a module object.
         import nnsight
-        import nnsight.ndif
 
-        nnsight.ndif.register(interventions)
         # nnsight prints job status lines to stdout; ours go to stderr (stdout is results only).
         nnsight.CONFIG.APP.REMOTE_LOGGING = False
 
@@ -605,7 +609,7 @@ class NDIFExecutor:
                 remote=self.settings.host,
                 blocking=False,
                 share_prefix=self.settings.share_prefix,
-            )[2]
+            )[3]
         )
         on_submitted(backend.job_id)  # persisted before we wait: reattachable after a crash
         self.on_status("submitted")
@@ -632,7 +636,8 @@ class NDIFExecutor:
     @staticmethod
     def _output(result: dict[str, Any]) -> GenerationOutput:
         diags = [(int(layer), torch.as_tensor(d).cpu()) for layer, d in result["diags"]]
-        return GenerationOutput(torch.as_tensor(result["ids"]).cpu(), diags)
+        bad = torch.as_tensor(result["bad"]).cpu() if "bad" in result else None
+        return GenerationOutput(torch.as_tensor(result["ids"]).cpu(), diags, bad)
 
     def versions(self) -> dict[str, str]:
         out = client_versions()

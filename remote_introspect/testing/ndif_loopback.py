@@ -360,6 +360,10 @@ class LoopbackNDIF:
         preload: load every model on `start` rather than on its first request.
     """
 
+    #: Deserialize requests under NDIF's import whitelist (testing/ndif_protected_env.py), as the
+    #: real server does; a request that imports anything else fails with NDIF's ImportError.
+    protected_env: bool = False
+
     def __init__(
         self,
         models: Mapping[str, ModelSpec],
@@ -794,7 +798,13 @@ class LoopbackNDIF:
         model = self._model(job.model_key)
         unique = f"<ndif-loopback {job.id}>"
 
-        class _Unpickler(CustomCloudUnpickler):
+        base: type = CustomCloudUnpickler
+        if self.protected_env:  # NDIF's deserialization sandbox, see testing/ndif_protected_env.py
+            from .ndif_protected_env import protected_unpickler
+
+            base = protected_unpickler(CustomCloudUnpickler)
+
+        class _Unpickler(base):  # type: ignore[misc, valid-type]
             # deserialize() compiles the block under tracer.info.frame.f_code.co_filename and
             # registers it in linecache there; renaming it here, before that happens, gives the
             # job fresh SOURCES/BLOCKS entries and leaves the client's file entries alone.
