@@ -47,7 +47,9 @@ def test_concept_words_are_lowercase_in_the_spec_and_the_vector_prompt(tiny_toke
 
 
 def test_dust_and_Dust_share_one_stored_vector(tmp_path: Path) -> None:
-    base = dict(model="tiny", strengths=(2.0,), samples=1, controls=1, conditions=("control",), generation=TINY)
+    base = dict(
+        model="tiny", strengths=(2.0,), samples=1, controls=1, conditions=("control",), generation=TINY
+    )
     a = runner.run(ExperimentSpec(concepts=("Dust",), **base), RunOptions(cache_root=tmp_path))
     b = runner.run(ExperimentSpec(concepts=("dust",), **base), RunOptions(cache_root=tmp_path))
     assert a.complete and b.complete and b.executed_batches == 0  # nothing new to run
@@ -121,7 +123,9 @@ def test_summary_shows_the_positive_control_before_the_detection_table(tmp_path:
     out = _stdout(rep)
     pos = out.index("Positive control (Lindsey): 'What are you thinking about right now?'")
     assert pos < out.index("Prompt 'lindsey': injected trials")
-    assert re.search(r"Controls on 'lindsey-thinking' \(no injection\) naming any of the 1 concepts: \d/2", out)
+    assert re.search(
+        r"Controls on 'lindsey-thinking' \(no injection\) naming any of the 1 concepts: \d/2", out
+    )
 
 
 # -- 8. the NDIF peer's sampling ---------------------------------------------------------------
