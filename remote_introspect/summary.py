@@ -13,13 +13,14 @@ conditions; for a null, the one-sided upper bound it supports.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from .analysis import format_null, net_detection, preregistered_test, rate_ci
+from .analysis import RateCI, format_null, net_detection, preregistered_test, rate_ci
 from .prompts import PROMPT_SETS
 from .runner import RunReport
 from .spec import Trial
@@ -50,10 +51,22 @@ def cell_label(prompt: str, cell: Cell) -> str:
     return f"'{prompt}' L{layer}{' ' + concept if concept is not None else ''} s{strength:g}"
 
 
+def mentions_word(response: str, concept: str) -> bool:
+    """Whether a word of `response` starts with the concept word's first five letters ("trump" for
+    trumpets, "satel" for satellites; shorter words whole). The positive control asks whether the
+    injection reaches the output at all, so repetition counts ("Dust Dust Dust" names dust),
+    unlike the detection grader's `identifies`; the same test scores the controls."""
+    stem = concept.lower().replace("_", " ")[:5]
+    return re.search(r"\b" + re.escape(stem), response.lower()) is not None
+
+
+def _mention_rate(report: RunReport, trials: list[Trial]) -> RateCI:
+    done = [t for t in trials if report.statuses.get(t.key) == "done" and t.key in report.texts]
+    return rate_ci(sum(mentions_word(report.texts[t.key], t.concept or "") for t in done), len(done))
+
+
 def render_positive_control(report: RunReport, console: Console) -> None:
     """The positive control per layer × strength, against the controls on its prompt."""
-    from .results_frame import names_any_concept
-
     spec = report.spec
     pos = [t for t in report.trials if t.condition == "positive"]
     if not pos:
@@ -63,15 +76,26 @@ def render_positive_control(report: RunReport, console: Console) -> None:
     controls = [
         t
         for t in report.trials
-        if t.condition == "control" and t.prompt_set == prompt and t.key in report.texts
+        if t.condition == "control"
+        and t.prompt_set == prompt
+        and report.statuses.get(t.key) == "done"
+        and t.key in report.texts
     ]
-    named = names_any_concept([report.texts[t.key] for t in controls], spec.concepts)
+    named = [any(mentions_word(report.texts[t.key], c) for c in spec.concepts) for t in controls]
     base = rate_ci(sum(named), len(named))
     table = Table(
         title=f"Positive control (Lindsey): '{question}', concept injected on every position (span "
         f"{spec.positive_span}) — does the answer name the injected concept?"
     )
-    for col in ("layer", "strength", "n", "names the concept [95% CI]", "controls naming a concept"):
+    cols = (
+        "layer",
+        "strength",
+        "n",
+        "names the concept [95% CI]",
+        "judge: identifies",
+        "controls naming one",
+    )
+    for col in cols:
         table.add_column(col, justify="right")
     cells: dict[tuple[int, float], list[Trial]] = defaultdict(list)
     for t in pos:
@@ -80,8 +104,8 @@ def render_positive_control(report: RunReport, console: Console) -> None:
     for (layer, strength), ts in sorted(cells.items()):
         g = _graded(report, ts)
         table.add_row(
-            str(layer), f"{strength:g}", str(len(g)), rate_ci(_count(g, "identifies"), len(g)).format(),
-            base.format() if named else "—",
+            str(layer), f"{strength:g}", str(len(g)), _mention_rate(report, ts).format(),
+            rate_ci(_count(g, "identifies"), len(g)).format(), base.format() if named else "—",
         )  # fmt: skip
     console.print(table)
     console.print(
@@ -153,11 +177,10 @@ def render_summary(report: RunReport, console: Console) -> None:
             else:
                 row += ["—", "—", "—", "—"]
             if positive:
-                pg = _graded(report, positive.get(cell, []))
-                pos = rate_ci(_count(pg, "identifies"), len(pg))
-                row.append(pos.format() if pg else "—")
+                pos = _mention_rate(report, positive.get(cell, []))
+                row.append(pos.format() if pos.n else "—")
                 # A null is only informative where the injection demonstrably reaches the output.
-                if n and hits == 0 and (not pg or (pos.lo or 0.0) <= 0.0):
+                if n and hits == 0 and (not pos.n or (pos.lo or 0.0) <= 0.0):
                     untestable.append(cell_label(prompt, cell))
             if n:
                 cells_tested += 1

@@ -175,3 +175,12 @@ def test_protocol_presets_name_every_issue_11_knob() -> None:
         spec = build_spec(name, {})
         assert spec.cells == ("concept" if name == "merrill-405b" else "pooled")
         assert preset.get("double_bos", False) == (name == "merrill-405b")
+
+
+def test_positive_control_counts_the_word_reaching_the_output() -> None:
+    from remote_introspect.summary import mentions_word
+
+    assert mentions_word("Dust Dust Dust Dust", "dust")  # repetition still shows the injection
+    assert mentions_word("trump trump trump", "trumpets") and mentions_word("satell Sat", "satellites")
+    assert not mentions_word("the industry of the future", "dust")
+    assert not mentions_word("What are you thinking about right now?", "origami")
