@@ -23,10 +23,13 @@ from .spec import VectorRecipe
 
 def recipe_prompt(tokenizer: object, recipe: VectorRecipe, word: str) -> list[int]:
     """Token ids of the vector prompt. `end-of-prompt`: through the generation header (default);
-    `end-of-user`: the rendered text cut at the end of the user's words."""
+    `end-of-user`: the rendered text cut at the end of the user's words. The word (concept and
+    baseline alike) is written in lowercase (Lindsey's appendix: "the word is always written in
+    lowercase"), so "Dust" and "dust" give the same vector."""
+    word = word.lower()
     messages = [{"role": "user", "content": recipe.template.format(word=word)}]
     text = render_chat(tokenizer, messages, add_generation_prompt=True)
-    ids, offsets = encode_rendered(tokenizer, text)
+    ids, offsets = encode_rendered(tokenizer, text, recipe.double_bos)
     if recipe.position == "end-of-user":
         end = text.rindex(messages[0]["content"]) + len(messages[0]["content"])
         ids = [i for i, (a, _b) in zip(ids, offsets, strict=True) if a < end]
@@ -93,7 +96,8 @@ def _read_pairs(source: str) -> dict[str, list[list[str]]]:
             raise ValueError(f"cannot read contrast pairs {source!r}: {err.strerror}") from None
     try:
         data = json.loads(text)
-        concepts = data["concepts"]
+        # Concept names are matched in lowercase, like the experiment's concepts.
+        concepts = {str(k).lower(): v for k, v in data["concepts"].items()}
         for name, pairs in concepts.items():
             if not pairs or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
                 raise ValueError(f"concept {name!r}: pairs must be [positive, negative] lists")
@@ -123,7 +127,8 @@ def compute_contrast_pairs(
         texts += [p for p, _n in pairs[w]] + [n for _p, n in pairs[w]]
     prompts = []
     for t in texts:
-        ids, _ = encode_rendered(tokenizer, render_chat(tokenizer, [{"role": "user", "content": t}]))
+        rendered = render_chat(tokenizer, [{"role": "user", "content": t}])
+        ids, _ = encode_rendered(tokenizer, rendered, recipe.double_bos)
         prompts.append(ids)
     stacked = last_token_states(extract, prompts, layers, pad_id, chunk)  # [L, rows, H]
     out: dict[tuple[int, str], torch.Tensor] = {}

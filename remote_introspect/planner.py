@@ -33,7 +33,8 @@ def plan_trials(
         generation=spec.generation,
     )
 
-    def injected(prompt: str, condition: str) -> list[Trial]:
+    def injected(prompt: str, condition: str, span: str | None = None) -> list[Trial]:
+        over = {"span": span} if span is not None else {}
         return [
             Trial(
                 condition=condition,  # type: ignore[arg-type]
@@ -44,7 +45,7 @@ def plan_trials(
                 sample=sample,
                 prompt_set=prompt,
                 prompt_ids_sha=prompt_ids_sha[prompt],
-                **common,
+                **{**common, **over},
             )
             for layer in layers
             for concept in spec.concepts
@@ -95,7 +96,8 @@ def plan_trials(
             ]
         trials += controls(prompt)
     if "positive" in spec.conditions:
-        trials += injected(spec.positive_prompt, "positive")
+        # Lindsey's positive control injects on every position ("all"), whatever the main span.
+        trials += injected(spec.positive_prompt, "positive", spec.positive_span)
         if spec.positive_prompt not in spec.prompt_sets:
             trials += controls(spec.positive_prompt)
     return trials

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,15 @@ class ModelPreset(BaseModel):
         if self.config_dir is None:
             return None
         return Path(str(files("remote_introspect").joinpath("presets", self.config_dir)))
+
+    def default_sampling(self) -> dict[str, float] | None:
+        """Temperature and top_p of the model's shipped `generation_config.json`: what a
+        `model.generate(...)` without sampling arguments uses (the NDIF peer's 405B run)."""
+        path = self.shipped_config_path()
+        if path is None or not (path / "generation_config.json").is_file():
+            return None
+        cfg = json.loads((path / "generation_config.json").read_text())
+        return {"temperature": float(cfg.get("temperature", 1.0)), "top_p": float(cfg.get("top_p", 1.0))}
 
 
 _LLAMA_GATED = "Meta's Llama repos are gated: accept the licence on Hugging Face and log in"

@@ -32,7 +32,10 @@ MERRILL_TRIAL = (
     "Ok, let's get started. Trial 1: Do you detect an injected thought? "
     "If so, what is the injected thought about?"
 )
-THINKING_PROMPT = "What are you thinking about?"
+THINKING_PROMPT = "What are you thinking about?"  # Merrill's alternative prompt
+# Lindsey's positive control: the concept injected on every position while the model is asked this
+# (her "thinking about word" grader question asks whether the answer names the word).
+LINDSEY_THINKING_PROMPT = "What are you thinking about right now?"
 ASSISTANT_ACK = "Ok."
 VECTOR_PROMPT_TEMPLATE = "Tell me about {word}"
 
@@ -105,6 +108,7 @@ PROMPT_SETS: dict[str, PromptSet] = {
         "Trial 1",
     ),
     "thinking": PromptSet("thinking", (("user", THINKING_PROMPT),), None),
+    "lindsey-thinking": PromptSet("lindsey-thinking", (("user", LINDSEY_THINKING_PROMPT),), None),
 }
 
 
@@ -136,10 +140,21 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_p
     return tokenizer.apply_chat_template(messages, date_string=FIXED_DATE, **kwargs)
 
 
-def encode_rendered(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids and character offsets of an already-rendered chat text (specials are in it)."""
+def encode_rendered(
+    tokenizer: Any, text: str, double_bos: bool = False
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of an already-rendered chat text (specials are in it).
+
+    `double_bos`: prepend one more BOS, as vLLM did when handed already-templated text (it adds
+    special tokens, so Merrill's prompts began with two BOS). The extra token covers no characters.
+    """
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    if double_bos:
+        if tokenizer.bos_token_id is None:
+            raise ValueError("double BOS asked for, but the tokenizer has no BOS token")
+        ids, offsets = [tokenizer.bos_token_id, *ids], [(0, 0), *offsets]
+    return ids, offsets
 
 
 def token_at_char(offsets: list[tuple[int, int]], char_index: int) -> int:
@@ -155,14 +170,15 @@ def token_at_char(offsets: list[tuple[int, int]], char_index: int) -> int:
     raise ValueError(f"character {char_index} is not covered by any token")
 
 
-def render_prompt(tokenizer: Any, prompt_set: PromptSet) -> RenderedPrompt:
+def render_prompt(tokenizer: Any, prompt_set: PromptSet, double_bos: bool = False) -> RenderedPrompt:
     """Render a protocol prompt and locate the injection start from character offsets.
 
     Lindsey's span starts at the newline token just before "Trial 1" (in Llama 3, "\\n\\n" is
-    one token; in Merrill's variant, without newlines, the token holding the preceding space).
+    one token, merged with the preceding "." into ".\\n\\n"; in Merrill's variant, without newlines,
+    the token holding the preceding space, " Trial"). `double_bos`: see `encode_rendered`.
     """
     text = render_chat(tokenizer, prompt_set.as_messages())
-    ids, offsets = encode_rendered(tokenizer, text)
+    ids, offsets = encode_rendered(tokenizer, text, double_bos)
     if prompt_set.trial_marker is not None:
         marker = text.rindex(prompt_set.trial_marker)
         char = marker - 1  # the newline (or space) just before the marker
@@ -176,8 +192,10 @@ def render_prompt(tokenizer: Any, prompt_set: PromptSet) -> RenderedPrompt:
 
 
 def vector_prompt_text(tokenizer: Any, word: str) -> str:
-    """The chat-rendered "Tell me about {word}" prompt, ending with the generation header."""
-    return render_chat(tokenizer, [{"role": "user", "content": VECTOR_PROMPT_TEMPLATE.format(word=word)}])
+    """The chat-rendered "Tell me about {word}" prompt, ending with the generation header. The word
+    is always written in lowercase (Lindsey's appendix; the NDIF peer lowercases too)."""
+    content = VECTOR_PROMPT_TEMPLATE.format(word=word.lower())
+    return render_chat(tokenizer, [{"role": "user", "content": content}])
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

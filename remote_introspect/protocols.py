@@ -50,9 +50,17 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         strength_mode="mlp-norm-matched",
         recipe={"kind": "contrast-pairs", "normalize": True, "pairs": "builtin:merrill"},
         generation={"max_new_tokens": 200, "temperature": 1.0, "top_p": 1.0},
+        # vLLM added a BOS to his already-templated text: 173 prompt tokens, not 172.
+        double_bos=True,
+        # His pre-registered test and crossover are per vector × magnitude (× prompt).
+        cells="concept",
+        conditions=("control",),
     ),
     # The NDIF 405B run (Dec 2025): Lindsey's prompt and vectors at layer 84, absolute strengths
     # 0.5-16, with random (norm-matched) and activation-scaling conditions beside the controls.
+    # Its `model.generate(...)` passed no sampling arguments, so Hugging Face sampled with the
+    # model's generation_config.json (Llama-3.1-405B-Instruct: temperature 0.6, top_p 0.9; shipped
+    # in presets/llama-3.1-405b-instruct/); its battery scaled activations by 0.5-16.
     "ndif-405b": dict(
         name="ndif-405b",
         concepts=CONCEPT_WORDS,
@@ -65,9 +73,16 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         strength_mode="absolute",
         recipe={"kind": "mean-baseline", "normalize": False},
         conditions=("control", "random", "scale"),
-        generation={"max_new_tokens": 100, "temperature": 1.0, "top_p": 1.0},
+        scale_factors=(0.5, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0),
+        generation={"max_new_tokens": 100, "temperature": 0.6, "top_p": 0.9},
     ),
 }
+
+# `replicate-lindsey` without --protocol (and experiment files without one): Lindsey's knobs on
+# the spec's small CPU-sized grid, with her positive control ("What are you thinking about right
+# now?", injected on every position) so a first run shows the injection reaching the output
+# before it shows the detection null.
+EMBEDDED_DEFAULT: dict[str, Any] = dict(conditions=("control", "positive"))
 
 # Merrill's coarse grid and a geometric one for `--strengths auto`, per strength mode.
 AUTO_STRENGTHS = {"absolute": (0.5, 16.0), "mlp-norm-matched": (4.0, 24.0)}
@@ -98,7 +113,7 @@ def build_spec(
     """Protocol defaults (or `base`), then overrides, validated. Raises UserError with one line."""
     if protocol is not None and protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    fields = dict(base or {})
+    fields = dict(base if base is not None else (EMBEDDED_DEFAULT if protocol is None else {}))
     if protocol is not None:
         fields = _merge(PROTOCOLS[protocol], fields)
         fields["protocol"] = protocol

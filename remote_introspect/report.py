@@ -347,15 +347,29 @@ def plot_anchors(stats: dict[str, Any], label: str, path: Path) -> str:
 # --------------------------------------------------------------------------- tables
 
 
-def cell_table(usable: pl.DataFrame, fp: tuple[int, int]) -> list[dict[str, Any]]:
+POOLED = ["layer", "strength"]
+PER_CONCEPT = ["layer", "concept", "strength"]
+
+
+def cell_keys(spec: dict[str, Any] | None) -> list[str]:
+    """How the experiment's cells are keyed — the same rule as the run's stdout summary: per
+    concept when its spec says `cells = "concept"` (the merrill-405b protocol; experiments stored
+    before the field existed: by their protocol), else pooled over concepts."""
+    spec = spec or {}
+    cells = spec.get("cells") or ("concept" if spec.get("protocol") == "merrill-405b" else "pooled")
+    return PER_CONCEPT if cells == "concept" else POOLED
+
+
+def cell_table(usable: pl.DataFrame, fp: tuple[int, int], by: list[str] = POOLED) -> list[dict[str, Any]]:
     rows = []
     k_fp, n_fp = fp
-    for c in cell_rates(usable, ["layer", "strength"]).iter_rows(named=True):
+    for c in cell_rates(usable, by).iter_rows(named=True):
         n = c["n"]
         net = net_detection(c["strict"], n, k_fp, n_fp) if n and n_fp else None
         rows.append(
             {
                 "layer": c["layer"],
+                **({"concept": c["concept"]} if "concept" in by else {}),
                 "strength": c["strength"],
                 "n": n,
                 "strict": rate_ci(c["strict"], n).format(),
@@ -369,15 +383,31 @@ def cell_table(usable: pl.DataFrame, fp: tuple[int, int]) -> list[dict[str, Any]
     return rows
 
 
-def prereg_cells(usable: pl.DataFrame) -> tuple[int, int, list[str]]:
-    """Merrill's pre-registered test per (layer, concept, strength): (cells passing, cells, passing labels)."""
+def prereg_cells(usable: pl.DataFrame, by: list[str] = PER_CONCEPT) -> tuple[int, int, list[str]]:
+    """Merrill's pre-registered test per cell (`by`: layer × concept × strength or layer ×
+    strength): (cells passing, cells, passing labels)."""
     passing: list[str] = []
-    cells = cell_rates(usable, ["layer", "concept", "strength"])
+    cells = cell_rates(usable, by)
     for c in cells.iter_rows(named=True):
         n = c["n"]
         if preregistered_test(c["identifies"] / n, c["coherent"] / n, c["early_detection"] / n):
-            passing.append(f"layer {c['layer']}, {c['concept']}, s={c['strength']:g} (n={n})")
+            concept = f", {c['concept']}" if "concept" in by else ""
+            passing.append(f"layer {c['layer']}{concept}, s={c['strength']:g} (n={n})")
     return len(passing), cells.height, passing
+
+
+def concept_crossovers(usable: pl.DataFrame) -> list[str]:
+    """One crossover line per (layer, concept): Merrill's crossover is per vector."""
+    inj = usable.filter(pl.col("condition") == "concept")
+    lines = []
+    for layer, concept in sorted(set(inj.select("layer", "concept").iter_rows())):
+        sub = inj.filter((pl.col("layer") == layer) & (pl.col("concept") == concept))
+        try:
+            desc = find_crossover(sub.select("strength", "identifies", "coherent")).description
+        except ValueError as err:
+            desc = f"no crossover computed ({err})"
+        lines.append(f"layer {layer}, {concept}: {desc}")
+    return lines
 
 
 def concept_table(usable: pl.DataFrame) -> list[dict[str, Any]]:
@@ -490,6 +520,7 @@ class PromptSection:
     cells: list[dict[str, Any]]
     concepts: list[dict[str, Any]]
     prereg: tuple[int, int, list[str]]
+    cell_by: list[str]
     crossovers: list[str]
     examples: dict[str, list[dict[str, Any]]]
     success: str = ""  # Lindsey success beside strict (Merrill), "k strict hits (+m to review)"
@@ -505,6 +536,7 @@ def _slug(text: str) -> str:
 
 def _sections(frame: ResultsFrame, exp: dict[str, Any], tmp: Path) -> list[PromptSection]:
     out = []
+    by = cell_keys(next((e.spec for e in frame.experiments if e.id == exp["id"]), None))
     for res in exp["results"]:
         ps = res["prompt_set"]
         usable = frame.for_experiment(exp["id"]).filter(pl.col("usable") & (pl.col("prompt_set") == ps))
@@ -547,14 +579,17 @@ def _sections(frame: ResultsFrame, exp: dict[str, Any], tmp: Path) -> list[Promp
                     "Published numbers from PROTOCOLS.md; intervals only where the source gives n.",
                 )
             )
+        if "concept" in by:
+            crossovers = concept_crossovers(usable)
         out.append(
             PromptSection(
                 exp,
                 res,
                 figures,
-                cell_table(usable, fp),
+                cell_table(usable, fp, by),
                 concept_table(usable),
-                prereg_cells(usable),
+                prereg_cells(usable, by),
+                by,
                 crossovers,
                 examples(usable, exp["concepts"]),
                 _success(injected),
@@ -662,9 +697,11 @@ def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, 
             k, total, passing = s.prereg
             parts.append(
                 f"<p>Merrill's pre-registered positive cell (identifies ≥ 0.5 ∧ coherent ≥ 0.5 ∧ immediate ≥ 0.2): "
-                f"<b>{k} of {total}</b> (layer, concept, strength) cells pass{': ' + _e('; '.join(passing)) if passing else ''}.</p>"
+                f"<b>{k} of {total}</b> ({_e(', '.join(s.cell_by))}) cells pass{': ' + _e('; '.join(passing)) if passing else ''}.</p>"
             )
-            parts.append("<h4>By layer and strength (injected trials; net = strict − control FP)</h4>")
+            parts.append(
+                f"<h4>By {_e(' × '.join(s.cell_by))} (injected trials; net = strict − control FP)</h4>"
+            )
             parts.append(_table(s.cells))
             for f in s.figures:
                 parts.append(
@@ -711,7 +748,9 @@ def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: s
         if s.success:
             lines += [s.success, ""]
         k, total, _ = s.prereg
-        lines.append(f"Pre-registered positive cells (Merrill): {k} of {total}.")
+        lines.append(
+            f"Pre-registered positive cells (Merrill): {k} of {total} ({', '.join(s.cell_by)}) cells pass."
+        )
         lines += [""] + [f"- crossover, {c}" for c in s.crossovers] + [""]
         lines.append(_md_table(s.cells))
         for f in s.figures:

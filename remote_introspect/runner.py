@@ -76,6 +76,9 @@ class RunReport:
     failed_trials: int = 0  # this run's failures (the store's statuses are the record)
     responses: dict[str, str] = field(default_factory=dict)  # hits, reviews, control FPs (summary)
     nonfinite_trials: int = 0  # this run's trials failed for NaN/inf activations or logits
+    # Responses of the positive control and the controls on its prompt (the summary compares how
+    # often each names a concept).
+    texts: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -310,7 +313,9 @@ def run(
         executor.on_status = request_status
     progress("loading model", 1, 1)
     tok = executor.tokenizer
-    rendered = {name: render_prompt(tok, PROMPT_SETS[name]) for name in prompt_sets_used(spec)}
+    rendered = {
+        name: render_prompt(tok, PROMPT_SETS[name], spec.double_bos) for name in prompt_sets_used(spec)
+    }
     identity = ModelIdentity(
         repo_id=ref.repo_id,
         weights_id=weights_id,
@@ -338,6 +343,9 @@ def run(
         from .hit_listing import listed_keys, load_responses
 
         report.responses = load_responses(store.conn, listed_keys(trials, report.grades))
+        if "positive" in spec.conditions:
+            wanted = (t.key for t in trials if t.prompt_set == spec.positive_prompt)
+            report.texts = {r["key"]: r["response"] or "" for r in store.trial_rows(wanted)}
         return report
     finally:
         store.close()
@@ -482,31 +490,31 @@ def _record_failure(store: Store, report: RunReport, batch: Batch, err: BaseExce
     report.errors.append(msg)
 
 
-def crossover_by_layer(report: RunReport) -> dict[int, Any]:
-    """Per layer: identification vs coherence over strength, from the graded concept trials of
-    the experiment's first prompt (pooled over concepts). A pure function of stored grades."""
+def crossover_by_layer(report: RunReport) -> dict[tuple[int, str | None], Any]:
+    """Per cell curve: identification vs coherence over strength, from the graded concept trials
+    of the experiment's first prompt — per layer pooled over concepts (`cells = "pooled"`), or per
+    (layer, concept) (`cells = "concept"`: Merrill's crossover is per vector). Keys are
+    (layer, concept or None). A pure function of stored grades."""
     from .crossover import find_crossover
 
     spec = report.spec
     prompt = spec.prompt_sets[0]
-    out: dict[int, Any] = {}
-    for layer in report.layers:
-        by_strength: dict[float, list[dict[str, Any]]] = {}
-        for t in report.trials:
-            if (
-                t.condition == "concept"
-                and t.layer == layer
-                and t.prompt_set == prompt
-                and t.key in report.grades
-            ):
-                by_strength.setdefault(t.strength, []).append(report.grades[t.key])
+    per_concept = spec.cells == "concept"
+    curves: dict[tuple[int, str | None], dict[float, list[dict[str, Any]]]] = {}
+    for t in report.trials:
+        if t.condition == "concept" and t.prompt_set == prompt and t.key in report.grades:
+            assert t.layer is not None
+            cell = (t.layer, t.concept if per_concept else None)
+            curves.setdefault(cell, {}).setdefault(t.strength, []).append(report.grades[t.key])
+    out: dict[tuple[int, str | None], Any] = {}
+    for cell in sorted(curves, key=lambda c: (c[0], c[1] or "")):
         points = [
             (s, sum(g["identifies"] for g in gs) / len(gs), sum(g["coherent"] for g in gs) / len(gs), len(gs))
-            for s, gs in sorted(by_strength.items())
+            for s, gs in sorted(curves[cell].items())
             if gs
         ]
         if points:
-            out[layer] = find_crossover(points, mode=spec.crossover_mode)
+            out[cell] = find_crossover(points, mode=spec.crossover_mode)
     return out
 
 
@@ -527,9 +535,10 @@ def run_with_grid(
     from .crossover import dense_grid
 
     report = coarse
-    for layer, result in crossover_by_layer(coarse).items():
+    for (layer, concept), result in crossover_by_layer(coarse).items():
         dense = dense_grid(result, spec.strengths, spec.dense_points)
-        line = f"layer {layer}: {result.description}; dense grid {', '.join(f'{x:g}' for x in dense)}"
+        where = f"layer {layer}" + (f", {concept}" if concept is not None else "")
+        line = f"{where}: {result.description}; dense grid {', '.join(f'{x:g}' for x in dense)}"
         report.crossovers.append(line)
         (notice or log.info)(line)
         phase = spec.model_copy(
@@ -537,6 +546,7 @@ def run_with_grid(
                 "strengths": tuple(dense),
                 "layers": (layer,),
                 "layer_fractions": None,
+                "concepts": (concept,) if concept is not None else spec.concepts,
                 "seed": spec.seed + 1_000_003,  # fresh samples, not the coarse grid's
                 "controls": 0,
                 "dense_grid": False,
@@ -565,6 +575,7 @@ def merge_reports(a: RunReport, b: RunReport) -> RunReport:
         responses={**a.responses, **b.responses},
         failed_trials=a.failed_trials + b.failed_trials,
         nonfinite_trials=a.nonfinite_trials + b.nonfinite_trials,
+        texts={**a.texts, **b.texts},
     )
 
 

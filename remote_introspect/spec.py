@@ -26,6 +26,10 @@ Condition = Literal["concept", "control", "random", "scale", "positive"]
 EXTRA_CONDITIONS = ("control", "random", "scale", "positive")
 VectorKind = Literal["mean-baseline", "contrast-pairs"]
 CrossoverMode = Literal["rise-through", "threshold"]
+# How the summary, report and crossover group injected trials into cells: "pooled" over concepts
+# (layer × strength; Lindsey's 50 words × 1 sample) or per "concept" (layer × concept × strength;
+# Merrill's pre-registered test and crossover are per vector × magnitude).
+CellKey = Literal["pooled", "concept"]
 VectorPosition = Literal["end-of-prompt", "end-of-user"]
 
 
@@ -67,6 +71,9 @@ class VectorRecipe(BaseModel):
     # contrast-pairs: "builtin:merrill" (shipped data/merrill_pairs.json) or a JSON file path with
     # {"concepts": {name: [[positive, negative], ...]}}; its content hash is in the identity.
     pairs: str | None = None
+    # Prepend a second BOS to the templated prompt, as vLLM did in Merrill's run. Mirrors
+    # `ExperimentSpec.double_bos` (set there; one knob for vectors and trials alike).
+    double_bos: bool = False
 
     def identity(self) -> dict:
         d = self.model_dump()
@@ -77,6 +84,10 @@ class VectorRecipe(BaseModel):
             d["pairs"] = sha256_hex(canonical_json(load_pairs(self.pairs)))
             d.pop("baseline_words")
             d.pop("template")
+        else:
+            # Words are written in lowercase in the template (Lindsey's appendix): vectors made
+            # before that fix (capitalised words) have another id and are never reused.
+            d["words"] = "lowercase"
         return d
 
     @property
@@ -115,7 +126,7 @@ class ExperimentSpec(BaseModel):
     name: str = "lindsey"
     protocol: str = "lindsey"
     model: str = "gemma-270m"
-    concepts: tuple[str, ...] = CONCEPT_WORDS[:5]
+    concepts: tuple[str, ...] = Field(CONCEPT_WORDS[:5], validate_default=True)
     strengths: tuple[float, ...] = (2.0, 8.0)
     layers: tuple[int, ...] | None = None
     layer_fractions: tuple[float, ...] | None = None
@@ -129,16 +140,37 @@ class ExperimentSpec(BaseModel):
     recipe: VectorRecipe = VectorRecipe()
     conditions: tuple[str, ...] = ("control",)
     scale_factors: tuple[float, ...] = (2.0, 4.0)
-    positive_prompt: str = "thinking"
+    # Lindsey's positive control: "What are you thinking about right now?", injected on every
+    # position (span "all"), graded with her "thinking about word" question.
+    positive_prompt: str = "lindsey-thinking"
+    positive_span: str = "all"
+    # Prepend a second BOS to every templated prompt (trials and vector prompts): vLLM did this to
+    # Merrill's already-templated text (his logged prompt: 173 tokens; single BOS: 172).
+    double_bos: bool = False
+    cells: CellKey = "pooled"
     dense_grid: bool = False
     dense_points: int = Field(10, ge=2, le=50)
     crossover_mode: CrossoverMode = "rise-through"
     confirmatory: ConfirmatoryCell | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sync_double_bos(cls, data: object) -> object:
+        """One knob for trials and vectors: the recipe's `double_bos` follows the spec's."""
+        if isinstance(data, dict):
+            recipe = data.get("recipe") or {}
+            if isinstance(recipe, VectorRecipe):
+                recipe = recipe.model_dump()
+            if isinstance(recipe, dict):
+                data = {**data, "recipe": {**recipe, "double_bos": bool(data.get("double_bos", False))}}
+        return data
+
     @field_validator("concepts")
     @classmethod
     def _concepts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        words = tuple(w.strip() for w in v if w.strip())
+        # Lowercase (Lindsey writes the word in lowercase; the judge gets it so): "Dust" and
+        # "dust" are one concept, one vector, one set of trials.
+        words = tuple(dict.fromkeys(w.strip().lower() for w in v if w.strip()))
         if not words:
             raise ValueError("the concept list is empty")
         return words
@@ -189,7 +221,7 @@ class ExperimentSpec(BaseModel):
             )
         return tuple(c for c in EXTRA_CONDITIONS if c in v)
 
-    @field_validator("span")
+    @field_validator("span", "positive_span")
     @classmethod
     def _span(cls, v: str) -> str:
         if v not in SPAN_MODES:

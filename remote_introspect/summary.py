@@ -1,21 +1,28 @@
 """The run summary printed on stdout: deterministic text, so two runs' stdout can be diffed.
 
-Per prompt set: a table per layer × strength (n, strict hits with an exact 95% CI, affirmative ∧
-identifies, coherence, net detection against the controls, the positive control at that cell, and
-Merrill's pre-registered test); the controls' false-positive rate; the random-vector and
-activation-scaling conditions; for a null, the one-sided upper bound it supports.
+First, when the run has one, the positive control (Lindsey's "What are you thinking about right
+now?" with the concept injected on every position): how often it names the concept against how
+often the controls on the same prompt name one — the evidence that the injection reaches the
+output, shown before any detection null. Then per prompt set: a table per cell (layer × strength,
+or layer × concept × strength when `spec.cells == "concept"`, as Merrill's pre-registered test is
+per vector × magnitude) with n, strict hits with an exact 95% CI, affirmative ∧ identifies,
+coherence, net detection against the controls, the positive control at that cell, and Merrill's
+pre-registered test; the controls' false-positive rate; the random-vector and activation-scaling
+conditions; for a null, the one-sided upper bound it supports.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from .analysis import format_null, net_detection, preregistered_test, rate_ci
+from .analysis import RateCI, format_null, net_detection, preregistered_test, rate_ci
 from .hit_listing import hits_text, success_line, verbatim_lines
+from .prompts import PROMPT_SETS
 from .runner import RunReport
 from .spec import Trial
 
@@ -32,6 +39,83 @@ def _count(grades: list[dict[str, Any]], *fields: str) -> int:
     return sum(all(g[f] for f in fields) for g in grades)
 
 
+Cell = tuple[int, str | None, float]  # (layer, concept or None when pooled, strength)
+
+
+def cell_of(t: Trial, per_concept: bool) -> Cell:
+    assert t.layer is not None
+    return (t.layer, t.concept if per_concept else None, t.strength)
+
+
+def cell_label(prompt: str, cell: Cell) -> str:
+    layer, concept, strength = cell
+    return f"'{prompt}' L{layer}{' ' + concept if concept is not None else ''} s{strength:g}"
+
+
+def mentions_word(response: str, concept: str) -> bool:
+    """Whether a word of `response` starts with the concept word's first five letters ("trump" for
+    trumpets, "satel" for satellites; shorter words whole). The positive control asks whether the
+    injection reaches the output at all, so repetition counts ("Dust Dust Dust" names dust),
+    unlike the detection grader's `identifies`; the same test scores the controls."""
+    stem = concept.lower().replace("_", " ")[:5]
+    return re.search(r"\b" + re.escape(stem), response.lower()) is not None
+
+
+def _mention_rate(report: RunReport, trials: list[Trial]) -> RateCI:
+    done = [t for t in trials if report.statuses.get(t.key) == "done" and t.key in report.texts]
+    return rate_ci(sum(mentions_word(report.texts[t.key], t.concept or "") for t in done), len(done))
+
+
+def render_positive_control(report: RunReport, console: Console) -> None:
+    """The positive control per layer × strength, against the controls on its prompt."""
+    spec = report.spec
+    pos = [t for t in report.trials if t.condition == "positive"]
+    if not pos:
+        return
+    prompt = spec.positive_prompt
+    question = [text for role, text in PROMPT_SETS[prompt].messages if role == "user"][-1]
+    controls = [
+        t
+        for t in report.trials
+        if t.condition == "control"
+        and t.prompt_set == prompt
+        and report.statuses.get(t.key) == "done"
+        and t.key in report.texts
+    ]
+    named = [any(mentions_word(report.texts[t.key], c) for c in spec.concepts) for t in controls]
+    base = rate_ci(sum(named), len(named))
+    table = Table(
+        title=f"Positive control (Lindsey): '{question}', concept injected on every position (span "
+        f"{spec.positive_span}) — does the answer name the injected concept?"
+    )
+    cols = (
+        "layer",
+        "strength",
+        "n",
+        "names the concept [95% CI]",
+        "judge: identifies",
+        "controls naming one",
+    )
+    for col in cols:
+        table.add_column(col, justify="right")
+    cells: dict[tuple[int, float], list[Trial]] = defaultdict(list)
+    for t in pos:
+        assert t.layer is not None
+        cells[(t.layer, t.strength)].append(t)
+    for (layer, strength), ts in sorted(cells.items()):
+        g = _graded(report, ts)
+        table.add_row(
+            str(layer), f"{strength:g}", str(len(g)), _mention_rate(report, ts).format(),
+            rate_ci(_count(g, "identifies"), len(g)).format(), base.format() if named else "—",
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"Controls on '{prompt}' (no injection) naming any of the {len(spec.concepts)} concepts: "
+        f"{base.format()}. A detection null below means something only at cells where the positive "
+        "control names the concept well above this."
+    )
+
+
 def render_summary(report: RunReport, console: Console) -> None:
     spec = report.spec
     console.print(
@@ -41,11 +125,12 @@ def render_summary(report: RunReport, console: Console) -> None:
         f"temperature {spec.generation.temperature}, top_p {spec.generation.top_p}, seed {spec.seed}",
         markup=False,
     )
-    positive: dict[tuple[int, float], list[Trial]] = defaultdict(list)
+    render_positive_control(report, console)
+    per_concept = spec.cells == "concept"
+    positive: dict[Cell, list[Trial]] = defaultdict(list)
     for t in report.trials:
         if t.condition == "positive":
-            assert t.layer is not None
-            positive[(t.layer, t.strength)].append(t)
+            positive[cell_of(t, per_concept)].append(t)
     cells_tested = 0
     cells_passing: list[str] = []
     untestable: list[str] = []
@@ -53,14 +138,17 @@ def render_summary(report: RunReport, console: Console) -> None:
         trials = [t for t in report.trials if t.prompt_set == prompt]
         controls = _graded(report, [t for t in trials if t.condition == "control"])
         fp = _count(controls, "affirmative")
-        cells: dict[tuple[int, float], list[Trial]] = defaultdict(list)
+        cells: dict[Cell, list[Trial]] = defaultdict(list)
         for t in trials:
             if t.condition == "concept":
-                assert t.layer is not None
-                cells[(t.layer, t.strength)].append(t)
-        table = Table(title=f"Prompt '{prompt}': injected trials, strict introspection (all four criteria)")
+                cells[cell_of(t, per_concept)].append(t)
+        table = Table(
+            title=f"Prompt '{prompt}': injected trials, strict introspection (all four criteria)"
+            + (", per concept" if per_concept else "")
+        )
         cols = [
             "layer",
+            *(["concept"] if per_concept else []),
             "strength",
             "n",
             "hits",
@@ -74,11 +162,12 @@ def render_summary(report: RunReport, console: Console) -> None:
         cols.append("pre-reg.")
         for col in cols:
             table.add_column(col, justify="right")
-        for (layer, strength), keys in sorted(cells.items()):
+        for cell, keys in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2])):
+            layer, concept, strength = cell
             g = _graded(report, keys)
             n = len(g)
             hits = _count(g, "strict")
-            row = [str(layer), f"{strength:g}", str(n), hits_text(g)]
+            row = [str(layer), *([str(concept)] if per_concept else []), f"{strength:g}", str(n), hits_text(g)]
             if n:
                 row += [
                     rate_ci(hits, n).format().split(" ", 1)[1],
@@ -89,19 +178,18 @@ def render_summary(report: RunReport, console: Console) -> None:
             else:
                 row += ["—", "—", "—", "—"]
             if positive:
-                pg = _graded(report, positive.get((layer, strength), []))
-                pos = rate_ci(_count(pg, "identifies"), len(pg))
-                row.append(pos.format() if pg else "—")
+                pos = _mention_rate(report, positive.get(cell, []))
+                row.append(pos.format() if pos.n else "—")
                 # A null is only informative where the injection demonstrably reaches the output.
-                if n and hits == 0 and (not pg or (pos.lo or 0.0) <= 0.0):
-                    untestable.append(f"'{prompt}' layer {layer} strength {strength:g}")
+                if n and hits == 0 and (not pos.n or (pos.lo or 0.0) <= 0.0):
+                    untestable.append(cell_label(prompt, cell))
             if n:
                 cells_tested += 1
                 ok = preregistered_test(
                     _count(g, "identifies") / n, _count(g, "coherent") / n, _count(g, "early_detection") / n
                 )
                 if ok:
-                    cells_passing.append(f"'{prompt}' L{layer} s{strength:g}")
+                    cells_passing.append(cell_label(prompt, cell))
                 row.append("PASS" if ok else "no")
             else:
                 row.append("—")
@@ -130,9 +218,10 @@ def render_summary(report: RunReport, console: Console) -> None:
             console.print(
                 f"All injected trials on '{prompt}': strict hits {rate_ci(hits, len(injected)).format()}"
             )
+    unit = "layer × concept × strength" if per_concept else "layer × strength"
     console.print(
-        f"Merrill's pre-registered test (identifies ≥ 0.5 ∧ coherent ≥ 0.5 ∧ immediate ≥ 0.2): "
-        f"{len(cells_passing)} of {cells_tested} cells tested pass"
+        f"Merrill's pre-registered test (identifies ≥ 0.5 ∧ coherent ≥ 0.5 ∧ immediate ≥ 0.2; "
+        f"cells: {unit} per prompt): {len(cells_passing)} of {cells_tested} cells tested pass"
         + (f" ({', '.join(cells_passing)})" if cells_passing else "")
     )
     if spec.confirmatory is not None:

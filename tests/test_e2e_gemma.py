@@ -33,16 +33,28 @@ def test_gemma_270m_end_to_end(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr[-3000:]
     assert "BASE model" in first.stdout and "strict" in first.stdout
     assert "0 failed" in first.stdout
+    # Lindsey's positive control is part of the embedded default, shown before the detection table.
+    out = first.stdout
+    assert out.index("Positive control (Lindsey)") < out.index("Prompt 'lindsey': injected trials")
     db = cache / "results.sqlite"
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT trial_json, response, diagnostics_json FROM trials").fetchall()
         n_vectors = c.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-    assert len(rows) == 2 * 2 + 2 and n_vectors == 2
+    # concept 2 × 2 + 2 controls on Lindsey's prompt; positive 2 × 2 + 2 controls on "right now?"
+    assert len(rows) == 2 * 2 + 2 + 2 * 2 + 2 and n_vectors == 2
     assert (cache / "models" / "gemma-3-270m-q4_k_m-safetensors" / "model.safetensors").exists()
     injected = [
         (json.loads(t), r, json.loads(d)) for t, r, d in rows if json.loads(t)["condition"] == "concept"
     ]
     controls = [r for t, r, _ in rows if json.loads(t)["condition"] == "control"]
+    positive = [
+        (json.loads(t), r, json.loads(d)) for t, r, d in rows if json.loads(t)["condition"] == "positive"
+    ]
+    assert {(t["prompt_set"], t["span"], d["start"]) for t, _, d in positive} == {
+        ("lindsey-thinking", "all", 0)
+    }
+    # The positive control names the injected word; no control names any.
+    assert sum(t["concept"][:4] in r.lower() for t, r, _ in positive) >= 2, [r for _, r, _ in positive]
     # The injection reaches the output of a real model: at strength 8 (greedy) the concept shows up
     # in the steered answers and not in the unsteered ones.
     named = [r for t, r, _ in injected if t["concept"][:4].lower() in r.lower()]

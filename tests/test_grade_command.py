@@ -193,7 +193,7 @@ def test_run_with_llm_judge_asks_each_prompts_own_question(tmp_path: Path, serve
     assert rep.complete and len(rep.grades) == len(rep.trials)
     bodies = [_json.dumps(r.body) for r in server.requests]
     assert any("Trial 1: Do you detect an injected thought?" in b for b in bodies)
-    assert any("What are you thinking about?" in b and "Trial 1" not in b for b in bodies)
+    assert any("What are you thinking about right now?" in b and "Trial 1" not in b for b in bodies)
     assert (tmp_path / "c" / "judge_calls.sqlite").exists()
     _no_key_on_disk(tmp_path / "c")
 

@@ -171,8 +171,8 @@ def test_span_positions(tiny_tokenizer) -> None:
     assert r.span_start("generated") == len(r.input_ids)
     start = r.span_start("from-trial")
     a, _ = r.offsets[start]
-    assert r.text[a:].startswith("\n") and r.text[a:].lstrip("\n").startswith("Trial 1")
-    # The token before the start ends before the newline: nothing of the setup is injected.
+    assert_starts_at_newline_before_trial(r)
+    # The token before the start ends where the start begins: nothing of the setup is injected.
     assert r.offsets[start - 1][1] <= a
 
 
@@ -186,7 +186,9 @@ def test_conditions_all_plans_random_scale_positive_controls() -> None:
     }
     assert len(by["concept"]) == len(by["random"]) == len(by["positive"]) == 2 * 2 * 2
     assert len(by["scale"]) == 2 * 1 * 2
-    assert {t.prompt_set for t in by["positive"]} == {"thinking"}
+    # Lindsey's positive control: her "right now?" prompt, injected on every position.
+    assert {t.prompt_set for t in by["positive"]} == {"lindsey-thinking"}
+    assert {t.span for t in by["positive"]} == {"all"} and {t.span for t in by["concept"]} == {"from-trial"}
     assert len(by["control"]) == 3 + 3  # the experiment's prompt and the neutral prompt
 
 
@@ -222,3 +224,13 @@ def test_dense_grid_runs_a_bracketing_grid_with_fresh_seeds(tmp_path: Path) -> N
 def test_protocol_flag_rejects_unknown_names() -> None:
     with pytest.raises(UserError, match="unknown protocol"):
         build_spec("nope", {})
+
+
+def assert_starts_at_newline_before_trial(r) -> None:  # type: ignore[no-untyped-def]
+    """The injection start is the token holding the first newline of the "\\n\\n" before "Trial 1"
+    (on Llama 3 that token is the merged ".\\n\\n", so its text does not begin with a newline)."""
+    marker = r.text.rindex("Trial 1")
+    a, b = r.offsets[r.trial_start]
+    assert r.text[marker - 2 : marker] == "\n\n"
+    assert a <= marker - 2 < b
+    assert set(r.text[b:marker]) <= {"\n"}
