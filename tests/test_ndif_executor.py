@@ -6,6 +6,7 @@ device (no weights) and the server loads the same directory, as NDIF does for a 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -453,7 +454,7 @@ def test_405b_base_renders_lindsey_in_the_llama31_chat_format_from_the_shipped_t
     from remote_introspect.prompts import FIXED_DATE, LINDSEY_SETUP, tokenizer_fingerprint
 
     tok_dir = tmp_path / "tok"
-    base_tok = tiny_tokenizer
+    base_tok = copy.deepcopy(tiny_tokenizer)  # the fixture is shared by the whole session
     base_tok.chat_template = None
     base_tok.save_pretrained(tok_dir)
     ref = resolve_model("405b-base")

@@ -185,14 +185,14 @@ def _poison(monkeypatch, concept_rows: str) -> None:
 
 
 def test_nonfinite_trials_fail_with_a_reason_and_are_never_graded(tmp_path: Path, monkeypatch) -> None:
-    _poison(monkeypatch, "Oceans")
+    _poison(monkeypatch, "oceans")
     cache = tmp_path / "cache"
     rep = runner.run(_spec(n=3), RunOptions(cache_root=cache))
     assert not rep.complete and rep.nonfinite_trials == 4
     rows = _rows(cache)
     by_key = {t.key: t for t in rep.trials}
     for key, (status, _ids, err) in rows.items():
-        if by_key[key].concept == "Oceans":
+        if by_key[key].concept == "oceans":
             assert status == "failed" and "non-finite activations/logits" in err
             assert key not in rep.grades
         else:
@@ -204,7 +204,7 @@ def test_cli_ends_with_one_error_line_for_nonfinite_trials(tmp_path: Path, monke
 
     from remote_introspect.cli import app
 
-    _poison(monkeypatch, "Dust")
+    _poison(monkeypatch, "dust")
     args = ["replicate-lindsey", "--model", "tiny", "--concepts", "Dust,Oceans", "--strengths", "2",
             "--samples", "1", "--controls", "1", "--max-new-tokens", "3", "--cache", str(tmp_path / "c")]  # fmt: skip
     result = CliRunner().invoke(app, args)
@@ -396,7 +396,7 @@ def test_each_distinct_vector_ships_once_in_the_model_dtype(tmp_path: Path) -> N
     spec = _spec(concepts=("Dust", "Oceans"), conditions=("control", "random", "scale"))
     spec = spec.model_copy(update={"generation": spec.generation.model_copy(update={"vector_dtype": "bf16"})})
     trials = plan_trials(spec, identity, {"lindsey": rendered["lindsey"].ids_hash}, (2,))
-    vectors = {(2, c): torch.randn(64) for c in ("Dust", "Oceans")}
+    vectors = {(2, c): torch.randn(64) for c in ("dust", "oceans")}
     gb, _ = runner.build_generation_batch(make_batch(trials), rendered, vectors, 64, 0)
     concept_rows = [i for i, t in enumerate(trials) if t.condition == "concept"]
     random_rows = [t for t in trials if t.condition == "random"]
