@@ -413,22 +413,25 @@ def main() -> None:
     # Offline first (DESIGN.md invariant 9): nothing is fetched from a hub unless asked for.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _setup_logging()
-    import click
+    try:  # typer >= 0.2x vendors click as typer._click; older typer uses click itself
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc
 
     try:
         rc = app(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
+    except click_exc.NoArgsIsHelpError as exc:
         sys.stderr.write(exc.format_message().rstrip() + "\n")
         raise SystemExit(2) from None
-    except click.exceptions.UsageError as exc:
+    except click_exc.UsageError as exc:
         # One line, never a rich box: "error: <what>" plus where to look.
         cmd = exc.ctx.command_path if exc.ctx is not None else "remote_introspect"
         sys.stderr.write(f"error: {' '.join(exc.format_message().split())} (see `{cmd} --help`)\n")
         raise SystemExit(exc.exit_code) from None
-    except click.exceptions.ClickException as exc:
+    except click_exc.ClickException as exc:
         sys.stderr.write(f"error: {' '.join(exc.format_message().split())}\n")
         raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.stderr.write("error: aborted\n")
         raise SystemExit(130) from None
     raise SystemExit(rc if isinstance(rc, int) else 0)

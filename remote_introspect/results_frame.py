@@ -155,10 +155,15 @@ def open_readonly(root: Path) -> sqlite3.Connection:
         # Damaged bytes inside a text column must surface as a hash mismatch naming the row, not
         # as a decode error that aborts the whole read.
         conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.Error as err:
         # Let the caller name the corruption (audit reports it; others fail with one line).
         raise CorruptDatabase(f"{db}: {err}") from None
+    if not {"trials", "experiments", "experiment_trials", "grades"} <= tables:
+        conn.close()
+        size = db.stat().st_size
+        what = "is empty (0 bytes)" if size == 0 else "has no remote_introspect tables"
+        raise CorruptDatabase(f"{db} {what}: truncated or overwritten; restore it from a copy")
     return conn
 
 

@@ -140,6 +140,10 @@ def cache_error(err: BaseException, path: Path) -> UserError:
         return UserError(
             f"cannot write the cache at {path}: disk full ({text}); nothing half-written was kept"
         )
+    if isinstance(err, sqlite3.OperationalError) and "disk i/o error" in text.lower():
+        return UserError(
+            f"cannot write the cache at {path}: disk I/O error (disk full?); nothing half-written was kept"
+        )
     if isinstance(err, sqlite3.DatabaseError) and any(
         w in text.lower() for w in ("malformed", "not a database", "decode", "corrupt")
     ):
