@@ -332,6 +332,8 @@ def run(
         )
         if pending:
             _execute(spec, opts, ref, executor, store, identity, rendered, pending, report, progress, notice)
+        store.settle_batches()
+        store.prune_claims()
         grade_trials(store, trials, opts.judge, progress)
         report.statuses, report.grades, report.excluded = verified_results(store, trials, opts.judge)
         return report

@@ -431,6 +431,38 @@ class Store:
                 [(error, error_class, stamp, k) for k in keys],
             )
 
+    def settle_batches(self) -> int:
+        """Batches left 'submitted' by a killed run whose trials are all done since (in other
+        batches): marked 'superseded', so they are neither reattached nor reported as in flight."""
+        stale = []
+        for r in self.conn.execute("SELECT id, trial_keys FROM batches WHERE status='submitted'"):
+            keys = json.loads(r["trial_keys"])
+            st = self.statuses(keys)
+            if keys and all(st.get(k) == "done" for k in keys):
+                stale.append(r["id"])
+        if stale:
+            with self.tx() as c:
+                c.executemany(
+                    "UPDATE batches SET status='superseded', updated_at=? WHERE id=? AND status='submitted'",
+                    [(now(), b) for b in stale],
+                )
+        return len(stale)
+
+    def prune_claims(self) -> int:
+        """Drop claims on done trials and claims of runs that are no longer alive."""
+        now_s = time.time()
+        stale = [
+            (r["owner"], r["trial_key"])
+            for r in self.conn.execute(
+                "SELECT c.*, t.status FROM claims c LEFT JOIN trials t ON t.key = c.trial_key"
+            )
+            if r["status"] == "done" or not claim_alive(r, now_s)
+        ]
+        if stale:
+            with self.tx() as c:
+                c.executemany("DELETE FROM claims WHERE owner=? AND trial_key=?", stale)
+        return len(stale)
+
     def open_batches(self) -> list[sqlite3.Row]:
         """Batches submitted to a remote backend whose results were never collected."""
         return list(

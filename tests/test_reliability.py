@@ -414,57 +414,62 @@ def test_run_takes_over_a_dead_runs_claims(cache_dir: Path) -> None:
     assert any("took over 1 trial" in n for n in notices)
 
 
-_WORKER = textwrap.dedent(
-    """
-    import json, sys, time
-    from pathlib import Path
-    from remote_introspect import runner
-    from remote_introspect.executors.local import LocalExecutor
-    from remote_introspect.runner import RunOptions
-    from remote_introspect.spec import ExperimentSpec, GenerationParams
-
-    cache, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-    spec = ExperimentSpec(model="tiny", concepts=("Dust", "Oceans", "Trees", "Music"), strengths=(2.0, 8.0),
-                          samples=2, controls=4, generation=GenerationParams(max_new_tokens=3, temperature=0.0))
-    opts = RunOptions(cache_root=cache, batch_rows=3, claim_poll_s=0.1)
-    ref, _ = runner.validate(spec, opts)
-    bundle = runner.make_executor(ref, opts)
-    rows = []
-    real = LocalExecutor.generate
-    def spy(self, batch, cb):
-        rows.append(batch.input_ids.shape[0])
-        time.sleep(0.3)  # slow enough that the two runs overlap
-        return real(self, batch, cb)
-    LocalExecutor.generate = spy
-    (cache.parent / me).touch()
-    while not (cache.parent / other).exists():
-        time.sleep(0.02)
-    rep = runner.run(spec, opts, executor_bundle=bundle)
-    print(json.dumps({"rows": sum(rows), "complete": rep.complete, "trials": len(rep.trials),
-                      "grades": rep.grades}))
-    """
+CONCURRENT_SPEC = dict(
+    model="tiny",
+    concepts=("Dust", "Oceans", "Trees", "Music"),
+    strengths=(2.0, 8.0),
+    samples=2,
+    controls=4,
+    generation=GenerationParams(max_new_tokens=3, temperature=0.0),
 )
 
 
-def test_two_concurrent_runs_never_generate_the_same_trial(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    Store(cache).close()  # both runs open an existing cache
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(cache), me, other],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+def _concurrent_worker(cache: str, me: str, other: str, out: str) -> None:
+    """One of two real processes running the same experiment on one cache."""
+    import torch
+
+    torch.set_num_threads(1)
+    spec = ExperimentSpec(**CONCURRENT_SPEC)
+    opts = RunOptions(cache_root=Path(cache), batch_rows=3, claim_poll_s=0.05)
+    ref, _ = runner.validate(spec, opts)
+    bundle = runner.make_executor(ref, opts)
+    rows: list[int] = []
+    real = LocalExecutor.generate
+
+    def spy(self, batch, cb):  # type: ignore[no-untyped-def]
+        rows.append(batch.input_ids.shape[0])
+        time.sleep(0.2)  # slow enough that the two runs overlap
+        return real(self, batch, cb)
+
+    LocalExecutor.generate = spy  # type: ignore[method-assign]
+    root = Path(cache).parent
+    (root / me).touch()
+    while not (root / other).exists():  # start together
+        time.sleep(0.01)
+    rep = runner.run(spec, opts, executor_bundle=bundle)
+    Path(out).write_text(
+        json.dumps(
+            {"rows": sum(rows), "complete": rep.complete, "trials": len(rep.trials), "grades": rep.grades}
         )
-        for me, other in (("a.ready", "b.ready"), ("b.ready", "a.ready"))
+    )
+
+
+def test_two_concurrent_runs_never_generate_the_same_trial(tmp_path: Path, fresh_forks) -> None:
+    cache = tmp_path / "cache"
+    Store(cache).close()
+    ctx = fresh_forks  # real processes (own pids), forked from a pre-imported server
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    procs = [
+        ctx.Process(target=_concurrent_worker, args=(str(cache), me, other, str(out)))
+        for (me, other), out in zip((("a.ready", "b.ready"), ("b.ready", "a.ready")), outs, strict=True)
     ]
-    results = []
     for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        p.start()
+    for p in procs:
+        p.join(180)
+        assert p.exitcode == 0
+    assert procs[0].pid != procs[1].pid
+    results = [json.loads(o.read_text()) for o in outs]
     n = results[0]["trials"]
     assert n == 4 * 2 * 2 + 4
     assert all(r["complete"] for r in results)
@@ -472,6 +477,9 @@ def test_two_concurrent_runs_never_generate_the_same_trial(tmp_path: Path) -> No
     assert results[0]["rows"] > 0 and results[1]["rows"] > 0  # and the work was shared
     assert results[0]["grades"] == results[1]["grades"]  # both print the same table
     assert run_audit(cache)["exit_code"] == 0
+    with sqlite3.connect(cache / "results.sqlite") as c:
+        assert c.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+    c.close()
 
 
 # --------------------------------------------------------------------------- 8. smaller
