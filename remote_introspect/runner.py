@@ -707,6 +707,8 @@ def merge_reports(a: RunReport, b: RunReport) -> RunReport:
         failed_batches=a.failed_batches + b.failed_batches,
         errors=a.errors + b.errors,
         crossovers=a.crossovers + b.crossovers,
+        failed_trials=a.failed_trials + b.failed_trials,
+        excluded=a.excluded + [line for line in b.excluded if line not in a.excluded],
     )
 
 

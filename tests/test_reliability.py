@@ -337,7 +337,8 @@ def test_disk_full_sqlite_one_line(tiny_cache: Path, tmp_path: Path) -> None:
     c.close()
     args = [*TINY, "--concepts", "Dust,Oceans", "--strengths", "2,8,4,16", "--samples", "2"]
     args += ["--controls", "3", "--max-new-tokens", "4", "--cache", str(root)]
-    res = _run_limited(2048, args, tmp_path)
+    # Room to open the cache (its 32 KiB -shm file), none to grow its WAL: the disk fills mid-run.
+    res = _run_limited(40_000, args, tmp_path)
     assert res.returncode != 0
     assert "Traceback" not in res.stderr, res.stderr
     lines = _error_lines(res.stderr)
