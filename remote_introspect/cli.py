@@ -434,4 +434,16 @@ def main() -> None:
     except typer.Abort:
         sys.stderr.write("error: aborted\n")
         raise SystemExit(130) from None
+    except sqlite3.DatabaseError as exc:  # any command: a damaged or unwritable cache database
+        sys.stderr.write(
+            f"error: cache database error: {' '.join(str(exc).split())}; run `audit` for details\n"
+        )
+        raise SystemExit(4) from None
+    except OSError as exc:
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES):
+            raise
+        sys.stderr.write(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}\n")
+        raise SystemExit(1) from None
     raise SystemExit(rc if isinstance(rc, int) else 0)
