@@ -30,6 +30,7 @@ from .results_frame import (
     check_grade,
     database_check,
     experiment_results,
+    grade_sha_column,
     load_all_grades,
     load_frame,
     open_readonly,
@@ -297,12 +298,16 @@ def _audit(
     trial_keys = set(df["key"].to_list())
     grades_checked = 0
     orphan_grades: Counter[tuple[str, str]] = Counter()
-    for r in conn.execute("SELECT trial_key, grader, grader_version, grade_json FROM grades"):
+    q = (
+        f"SELECT g.trial_key, g.grader, g.grader_version, g.grade_json, {grade_sha_column(conn, 'g.')},"
+        " t.result_sha FROM grades g LEFT JOIN trials t ON t.key = g.trial_key"
+    )
+    for r in conn.execute(q):
         grades_checked += 1
         if r[0] not in trial_keys:
             orphan_grades[(r[1], r[2])] += 1
         elif (r[1], r[2]) != judge_id:
-            _, p = check_grade(r[0], r[1], r[2], r[3])
+            _, p = check_grade(r[0], r[1], r[2], r[3], stored_sha=r[4], trial_result_sha=r[5])
             if p is not None:
                 problems.append(p)
     for (g, v), n in sorted(orphan_grades.items()):

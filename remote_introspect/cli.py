@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -347,6 +348,8 @@ def _run_spec(spec, opts) -> None:  # type: ignore[no-untyped-def]
 
     try:
         runner.validate(spec, opts)  # reject bad input before any display or write
+    except ValidationError as exc:
+        _fail(_validation_message(exc))
     except UserError as exc:
         _fail(str(exc), exc.exit_code)
     with Progress(
@@ -380,11 +383,23 @@ def _run_spec(spec, opts) -> None:  # type: ignore[no-untyped-def]
             _fail(_validation_message(exc))
         except UserError as exc:
             _fail(str(exc), exc.exit_code)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            # Disk full, damaged pages, permissions: one line, never a traceback.
+            from .store import cache_error
+
+            line = cache_error(exc, opts.cache_root)
+            _fail(str(line), line.exit_code)
     render_summary(report, out)
     if report.nonfinite_trials:
         sys.stderr.write(
             f"error: {report.nonfinite_trials} trial(s) failed with non-finite activations/logits "
             "(NaN/inf after steering: lower the strength); they are recorded failed, never graded\n"
+        )
+    if report.excluded:
+        _fail(
+            f"{len(report.excluded)} integrity problem(s) in this run's trials: they were excluded from every "
+            "count above (run `audit` for details)",
+            4,
         )
     if not report.complete:
         for msg in sorted(set(report.errors))[:5]:
@@ -425,4 +440,37 @@ def main() -> None:
     # Offline first (DESIGN.md invariant 9): nothing is fetched from a hub unless asked for.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _setup_logging()
-    app()
+    try:  # typer >= 0.2x vendors click as typer._click; older typer uses click itself
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc
+
+    try:
+        rc = app(standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as exc:
+        sys.stderr.write(exc.format_message().rstrip() + "\n")
+        raise SystemExit(2) from None
+    except click_exc.UsageError as exc:
+        # One line, never a rich box: "error: <what>" plus where to look.
+        cmd = exc.ctx.command_path if exc.ctx is not None else "remote_introspect"
+        sys.stderr.write(f"error: {' '.join(exc.format_message().split())} (see `{cmd} --help`)\n")
+        raise SystemExit(exc.exit_code) from None
+    except click_exc.ClickException as exc:
+        sys.stderr.write(f"error: {' '.join(exc.format_message().split())}\n")
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        sys.stderr.write("error: aborted\n")
+        raise SystemExit(130) from None
+    except sqlite3.DatabaseError as exc:  # any command: a damaged or unwritable cache database
+        sys.stderr.write(
+            f"error: cache database error: {' '.join(str(exc).split())}; run `audit` for details\n"
+        )
+        raise SystemExit(4) from None
+    except OSError as exc:
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES):
+            raise
+        sys.stderr.write(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}\n")
+        raise SystemExit(1) from None
+    raise SystemExit(rc if isinstance(rc, int) else 0)

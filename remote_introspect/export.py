@@ -36,8 +36,9 @@ def _check_target(out: Path) -> None:
         raise UserError(f"output directory {out.parent} does not exist")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory")
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {out.parent}")
+    from .store import probe_dir_writable
+
+    probe_dir_writable(out.parent, f"output directory {out.parent}")  # os.access passes for root
 
 
 def write_parquet_atomic(df: pl.DataFrame, out: Path) -> None:
@@ -70,6 +71,8 @@ def export_cache(root: Path, out: Path, judge: str = "heuristic") -> ExportResul
         write_parquet_atomic(df, out)
     except OSError as err:
         raise UserError(f"cannot write {out}: {err.strerror or err}") from None
+    except pl.exceptions.PolarsError as err:  # an I/O failure inside the writer (e.g. disk full)
+        raise UserError(f"cannot write {out}: {' '.join(str(err).split())}") from None
     usable = int(df["usable"].sum()) if df.height else 0
     flagged = int(df.filter(pl.col("integrity") != "ok").height)
     return ExportResult(out, df.height, usable, flagged)

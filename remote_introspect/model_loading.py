@@ -53,15 +53,36 @@ class ModelRef:
 
 
 def _hf_cached_config(repo_id: str) -> dict[str, Any] | None:
+    """The cached config of a repo id, None when it is not cached (or the id is malformed).
+    Any other failure (unreadable or damaged file) is named, not reported as "not cached"."""
+    from huggingface_hub.errors import HFValidationError
+
     try:
         from huggingface_hub import try_to_load_from_cache
 
         path = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # noqa: BLE001 - a malformed id is simply "not cached"
+    except (HFValidationError, ValueError):  # a malformed id is simply "not cached"
         return None
-    if isinstance(path, str) and os.path.exists(path):
-        return json.loads(Path(path).read_text())
-    return None
+    if not (isinstance(path, str) and os.path.exists(path)):
+        return None
+    return _read_config(Path(path), f"the cached config of {repo_id}")
+
+
+def _read_config(path: Path, what: str) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except OSError as err:
+        raise UserError(f"{what} ({path}) cannot be read: {err.strerror or err}") from None
+    except ValueError as err:
+        raise UserError(f"{what} ({path}) is not valid JSON: {err}") from None
+    if not isinstance(config, dict) or "num_hidden_layers" not in _text_config_or_empty(config):
+        raise UserError(f"{what} ({path}) is not a transformers model config (no num_hidden_layers)")
+    return config
+
+
+def _text_config_or_empty(config: dict[str, Any]) -> dict[str, Any]:
+    inner = config.get("text_config")
+    return config if "num_hidden_layers" in config else (inner if isinstance(inner, dict) else {})
 
 
 def _mlp_attr_for(config: dict[str, Any]) -> str:
@@ -91,7 +112,7 @@ def resolve_model(name: str) -> ModelRef:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise UserError(f"model directory {name!r} has no config.json")
-        config = _text_config(json.loads((path / "config.json").read_text()))
+        config = _text_config(_read_config(path / "config.json", f"model directory {name!r}'s config"))
         return ModelRef(
             name, None, str(path.resolve()), path.resolve(), config, _mlp_attr_for(config), "local"
         )
@@ -132,6 +153,11 @@ def _dir_fingerprint(path: Path) -> str:
             if f.name == "config.json":
                 h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(err).__name__)[:300]
 
 
 def default_device() -> str:
@@ -212,22 +238,31 @@ def load_local(
         path = ref.local_dir
         weights_id = f"dir:{_dir_fingerprint(path)}"
     else:
-        try:
-            from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
+        try:
             path = Path(snapshot_download(ref.repo_id, local_files_only=True))
-        except Exception as err:  # noqa: BLE001 - any failure here means "not available offline"
+        except (LocalEntryNotFoundError, FileNotFoundError) as err:  # really not available offline
             raise UserError(
                 f"weights of {ref.repo_id} are not in the Hugging Face cache; download them first "
                 "(Meta's repos are gated: accept the licence and `huggingface-cli login`)"
             ) from err
+        except OSError as err:  # permissions, I/O: say what failed, not "not cached"
+            raise UserError(f"cannot read the cached weights of {ref.repo_id}: {err}") from None
         weights_id = f"hf:{ref.repo_id}@{path.name}"
-    tok = AutoTokenizer.from_pretrained(str(path))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the tokenizer of {ref.name} from {path}: {_first_line(err)}") from None
     if tok.chat_template is None and "gemma" in str(ref.config.get("model_type", "")):
         tok.chat_template = GEMMA_CHAT_TEMPLATE
     if tok.chat_template is None:
         raise UserError(f"{ref.name}: the tokenizer has no chat template; the protocols need one")
-    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+    except (OSError, ValueError, RuntimeError) as err:  # missing/damaged weights, bad config
+        raise UserError(f"cannot load the weights of {ref.name} from {path}: {_first_line(err)}") from None
     hf.to(device).eval()
     nn_model = TransformersModel(hf, tokenizer=tok)
     return LoadedModel(ref, nn_model, tok, dtype_label, weights_id, device)

@@ -39,7 +39,7 @@ from .analysis import (
 from .errors import UserError
 from .grading.base import Grade
 from .spec import canonical_json, sha256_hex
-from .store import result_sha
+from .store import grade_sha, result_sha
 
 CRITERIA: tuple[str, ...] = ("refusal", "affirmative", "identifies", "early_detection", "coherent", "strict")
 # Grade fields beside the criteria: a response held for review (never strict), Lindsey's own
@@ -166,10 +166,15 @@ def open_readonly(root: Path) -> sqlite3.Connection:
         # Damaged bytes inside a text column must surface as a hash mismatch naming the row, not
         # as a decode error that aborts the whole read.
         conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.Error as err:
         # Let the caller name the corruption (audit reports it; others fail with one line).
         raise CorruptDatabase(f"{db}: {err}") from None
+    if not {"trials", "experiments", "experiment_trials", "grades"} <= tables:
+        conn.close()
+        size = db.stat().st_size
+        what = "is empty (0 bytes)" if size == 0 else "has no remote_introspect tables"
+        raise CorruptDatabase(f"{db} {what}: truncated or overwritten; restore it from a copy")
     return conn
 
 
@@ -304,8 +309,16 @@ def trial_fields(t: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_grade(
-    trial_key: str, grader: str, version: str, grade_json: str
+    trial_key: str,
+    grader: str,
+    version: str,
+    grade_json: str,
+    *,
+    stored_sha: str | None,
+    trial_result_sha: str | None,
 ) -> tuple[Grade | None, Problem | None]:
+    """Parse a grade row and verify its hash (`store.grade_sha`: the grade's JSON text with its
+    trial's result hash and the grader identity). Any edit of `grade_json` is caught."""
     try:
         raw = json.loads(grade_json)
         grade = Grade.model_validate({k: v for k, v in raw.items() if k != "strict"})
@@ -314,6 +327,22 @@ def check_grade(
     except (ValueError, ValidationError, AttributeError) as err:
         detail = f"grade by {grader} {version} unreadable: {str(err).splitlines()[0][:160]}"
         return None, Problem("grade_unreadable", "grade", trial_key, detail)
+    if stored_sha is None:
+        return None, Problem(
+            "grade_unhashed",
+            "grade",
+            trial_key,
+            f"grade by {grader} {version} has no hash (written before grades were hashed, or the hash was "
+            "removed); open the cache with a run or `grade --cache` to migrate it",
+        )
+    if grade_sha(trial_key, trial_result_sha, grader, version, grade_json) != stored_sha:
+        return None, Problem(
+            "grade_sha_mismatch",
+            "grade",
+            trial_key,
+            f"grade by {grader} {version} does not match its sha256 (with the trial's result and the "
+            "grader): the grade or its trial's result was edited",
+        )
     return grade, None
 
 
@@ -334,9 +363,26 @@ def load_experiments(conn: sqlite3.Connection) -> list[Experiment]:
     return out
 
 
-def load_frame(conn: sqlite3.Connection, judge: str = "heuristic") -> ResultsFrame:
-    """Every trial in the cache, checked, with the grades of `judge` (its current version)."""
+def grade_sha_column(conn: sqlite3.Connection, alias: str = "") -> str:
+    """`grade_sha`, or NULL for a cache written before grades were hashed (read-only: no migration)."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(grades)")}
+    return f"{alias}grade_sha" if "grade_sha" in cols else "NULL"
+
+
+def _chunks(keys: list[str], n: int = 500) -> Iterable[list[str]]:
+    for i in range(0, len(keys), n):
+        yield keys[i : i + n]
+
+
+def load_frame(
+    conn: sqlite3.Connection, judge: str = "heuristic", keys: Iterable[str] | None = None
+) -> ResultsFrame:
+    """Every trial in the cache (or only `keys`: a run's own trials), checked, with the grades
+    of `judge` (its current version). The one place trial and grade rows are verified: `audit`,
+    `report`, `export` and a run's own summary all count only what passes here."""
     name, version = judge_identity(judge)
+    wanted = None if keys is None else list(dict.fromkeys(keys))
+    wanted_set = set(wanted or ())
     experiments = load_experiments(conn)
     membership: dict[str, list[str]] = {}
     problems: list[Problem] = []
@@ -347,24 +393,58 @@ def load_frame(conn: sqlite3.Connection, judge: str = "heuristic") -> ResultsFra
             )
         for k in e.keys:
             membership.setdefault(k, []).append(e.id)
+    known = {e.id for e in experiments}
+    for (eid,) in conn.execute("SELECT DISTINCT experiment_id FROM experiment_trials"):
+        if eid not in known:
+            problems.append(
+                Problem(
+                    "experiment_missing",
+                    "experiment",
+                    eid,
+                    "trials are registered to an experiment whose row is gone: the experiments table was edited",
+                )
+            )
 
-    grade_rows: dict[str, str] = {
-        r[0]: r[1]
-        for r in conn.execute(
-            "SELECT trial_key, grade_json FROM grades WHERE grader=? AND grader_version=?", (name, version)
-        )
-    }
+    sha_col = grade_sha_column(conn)
+    grade_q = f"SELECT trial_key, grade_json, {sha_col} FROM grades WHERE grader=? AND grader_version=?"
+    grade_rows: dict[str, tuple[str, str | None]] = {}
+    if wanted is None:
+        grade_rows = {r[0]: (r[1], r[2]) for r in conn.execute(grade_q, (name, version))}
+    else:
+        for chunk in _chunks(wanted):
+            q = grade_q + f" AND trial_key IN ({','.join('?' * len(chunk))})"
+            grade_rows.update({r[0]: (r[1], r[2]) for r in conn.execute(q, [name, version, *chunk])})
     grade_counts = Counter((r[0], r[1]) for r in conn.execute("SELECT grader, grader_version FROM grades"))
+
+    def trial_rows() -> Iterable[sqlite3.Row]:
+        if wanted is None:
+            yield from conn.execute("SELECT * FROM trials ORDER BY rowid")
+            return
+        for chunk in _chunks(wanted):
+            q = f"SELECT * FROM trials WHERE key IN ({','.join('?' * len(chunk))}) ORDER BY rowid"
+            yield from conn.execute(q, chunk)
 
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for r in conn.execute("SELECT * FROM trials ORDER BY rowid"):
+    for r in trial_rows():
         key = r["key"]
         seen.add(key)
         trial, parsed, trial_problems = check_trial(r)
+        if key not in membership:
+            trial_problems.append(
+                Problem(
+                    "trial_unregistered",
+                    "trial",
+                    key,
+                    "belongs to no experiment: its experiment rows were deleted",
+                )
+            )
         grade: Grade | None = None
         if key in grade_rows:
-            grade, gp = check_grade(key, name, version, grade_rows[key])
+            text, stored = grade_rows[key]
+            grade, gp = check_grade(
+                key, name, version, text, stored_sha=stored, trial_result_sha=r["result_sha"]
+            )
             if gp is not None:
                 trial_problems.append(gp)
         problems.extend(trial_problems)
@@ -401,7 +481,7 @@ def load_frame(conn: sqlite3.Connection, judge: str = "heuristic") -> ResultsFra
 
     for e in experiments:
         for k in e.keys:
-            if k not in seen:
+            if k not in seen and (wanted is None or k in wanted_set):
                 problems.append(
                     Problem("trial_missing", "experiment", e.id, f"trial {k} is registered but has no row")
                 )
@@ -412,8 +492,12 @@ def load_frame(conn: sqlite3.Connection, judge: str = "heuristic") -> ResultsFra
 def load_all_grades(conn: sqlite3.Connection) -> pl.DataFrame:
     """Every intact grade row: trial_key, grader, grader_version and the six criteria."""
     rows = []
-    for r in conn.execute("SELECT trial_key, grader, grader_version, grade_json FROM grades"):
-        grade, problem = check_grade(r[0], r[1], r[2], r[3])
+    q = (
+        f"SELECT g.trial_key, g.grader, g.grader_version, g.grade_json, {grade_sha_column(conn, 'g.')},"
+        " t.result_sha FROM grades g LEFT JOIN trials t ON t.key = g.trial_key"
+    )
+    for r in conn.execute(q):
+        grade, problem = check_grade(r[0], r[1], r[2], r[3], stored_sha=r[4], trial_result_sha=r[5])
         if grade is not None and problem is None:
             rows.append({"trial_key": r[0], "grader": r[1], "grader_version": r[2], **grade.model_dump()})
     schema = {

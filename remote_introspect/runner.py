@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from .planner import Batch, make_batch, plan_batches, plan_trials, prompt_sets_u
 from .prompts import PROMPT_SETS, RenderedPrompt, render_prompt, tokenizer_fingerprint
 from .retry_policy import RetrySettings, call_with_retries
 from .spec import ExperimentSpec, ModelIdentity, Trial, canonical_json, sha256_hex
-from .store import Store, check_writable
+from .store import ClaimOwner, Store, check_writable, refuse_empty_database
 from .trace_blocks import GenerationBatch
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ class RunOptions:
     stale_probe_s: float | None = None
     share_prefix: bool = False  # NDIF only (unverified on the real service); local runs share
     allow_version_mismatch: bool = False
+    # A claim (lease) on a batch's trials lasts this long when its owner cannot be checked (another
+    # host); a claim of a dead process on this host is taken over at once.
+    claim_lease_s: float = 6 * 3600.0
+    claim_poll_s: float = 0.5  # how often a run waiting on another run's claims looks again
 
 
 @dataclass
@@ -79,6 +84,8 @@ class RunReport:
     # Responses of the positive control and the controls on its prompt (the summary compares how
     # often each names a concept).
     texts: dict[str, str] = field(default_factory=dict)
+    # Trials left out of every count because they fail audit's integrity checks (one line each).
+    excluded: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -104,12 +111,59 @@ def validate(spec: ExperimentSpec, opts: RunOptions) -> tuple[ModelRef, tuple[in
         )
     if opts.batch_rows is not None and opts.batch_rows < 1:
         raise UserError("--batch-size must be at least 1")
+    validate_numerics(spec, opts, ref)
     if opts.judge != "heuristic":  # a bad judge spec or missing key fails before any model work
         from .grading.llm_judge import LLMJudge
 
         LLMJudge(opts.judge).close()
     check_writable(opts.cache_root)
+    refuse_empty_database(opts.cache_root / "results.sqlite")
     return ref, layers
+
+
+# Bound on the number of trials one run may plan (a 3,000-word list once reached 12.9 GB).
+MAX_TRIALS = 1_000_000
+
+
+def validate_numerics(spec: ExperimentSpec, opts: RunOptions, ref: ModelRef) -> None:
+    """dtype, context length and the size of the grid: checked before anything is loaded."""
+    if opts.dtype is not None and opts.dtype not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"unknown dtype {opts.dtype!r}; choose one of fp32, bf16, fp16")
+    context = ref.config.get("max_position_embeddings")
+    if isinstance(context, int) and spec.generation.max_new_tokens >= context:
+        raise UserError(
+            f"--max-new-tokens {spec.generation.max_new_tokens} does not fit the model's context of "
+            f"{context} tokens (the prompt needs room too)"
+        )
+    n = estimated_trials(spec, ref)
+    if n > MAX_TRIALS:
+        raise UserError(f"this grid plans about {n:,} trials; the limit per run is {MAX_TRIALS:,}")
+
+
+def estimated_trials(spec: ExperimentSpec, ref: ModelRef) -> int:
+    layers = len(spec.layers or spec.layer_fractions or (1,))
+    prompts = len(spec.prompt_sets) + 1
+    conditions = 1 + len(spec.conditions)
+    per_prompt = layers * len(spec.concepts) * (len(spec.strengths) + len(spec.scale_factors)) * spec.samples
+    return prompts * (conditions * per_prompt + spec.controls)
+
+
+def check_context(spec: ExperimentSpec, ref: ModelRef, rendered: dict[str, RenderedPrompt]) -> None:
+    """Prompt + generated tokens must fit the model's context (checked before the cache is opened)."""
+    context = ref.config.get("max_position_embeddings")
+    if not isinstance(context, int) or not rendered:
+        return
+    longest = max(len(r.input_ids) for r in rendered.values())
+    if longest + spec.generation.max_new_tokens > context:
+        raise UserError(
+            f"--max-new-tokens {spec.generation.max_new_tokens} plus the {longest}-token prompt exceeds the "
+            f"model's context of {context} tokens"
+        )
+
+
+def unique_trials(trials: list[Trial]) -> list[Trial]:
+    """One trial per key, first occurrence kept: a duplicated knob never runs or counts twice."""
+    return list({t.key: t for t in trials}.values())
 
 
 def make_executor(ref: ModelRef, opts: RunOptions) -> tuple[Executor, Any]:
@@ -323,32 +377,80 @@ def run(
         tokenizer_sha=tokenizer_fingerprint(tok),
     )
     keyed = generation_for(spec, executor, dtype_label)  # stop ids and vector dtype go into keys
-    trials = plan_trials(keyed, identity, {k: r.ids_hash for k, r in rendered.items()}, layers)
+    trials = unique_trials(plan_trials(keyed, identity, {k: r.ids_hash for k, r in rendered.items()}, layers))
+    check_context(spec, ref, rendered)
     exp_id = experiment_id(spec, identity)
     store = Store(opts.cache_root)
     try:
+        statuses = store.statuses(t.key for t in trials)
+        pending = [t for t in trials if statuses.get(t.key) != "done"]
+        if pending:
+            preflight(executor, notice)  # a refused preflight registers nothing
         store.register(
             exp_id, spec.name, spec.model_dump_json(), {t.key: t.model_dump_json() for t in trials}
         )
-        statuses = store.statuses(t.key for t in trials)
-        pending = [t for t in trials if statuses[t.key] != "done"]
         report = RunReport(
             exp_id, spec, layers, trials, {}, {}, ref.preset.instruct if ref.preset else True, ref.name
         )
         if pending:
             _execute(spec, opts, ref, executor, store, identity, rendered, pending, report, progress, notice)
+        store.settle_batches()
+        store.prune_claims()
         grade_trials(store, trials, opts.judge, progress, protocol=spec.protocol)
-        report.statuses = store.statuses(t.key for t in trials)
-        report.grades = load_grades(store, trials, opts.judge)
+        report.statuses, report.grades, report.excluded = verified_results(store, trials, opts.judge)
         from .hit_listing import listed_keys, load_responses
 
         report.responses = load_responses(store.conn, listed_keys(trials, report.grades))
-        if "positive" in spec.conditions:
-            wanted = (t.key for t in trials if t.prompt_set == spec.positive_prompt)
+        if "positive" in spec.conditions:  # only trials that passed the integrity checks
+            wanted = (
+                t.key for t in trials
+                if t.prompt_set == spec.positive_prompt and report.statuses.get(t.key) == "done"
+            )
             report.texts = {r["key"]: r["response"] or "" for r in store.trial_rows(wanted)}
         return report
     finally:
         store.close()
+
+
+def preflight(executor: Executor, notice: Callable[[str], None]) -> None:
+    if hasattr(executor, "preflight"):
+        for line in executor.preflight():  # GET-only; raises FatalRemoteError on a fatal finding
+            notice(f"preflight: {line}")
+
+
+def verified_results(
+    store: Store, trials: list[Trial], judge: str
+) -> tuple[dict[str, str], dict[str, dict[str, Any]], list[str]]:
+    """Statuses and grades of a run's trials through audit's own checks (results_frame.load_frame):
+    a trial whose stored result, key or grade fails them is reported as "corrupt", has no grade
+    here, and is named in the returned lines, so the summary counts exactly what `audit` counts."""
+    from .results_frame import load_frame
+
+    frame = load_frame(store.conn, judge, (t.key for t in trials))
+    df = frame.df
+    statuses = dict(zip(df["key"].to_list(), df["status"].to_list(), strict=True))
+    usable = set(df.filter(df["usable"])["key"].to_list())
+    bad = {p.id for p in frame.problems if p.object in ("trial", "grade")}
+    for key in bad:
+        if key in statuses:
+            statuses[key] = "corrupt"
+    name, version = frame.judge
+    grades = store.grades_for(usable, name, version)
+    return statuses, grades, [p.line() for p in frame.problems]
+
+
+def verified_ungraded(store: Store, keys: list[str], judge: str) -> list[dict[str, Any]]:
+    """Done trials that pass audit's integrity checks and have no intact grade by `judge`:
+    the only trials a run grades (an edited response is never regraded and counted)."""
+    import polars as pl
+
+    from .results_frame import load_frame
+
+    df = load_frame(store.conn, judge, keys).df
+    todo = df.filter(
+        (pl.col("status") == "done") & (pl.col("integrity") == "ok") & pl.col("strict").is_null()
+    )
+    return todo.select("key", "response").to_dicts()
 
 
 def _execute(
@@ -366,14 +468,16 @@ def _execute(
 ) -> None:
     """Preflight, vectors, reattach, then every pending batch with retries and splitting."""
     tok = executor.tokenizer
-    if hasattr(executor, "preflight"):
-        for line in executor.preflight():  # GET-only; raises FatalRemoteError on a fatal finding
-            notice(f"preflight: {line}")
     model_key = sha256_hex(canonical_json(identity.model_dump(mode="json")))[:24]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     # Vectors: once per (model, recipe, layer, concept), all layers in one pass.
     wanted = {t.vector_ref[1:] for t in pending if t.vector_ref is not None}
+    for name, n in store.drop_broken_vector_files(model_key, spec.recipe.id, wanted):
+        notice(
+            f"vector file {name} is missing or corrupt (sha256 mismatch): re-extracting its {n} vector(s)"
+            " (extraction is deterministic)"
+        )
     missing = store.missing_vectors(model_key, spec.recipe.id, wanted)
     if missing:
         progress("extracting concept vectors", 0, len(missing))
@@ -416,6 +520,53 @@ def _execute(
         progress("generating", done_rows[0], total)
 
     # Jobs an earlier (killed) run submitted and never collected: reattach, don't resubmit.
+    owner = ClaimOwner.this_process()
+    try:
+        _run_batches(
+            spec,
+            opts,
+            ref,
+            executor,
+            store,
+            rendered,
+            pending,
+            report,
+            progress,
+            notice,
+            vectors,
+            pad_id,
+            finish,
+            owner,
+            total,
+            done_rows,
+        )
+    finally:
+        try:
+            store.release(owner)
+        except UserError:
+            pass
+
+
+def _run_batches(
+    spec: ExperimentSpec,
+    opts: RunOptions,
+    ref: ModelRef,
+    executor: Executor,
+    store: Store,
+    rendered: dict[str, RenderedPrompt],
+    pending: list[Trial],
+    report: RunReport,
+    progress: Progress,
+    notice: Callable[[str], None],
+    vectors: dict[tuple[int, str], torch.Tensor],
+    pad_id: int,
+    finish: Callable[..., None],
+    owner: ClaimOwner,
+    total: int,
+    done_rows: list[int],
+) -> None:
+    """Reattach orphaned jobs, then run every pending batch. Each batch's trials are claimed in
+    SQLite first (`claim_batch`), so concurrent runs on one cache never generate the same trial."""
     pending_keys = {t.key for t in pending}
     by_key = {t.key: t for t in pending}
     handled: set[str] = set()
@@ -424,6 +575,9 @@ def _execute(
             keys = json.loads(row["trial_keys"])
             if row["backend"] != executor.name or not set(keys) <= pending_keys:
                 continue
+            mine, others, _ = store.claim(keys, owner, opts.claim_lease_s)
+            if others or len(mine) != len(keys):
+                continue  # another live run holds it (or part is done): not ours to collect
             batch = make_batch([by_key[k] for k in keys])
             gb, raw_starts = build_generation_batch(batch, rendered, vectors, ref.hidden_size, pad_id)
             try:
@@ -436,34 +590,96 @@ def _execute(
                 notice(f"reattached job {row['job_id']} ({len(keys)} trials)")
                 finish(batch, gb, raw_starts, out)
                 handled |= set(keys)
+            store.release(owner, keys)
 
-    queue = plan_batches([t for t in pending if t.key not in handled], batch_rows(opts, ref, rendered, spec))
-    while queue:
-        batch = queue.pop(0)
-        gb, raw_starts = build_generation_batch(batch, rendered, vectors, ref.hidden_size, pad_id)
-
-        def submitted(job_id: str | None, batch: Batch = batch) -> None:
-            store.batch_submitted(batch.id, batch.keys, batch.seed, executor.name, job_id)
-
+    rows = batch_rows(opts, ref, rendered, spec)
+    queue = plan_batches([t for t in pending if t.key not in handled], rows)
+    deferred: list[Trial] = []
+    while queue or deferred:
+        if not queue:
+            freed = wait_for_claims(store, owner, deferred, opts, progress, total, done_rows)
+            deferred = []
+            queue = plan_batches(freed, rows)
+            continue
+        claimed, waiting = claim_batch(store, owner, queue.pop(0), opts, notice)
+        deferred += waiting
+        if claimed is None:
+            continue
+        batch = claimed
         try:
-            out = call_with_retries(lambda gb=gb, cb=submitted: executor.generate(gb, cb), opts.retry)
-        except UserError:
-            raise
-        except BatchTooLargeError as err:
-            if len(batch.trials) > 1:
-                half = len(batch.trials) // 2
-                notice(f"batch of {len(batch.trials)} too large for the server ({err}); splitting")
-                store.batch_failed(batch.id, [], f"split: {err}", "BatchTooLargeError")
-                queue[:0] = [make_batch(list(batch.trials[:half])), make_batch(list(batch.trials[half:]))]
+            gb, raw_starts = build_generation_batch(batch, rendered, vectors, ref.hidden_size, pad_id)
+
+            def submitted(job_id: str | None, batch: Batch = batch) -> None:
+                store.batch_submitted(batch.id, batch.keys, batch.seed, executor.name, job_id)
+
+            try:
+                out = call_with_retries(lambda gb=gb, cb=submitted: executor.generate(gb, cb), opts.retry)
+            except UserError:
+                raise
+            except BatchTooLargeError as err:
+                if len(batch.trials) > 1:
+                    half = len(batch.trials) // 2
+                    notice(f"batch of {len(batch.trials)} too large for the server ({err}); splitting")
+                    store.batch_failed(batch.id, [], f"split: {err}", "BatchTooLargeError")
+                    queue[:0] = [make_batch(list(batch.trials[:half])), make_batch(list(batch.trials[half:]))]
+                    continue
+                _record_failure(store, report, batch, err)
+                progress("failed (retried on the next run)", report.failed_trials, total)
                 continue
-            _record_failure(store, report, batch, err)
-            progress("failed (retried on the next run)", report.failed_trials, total)
-            continue
-        except Exception as err:  # noqa: BLE001 - recorded as failed (never as a negative)
-            _record_failure(store, report, batch, err)
-            progress("failed (retried on the next run)", report.failed_trials, total)
-            continue
-        finish(batch, gb, raw_starts, out)
+            except Exception as err:  # noqa: BLE001 - recorded as failed (never as a negative)
+                _record_failure(store, report, batch, err)
+                progress("failed (retried on the next run)", report.failed_trials, total)
+                continue
+            finish(batch, gb, raw_starts, out)
+        finally:
+            store.release(owner, batch.keys)  # done, failed or split: free for others
+
+
+def claim_batch(
+    store: Store, owner: ClaimOwner, batch: Batch, opts: RunOptions, notice: Callable[[str], None]
+) -> tuple[Batch | None, list[Trial]]:
+    """Claim a batch's trials before running them: (the batch of trials now ours or None, the
+    trials another live run holds, to wait for). Trials that became done meanwhile are dropped."""
+    mine, others, taken = store.claim(batch.keys, owner, opts.claim_lease_s)
+    if taken:
+        notice(f"took over {taken} trial(s) claimed by a run that is no longer alive")
+    held = set(others)
+    waiting = [t for t in batch.trials if t.key in held]
+    ours = set(mine)
+    trials = [t for t in batch.trials if t.key in ours]
+    if not trials:
+        return None, waiting
+    return (batch if len(trials) == len(batch.trials) else make_batch(trials)), waiting
+
+
+def wait_for_claims(
+    store: Store,
+    owner: ClaimOwner,
+    trials: list[Trial],
+    opts: RunOptions,
+    progress: Progress,
+    total: int,
+    done_rows: list[int],
+) -> list[Trial]:
+    """Wait while other live runs hold `trials`; returns those that are free and still not done
+    (the other run failed them, or died: its claims are then taken over at once)."""
+    remaining = list(trials)
+    delay = opts.claim_poll_s
+    while remaining:
+        statuses = store.statuses(t.key for t in remaining)
+        done = [t for t in remaining if statuses.get(t.key) == "done"]
+        if done:
+            done_rows[0] += len(done)
+            progress("generating", done_rows[0], total)
+        remaining = [t for t in remaining if statuses.get(t.key) != "done"]
+        held = store.live_claims_by_others((t.key for t in remaining), owner)
+        free = [t for t in remaining if t.key not in held]
+        if free or not remaining:
+            return free
+        progress("waiting for another run's claimed trials", len(remaining), len(remaining))
+        time.sleep(delay)
+        delay = min(delay * 1.5, 5.0)
+    return []
 
 
 # The presets' row counts are sized for ~350 tokens per row (the Lindsey prompt + 200 new tokens).
@@ -576,6 +792,7 @@ def merge_reports(a: RunReport, b: RunReport) -> RunReport:
         failed_trials=a.failed_trials + b.failed_trials,
         nonfinite_trials=a.nonfinite_trials + b.nonfinite_trials,
         texts={**a.texts, **b.texts},
+        excluded=a.excluded + [line for line in b.excluded if line not in a.excluded],
     )
 
 
@@ -595,7 +812,7 @@ def grade_trials(
 
         grader = LLMJudge(judge, call_cache=store.root / "judge_calls.sqlite")
     try:
-        rows = store.ungraded(by_key, grader.name, grader.version)
+        rows = verified_ungraded(store, list(by_key), judge)
         if not rows:
             return
         progress("grading", 0, len(rows))

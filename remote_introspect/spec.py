@@ -33,6 +33,17 @@ CellKey = Literal["pooled", "concept"]
 VectorPosition = Literal["end-of-prompt", "end-of-user"]
 
 
+# Input bounds (README "Reliability"): anything past them is refused before any work or write.
+MAX_CONCEPT_CHARS = 100
+MAX_CONCEPTS = 500
+MAX_GRID_VALUES = 100  # strengths, scale factors, layers, layer fractions
+MAX_TEMPERATURE = 100.0
+# |strength| per strength mode: absolute h + s·v (v a raw concept vector); the other modes scale
+# a unit direction by s times a norm of the model's own activations, so 1e3 is already 1000×.
+MAX_STRENGTH = {"absolute": 1e6, "norm-matched": 1e3, "mlp-norm-matched": 1e3, "relative": 1e3}
+MAX_SCALE_FACTOR = 1e3
+
+
 def canonical_json(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -45,8 +56,8 @@ class GenerationParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_new_tokens: int = Field(100, ge=1, le=4096)
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     # Filled on the client by the runner (not user knobs): the ids that end a response (the
     # model's generation-config EOS ids + the chat format's end-of-turn token), and the dtype the
     # injected vectors are shipped in (the model's).
@@ -169,10 +180,19 @@ class ExperimentSpec(BaseModel):
     @classmethod
     def _concepts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         # Lowercase (Lindsey writes the word in lowercase; the judge gets it so): "Dust" and
-        # "dust" are one concept, one vector, one set of trials.
+        # "dust" are one concept, one vector, one set of trials (duplicates run once).
         words = tuple(dict.fromkeys(w.strip().lower() for w in v if w.strip()))
         if not words:
             raise ValueError("the concept list is empty")
+        if len(words) > MAX_CONCEPTS:
+            raise ValueError(f"{len(words)} concepts is more than the limit of {MAX_CONCEPTS} per experiment")
+        for w in words:
+            if len(w) > MAX_CONCEPT_CHARS:
+                raise ValueError(
+                    f"concept {w[:20]!r}… is {len(w):,} characters long; the limit is {MAX_CONCEPT_CHARS}"
+                )
+            if any(not ch.isprintable() for ch in w):
+                raise ValueError(f"concept {w!r} contains a control character")
         return words
 
     @field_validator("strengths", "scale_factors")
@@ -181,7 +201,12 @@ class ExperimentSpec(BaseModel):
         what = info.field_name.replace("_", " ")
         if not v:
             raise ValueError(f"the {what} list is empty")
-        return tuple(_finite_nonneg(list(v), what))
+        v = tuple(dict.fromkeys(float(x) for x in _finite_nonneg(list(v), what)))  # duplicates run once
+        if len(v) > MAX_GRID_VALUES:
+            raise ValueError(f"{len(v)} {what} is more than the limit of {MAX_GRID_VALUES}")
+        if info.field_name == "scale_factors" and max(v) > MAX_SCALE_FACTOR:
+            raise ValueError(f"scale factor {max(v):g} is above the limit of {MAX_SCALE_FACTOR:g}")
+        return v
 
     @field_validator("layer_fractions")
     @classmethod
@@ -190,6 +215,18 @@ class ExperimentSpec(BaseModel):
             _finite_nonneg(list(v), "layer fractions")
             if any(f > 1 for f in v) or not v:
                 raise ValueError("layer fractions must be in [0, 1]")
+            v = tuple(dict.fromkeys(v))
+            if len(v) > MAX_GRID_VALUES:
+                raise ValueError(f"{len(v)} layer fractions is more than the limit of {MAX_GRID_VALUES}")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None:
+            v = tuple(dict.fromkeys(v))
+            if len(v) > MAX_GRID_VALUES:
+                raise ValueError(f"{len(v)} layers is more than the limit of {MAX_GRID_VALUES}")
         return v
 
     @field_validator("prompt_sets")
@@ -232,6 +269,12 @@ class ExperimentSpec(BaseModel):
     def _consistent(self) -> ExperimentSpec:
         if self.layers is not None and self.layer_fractions is not None:
             raise ValueError("give layers or layer fractions, not both")
+        bound = MAX_STRENGTH[self.strength_mode]
+        big = [s for s in self.strengths if abs(s) > bound]
+        if big:
+            raise ValueError(
+                f"strength {big[0]:g} is above the limit of {bound:g} for strength mode {self.strength_mode}"
+            )
         if self.recipe.kind == "contrast-pairs":
             from .concept_vectors import load_pairs
 

@@ -262,11 +262,22 @@ def render_summary(report: RunReport, console: Console) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     done = sum(report.statuses.get(t.key) == "done" for t in report.trials)
     failed = sum(report.statuses.get(t.key) == "failed" for t in report.trials)
+    corrupt = sum(report.statuses.get(t.key) == "corrupt" for t in report.trials)
     console.print(
         f"Trials: {len(report.trials)} planned, {done} done, {failed} failed, "
-        f"{len(report.trials) - done - failed} not run. "
-        "Failed trials are retried on the next run and never counted as negatives."
+        + (f"{corrupt} excluded (integrity), " if corrupt else "")
+        + f"{len(report.trials) - done - failed - corrupt} not run. "
+        "Failed trials are retried on the next run and never counted as negatives.",
+        markup=False,
     )
+    if report.excluded:
+        # The same checks as `audit` (results_frame.load_frame): what fails them is counted nowhere.
+        console.print(
+            f"Excluded from every count above ({len(report.excluded)} integrity problem(s); run `audit`):",
+            markup=False,
+        )
+        for line in report.excluded[:20]:
+            console.print(f"  - {line}", markup=False, highlight=False)
     if not report.instruct:
         console.print(
             "Note: this is a BASE model (no instruction tuning). Its rates check the plumbing "

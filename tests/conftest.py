@@ -55,3 +55,27 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert runner.run(spec, RunOptions(cache_root=building)).complete
         building.rename(root)  # only a finished cache is ever shared
     return root
+
+
+@pytest.fixture(scope="session")
+def fresh_forks():
+    """A multiprocessing context for tests that need real child processes cheaply: children fork
+    from a server that has only imported the package (never from this test process, whose
+    polars/OpenMP thread pools do not survive a fork), so they start in well under a second."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(
+        [
+            "torch",
+            "polars",
+            "safetensors.torch",
+            "transformers.models.llama.modeling_llama",
+            "nnsight",
+            "remote_introspect.runner",
+            "remote_introspect.executors.local",
+            "remote_introspect.results_frame",
+            "remote_introspect.grading.heuristic",
+        ]
+    )
+    return ctx

@@ -516,7 +516,8 @@ def test_edited_row_is_never_counted(fresh_copy: Path, tmp_path: Path) -> None:
 
     df = pl.read_parquet(tmp_path / "x.parquet")
     row = df.filter(pl.col("key") == key).row(0, named=True)
-    assert row["integrity"] == "result_sha_mismatch" and row["usable"] is False
+    # The forged grade is caught too (grades are hashed with their trial's result and grader).
+    assert row["integrity"] == "result_sha_mismatch; grade_sha_mismatch" and row["usable"] is False
 
 
 def test_corrupt_database_report_and_export_refuse(fresh_copy: Path, tmp_path: Path) -> None:
