@@ -202,7 +202,7 @@ def test_old_cache_is_migrated_and_its_grades_hashed(tiny_cache: Path, tmp_path:
 
 def test_duplicates_run_and_count_once(cache_dir: Path, count_rows: list[int]) -> None:
     spec = _spec(concepts=("Dust", "Dust"), strengths=(1.0, 1.0), samples=1, controls=1)
-    assert spec.concepts == ("Dust",) and spec.strengths == (1.0,)
+    assert spec.concepts == ("dust",) and spec.strengths == (1.0,)
     rep = runner.run(spec, RunOptions(cache_root=cache_dir))
     assert len(rep.trials) == len({t.key for t in rep.trials}) == 2
     assert sum(count_rows) == 2  # each distinct trial generated once
