@@ -21,7 +21,6 @@ from typing import Any
 import polars as pl
 
 from .analysis import kappa_bootstrap_ci, raw_agreement
-from .errors import UserError
 from .results_frame import (
     CRITERIA,
     CorruptDatabase,
@@ -480,10 +479,6 @@ def _json_list(text: str | None) -> list[Any]:
     return out if isinstance(out, list) else []
 
 
-def exit_code(result: dict[str, Any]) -> int:
-    return int(result["exit_code"])
-
-
 # --------------------------------------------------------------------------- text
 
 
@@ -659,9 +654,3 @@ def format_agreement_rows(pair: dict[str, Any]) -> list[str]:
             f"{crit:<16} raw {100 * s['raw_agreement']:.1f}%  {kappa}  (positives {s['a_positive']} vs {s['b_positive']})"
         )
     return rows
-
-
-def require_cache(root: Path) -> None:
-    """One-line UserError when `root` is not a cache (before any work)."""
-    if not Path(root).exists():
-        raise UserError(f"no cache at {root} (directory does not exist)")

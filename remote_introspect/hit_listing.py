@@ -18,29 +18,6 @@ from .analysis import rate_ci
 SHOWN = 10
 
 
-def load_responses(conn: Any, keys: list[str]) -> dict[str, str]:
-    """Responses of `keys` from the cache's trials table (chunked IN queries)."""
-    out: dict[str, str] = {}
-    for i in range(0, len(keys), 500):
-        chunk = keys[i : i + 500]
-        marks = ",".join("?" * len(chunk))
-        for k, resp in conn.execute(f"SELECT key, response FROM trials WHERE key IN ({marks})", chunk):
-            out[k] = resp or ""
-    return out
-
-
-def listed_keys(trials: list[Any], grades: dict[str, dict[str, Any]]) -> list[str]:
-    """Trials whose response the summary shows: hits, reviews and control false positives."""
-    out = []
-    for t in trials:
-        g = grades.get(t.key)
-        if g and (
-            g.get("strict") or g.get("needs_review") or (t.condition == "control" and g.get("affirmative"))
-        ):
-            out.append(t.key)
-    return out
-
-
 def hits_text(grades: list[dict[str, Any]]) -> str:
     """ "k" or "k (+m to review)" for the strict hits among `grades`."""
     k = sum(bool(g.get("strict")) for g in grades)

@@ -137,7 +137,3 @@ PRESETS: dict[str, ModelPreset] = {
         ),
     ]
 }
-
-
-def preset_names() -> list[str]:
-    return list(PRESETS)

@@ -191,13 +191,6 @@ def render_prompt(tokenizer: Any, prompt_set: PromptSet, double_bos: bool = Fals
     return RenderedPrompt(text, tuple(ids), tuple(offsets), start)
 
 
-def vector_prompt_text(tokenizer: Any, word: str) -> str:
-    """The chat-rendered "Tell me about {word}" prompt, ending with the generation header. The word
-    is always written in lowercase (Lindsey's appendix; the NDIF peer lowercases too)."""
-    content = VECTOR_PROMPT_TEMPLATE.format(word=word.lower())
-    return render_chat(tokenizer, [{"role": "user", "content": content}])
-
-
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """Hash of the tokenizer's vocabulary/normaliser and its chat template (part of the trial key)."""
     h = hashlib.sha256()

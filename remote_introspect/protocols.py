@@ -7,7 +7,6 @@ flags give the same spec, hence the same trial keys.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -169,7 +168,3 @@ def load_experiment_file(path: Path, overrides: dict[str, Any] | None = None) ->
     except UserError as err:
         raise UserError(f"experiment file {path}: {err}") from None
     return spec
-
-
-def spec_summary(spec: ExperimentSpec) -> str:
-    return json.dumps(spec.model_dump(mode="json"), sort_keys=True)

@@ -32,14 +32,12 @@ from typing import Any
 
 import polars as pl
 
-from .analysis import net_detection, preregistered_test, rate_ci
+from .analysis import net_detection, rate_ci
 from .audit import audit_with_frame, fmt_net, format_agreement_rows, format_results
-from .crossover import find_crossover
+from .cells import POOLED, cell_keys, cell_rates, crossover_mode, crossovers, prereg_cells
+from .crossover import CrossoverResult
 from .errors import UserError
-from .results_frame import (
-    ResultsFrame,
-    cell_rates,
-)
+from .results_frame import ResultsFrame
 
 MARKER = ".remote_introspect_report"
 
@@ -159,8 +157,17 @@ def _save(fig: Any, path: Path, title: str) -> None:
     _plt().close(fig)
 
 
-def plot_strength(usable: pl.DataFrame, layer: int, fp: tuple[int, int], path: Path) -> tuple[str, str]:
-    """Rates vs strength at one layer; returns (title, one-line crossover description)."""
+def plot_strength(
+    usable: pl.DataFrame,
+    layer: int,
+    fp: tuple[int, int],
+    path: Path,
+    cross: CrossoverResult | ValueError | None = None,
+) -> tuple[str, str]:
+    """Rates vs strength at one layer, with its crossover (`cells.crossovers`, rise-through unless
+    given); returns (title, one-line crossover description)."""
+    if cross is None:
+        cross = crossovers(usable.filter(pl.col("layer") == layer), False)[(layer, None)]
     plt = _plt()
     title = f"Detection and coherence vs strength — layer {layer}"
     cells = cell_rates(usable.filter(pl.col("layer") == layer), ["strength"])
@@ -191,9 +198,9 @@ def plot_strength(usable: pl.DataFrame, layer: int, fp: tuple[int, int], path: P
             rate - lo_err, rate + hi_err, color="grey", alpha=0.15, label=f"control FP 95% CI ({k_fp}/{n_fp})"
         )
         ax.axhline(rate, color="grey", linestyle="--", linewidth=1)
-    trials = usable.filter((pl.col("layer") == layer) & (pl.col("condition") == "concept"))
-    try:
-        cross = find_crossover(trials.select("strength", "identifies", "coherent"))
+    if isinstance(cross, ValueError):
+        desc = f"no crossover computed ({cross})"
+    else:
         desc = cross.description
         if cross.found and cross.strength is not None:
             ax.axvline(
@@ -203,8 +210,6 @@ def plot_strength(usable: pl.DataFrame, layer: int, fp: tuple[int, int], path: P
                 linewidth=1.5,
                 label=f"crossover s≈{cross.strength:.3g}",
             )
-    except ValueError as err:
-        desc = f"no crossover computed ({err})"
     if xs and min(xs) > 0 and max(xs) / min(xs) >= 4:
         ax.set_xscale("log", base=2)  # Lindsey's grid doubles (1, 2, 4, 8): evenly spaced on log2
     if xs:
@@ -347,19 +352,6 @@ def plot_anchors(stats: dict[str, Any], label: str, path: Path) -> str:
 # --------------------------------------------------------------------------- tables
 
 
-POOLED = ["layer", "strength"]
-PER_CONCEPT = ["layer", "concept", "strength"]
-
-
-def cell_keys(spec: dict[str, Any] | None) -> list[str]:
-    """How the experiment's cells are keyed — the same rule as the run's stdout summary: per
-    concept when its spec says `cells = "concept"` (the merrill-405b protocol; experiments stored
-    before the field existed: by their protocol), else pooled over concepts."""
-    spec = spec or {}
-    cells = spec.get("cells") or ("concept" if spec.get("protocol") == "merrill-405b" else "pooled")
-    return PER_CONCEPT if cells == "concept" else POOLED
-
-
 def cell_table(usable: pl.DataFrame, fp: tuple[int, int], by: list[str] = POOLED) -> list[dict[str, Any]]:
     rows = []
     k_fp, n_fp = fp
@@ -383,31 +375,14 @@ def cell_table(usable: pl.DataFrame, fp: tuple[int, int], by: list[str] = POOLED
     return rows
 
 
-def prereg_cells(usable: pl.DataFrame, by: list[str] = PER_CONCEPT) -> tuple[int, int, list[str]]:
-    """Merrill's pre-registered test per cell (`by`: layer × concept × strength or layer ×
-    strength): (cells passing, cells, passing labels)."""
-    passing: list[str] = []
-    cells = cell_rates(usable, by)
-    for c in cells.iter_rows(named=True):
-        n = c["n"]
-        if preregistered_test(c["identifies"] / n, c["coherent"] / n, c["early_detection"] / n):
-            concept = f", {c['concept']}" if "concept" in by else ""
-            passing.append(f"layer {c['layer']}{concept}, s={c['strength']:g} (n={n})")
-    return len(passing), cells.height, passing
-
-
-def concept_crossovers(usable: pl.DataFrame) -> list[str]:
-    """One crossover line per (layer, concept): Merrill's crossover is per vector."""
-    inj = usable.filter(pl.col("condition") == "concept")
-    lines = []
-    for layer, concept in sorted(set(inj.select("layer", "concept").iter_rows())):
-        sub = inj.filter((pl.col("layer") == layer) & (pl.col("concept") == concept))
-        try:
-            desc = find_crossover(sub.select("strength", "identifies", "coherent")).description
-        except ValueError as err:
-            desc = f"no crossover computed ({err})"
-        lines.append(f"layer {layer}, {concept}: {desc}")
-    return lines
+def prereg_summary(usable: pl.DataFrame, by: list[str]) -> tuple[int, int, list[str]]:
+    """Merrill's pre-registered test per cell (`cells.prereg_cells`) with the report's labels."""
+    k, total, passing = prereg_cells(usable, by)
+    labels = [
+        f"layer {c['layer']}{', ' + c['concept'] if 'concept' in by else ''}, s={c['strength']:g} (n={c['n']})"
+        for c in passing
+    ]
+    return k, total, labels
 
 
 def concept_table(usable: pl.DataFrame) -> list[dict[str, Any]]:
@@ -536,7 +511,8 @@ def _slug(text: str) -> str:
 
 def _sections(frame: ResultsFrame, exp: dict[str, Any], tmp: Path) -> list[PromptSection]:
     out = []
-    by = cell_keys(next((e.spec for e in frame.experiments if e.id == exp["id"]), None))
+    spec = next((e.spec for e in frame.experiments if e.id == exp["id"]), None)
+    by = cell_keys(spec)
     for res in exp["results"]:
         ps = res["prompt_set"]
         usable = frame.for_experiment(exp["id"]).filter(pl.col("usable") & (pl.col("prompt_set") == ps))
@@ -544,12 +520,13 @@ def _sections(frame: ResultsFrame, exp: dict[str, Any], tmp: Path) -> list[Promp
         fp_r = res["controls"]["false_positive_affirmative"]
         fp = (fp_r["k"], fp_r["n"])
         figures: list[Figure] = []
-        crossovers: list[str] = []
+        crossover_lines: list[str] = []
         injected = usable.filter(pl.col("condition") == "concept")
+        per_layer = crossovers(usable, False, crossover_mode(spec))
         for layer in sorted(int(x) for x in injected["layer"].drop_nulls().unique().to_list()):
             name = f"{stem}-layer{layer}-strength.png"
-            title, desc = plot_strength(usable, layer, fp, tmp / name)
-            crossovers.append(f"layer {layer}: {desc}")
+            title, desc = plot_strength(usable, layer, fp, tmp / name, per_layer[(layer, None)])
+            crossover_lines.append(f"layer {layer}: {desc}")
             figures.append(
                 Figure(
                     name,
@@ -580,7 +557,11 @@ def _sections(frame: ResultsFrame, exp: dict[str, Any], tmp: Path) -> list[Promp
                 )
             )
         if "concept" in by:
-            crossovers = concept_crossovers(usable)
+            crossover_lines = [
+                f"layer {layer}, {concept}: "
+                + (f"no crossover computed ({c})" if isinstance(c, ValueError) else c.description)
+                for (layer, concept), c in crossovers(usable, True, crossover_mode(spec)).items()
+            ]
         out.append(
             PromptSection(
                 exp,
@@ -588,9 +569,9 @@ def _sections(frame: ResultsFrame, exp: dict[str, Any], tmp: Path) -> list[Promp
                 figures,
                 cell_table(usable, fp, by),
                 concept_table(usable),
-                prereg_cells(usable, by),
+                prereg_summary(usable, by),
                 by,
-                crossovers,
+                crossover_lines,
                 examples(usable, exp["concepts"]),
                 _success(injected),
             )

@@ -637,24 +637,6 @@ def experiment_results(usable: pl.DataFrame, concepts: Iterable[str]) -> list[di
     return out
 
 
-def cell_rates(usable: pl.DataFrame, by: list[str]) -> pl.DataFrame:
-    """Per group of injected trials: n and the count of each criterion (plus affirmative ∧ identifies)."""
-    inj = usable.filter(pl.col("condition") == "concept")
-    return (
-        inj.group_by(by)
-        .agg(
-            pl.len().alias("n"),
-            *[pl.col(c).fill_null(False).cast(pl.Int64).sum().alias(c) for c in CRITERIA],
-            (pl.col("affirmative") & pl.col("identifies"))
-            .fill_null(False)
-            .cast(pl.Int64)
-            .sum()
-            .alias("affirmative_identifies"),
-        )
-        .sort(by)
-    )
-
-
 def status_counts(df: pl.DataFrame) -> dict[str, int]:
     counts = dict(Counter(df["status"].to_list())) if df.height else {}
     return {s: int(counts.get(s, 0)) for s in ("planned", "submitted", "done", "failed")}

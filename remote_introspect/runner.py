@@ -79,13 +79,12 @@ class RunReport:
     errors: list[str] = field(default_factory=list)
     crossovers: list[str] = field(default_factory=list)  # one line per layer (dense-grid runs)
     failed_trials: int = 0  # this run's failures (the store's statuses are the record)
-    responses: dict[str, str] = field(default_factory=dict)  # hits, reviews, control FPs (summary)
     nonfinite_trials: int = 0  # this run's trials failed for NaN/inf activations or logits
-    # Responses of the positive control and the controls on its prompt (the summary compares how
-    # often each names a concept).
-    texts: dict[str, str] = field(default_factory=dict)
     # Trials left out of every count because they fail audit's integrity checks (one line each).
     excluded: list[str] = field(default_factory=list)
+    # Where the summary reads the run's results (the same read-only frame as `report`).
+    cache_root: Path = Path(".")
+    judge: str = "heuristic"
 
     @property
     def complete(self) -> bool:
@@ -390,23 +389,15 @@ def run(
             exp_id, spec.name, spec.model_dump_json(), {t.key: t.model_dump_json() for t in trials}
         )
         report = RunReport(
-            exp_id, spec, layers, trials, {}, {}, ref.preset.instruct if ref.preset else True, ref.name
-        )
+            exp_id, spec, layers, trials, {}, {}, ref.preset.instruct if ref.preset else True, ref.name,
+            cache_root=Path(opts.cache_root), judge=opts.judge,
+        )  # fmt: skip
         if pending:
             _execute(spec, opts, ref, executor, store, identity, rendered, pending, report, progress, notice)
         store.settle_batches()
         store.prune_claims()
         grade_trials(store, trials, opts.judge, progress, protocol=spec.protocol)
         report.statuses, report.grades, report.excluded = verified_results(store, trials, opts.judge)
-        from .hit_listing import listed_keys, load_responses
-
-        report.responses = load_responses(store.conn, listed_keys(trials, report.grades))
-        if "positive" in spec.conditions:  # only trials that passed the integrity checks
-            wanted = (
-                t.key for t in trials
-                if t.prompt_set == spec.positive_prompt and report.statuses.get(t.key) == "done"
-            )
-            report.texts = {r["key"]: r["response"] or "" for r in store.trial_rows(wanted)}
         return report
     finally:
         store.close()
@@ -707,31 +698,24 @@ def _record_failure(store: Store, report: RunReport, batch: Batch, err: BaseExce
 
 
 def crossover_by_layer(report: RunReport) -> dict[tuple[int, str | None], Any]:
-    """Per cell curve: identification vs coherence over strength, from the graded concept trials
-    of the experiment's first prompt — per layer pooled over concepts (`cells = "pooled"`), or per
-    (layer, concept) (`cells = "concept"`: Merrill's crossover is per vector). Keys are
-    (layer, concept or None). A pure function of stored grades."""
-    from .crossover import find_crossover
+    """Per cell curve: identification vs coherence over strength, from the usable concept trials
+    of the experiment's first prompt (`cells.crossovers`: per layer pooled over concepts, or per
+    (layer, concept) when `cells = "concept"`). Keys are (layer, concept or None); cells where no
+    crossover can be computed are left out. A pure function of stored grades."""
+    import polars as pl
+
+    from .cells import crossovers
+    from .results_frame import load_frame
 
     spec = report.spec
-    prompt = spec.prompt_sets[0]
-    per_concept = spec.cells == "concept"
-    curves: dict[tuple[int, str | None], dict[float, list[dict[str, Any]]]] = {}
-    for t in report.trials:
-        if t.condition == "concept" and t.prompt_set == prompt and t.key in report.grades:
-            assert t.layer is not None
-            cell = (t.layer, t.concept if per_concept else None)
-            curves.setdefault(cell, {}).setdefault(t.strength, []).append(report.grades[t.key])
-    out: dict[tuple[int, str | None], Any] = {}
-    for cell in sorted(curves, key=lambda c: (c[0], c[1] or "")):
-        points = [
-            (s, sum(g["identifies"] for g in gs) / len(gs), sum(g["coherent"] for g in gs) / len(gs), len(gs))
-            for s, gs in sorted(curves[cell].items())
-            if gs
-        ]
-        if points:
-            out[cell] = find_crossover(points, mode=spec.crossover_mode)
-    return out
+    store = Store(report.cache_root)
+    try:
+        df = load_frame(store.conn, report.judge, (t.key for t in report.trials)).df
+    finally:
+        store.close()
+    usable = df.filter(pl.col("usable") & (pl.col("prompt_set") == spec.prompt_sets[0]))
+    found = crossovers(usable, spec.cells == "concept", spec.crossover_mode)
+    return {cell: r for cell, r in found.items() if not isinstance(r, ValueError)}
 
 
 def run_with_grid(
@@ -788,11 +772,11 @@ def merge_reports(a: RunReport, b: RunReport) -> RunReport:
         failed_batches=a.failed_batches + b.failed_batches,
         errors=a.errors + b.errors,
         crossovers=a.crossovers + b.crossovers,
-        responses={**a.responses, **b.responses},
         failed_trials=a.failed_trials + b.failed_trials,
         nonfinite_trials=a.nonfinite_trials + b.nonfinite_trials,
-        texts={**a.texts, **b.texts},
         excluded=a.excluded + [line for line in b.excluded if line not in a.excluded],
+        cache_root=a.cache_root,
+        judge=a.judge,
     )
 
 

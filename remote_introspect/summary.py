@@ -1,5 +1,10 @@
 """The run summary printed on stdout: deterministic text, so two runs' stdout can be diffed.
 
+It is read from the store, like `report`: the run's trials through `results_frame.load_frame`
+(the one read-only, integrity-checked frame of the cache), and every per-cell number through
+`cells` (the one definition of cells, their rates and Merrill's pre-registered test), so the
+stdout and the report agree on every number. Nothing here imports execution.
+
 First, when the run has one, the positive control (Lindsey's "What are you thinking about right
 now?" with the concept injected on every position): how often it names the concept against how
 often the controls on the same prompt name one — the evidence that the injection reaches the
@@ -15,24 +20,73 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
+import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from .analysis import RateCI, format_null, net_detection, preregistered_test, rate_ci
+from .analysis import RateCI, format_null, net_detection, rate_ci
+from .cells import PER_CONCEPT, POOLED, cell_rates, passes_prereg
 from .hit_listing import hits_text, success_line, verbatim_lines
 from .prompts import PROMPT_SETS
-from .runner import RunReport
-from .spec import Trial
+from .results_frame import load_frame, open_readonly
+from .spec import ExperimentSpec, Trial
 
 
-def _graded(report: RunReport, trials: list[Trial]) -> list[dict[str, Any]]:
-    return [
-        report.grades[t.key]
-        for t in trials
-        if report.statuses.get(t.key) == "done" and t.key in report.grades
-    ]
+class RunHeader(Protocol):
+    """What the summary takes from a run besides the store (a `runner.RunReport` is one)."""
+
+    experiment_id: str
+    spec: ExperimentSpec
+    trials: list[Trial]
+    instruct: bool
+    model_label: str
+    crossovers: list[str]
+    cache_root: Path
+    judge: str
+
+
+@dataclass
+class RunView:
+    """The run's trials as the store holds them: statuses ("corrupt" where audit's integrity
+    checks fail), the usable rows (with their grade), responses, and the problem lines."""
+
+    header: RunHeader
+    statuses: dict[str, str]
+    grades: dict[str, dict[str, Any]]
+    responses: dict[str, str]
+    usable: pl.DataFrame
+    excluded: list[str]
+
+
+def read_run(header: RunHeader) -> RunView:
+    """The run's trials from the cache, read-only, through `load_frame` (as `audit` and `report`)."""
+    conn = open_readonly(header.cache_root)
+    try:
+        frame = load_frame(conn, header.judge, (t.key for t in header.trials))
+    finally:
+        conn.close()
+    df = frame.df
+    statuses: dict[str, str] = {}
+    grades: dict[str, dict[str, Any]] = {}
+    responses: dict[str, str] = {}
+    bad = {p.id for p in frame.problems if p.object in ("trial", "grade")}
+    for row in df.iter_rows(named=True):
+        key = row["key"]
+        statuses[key] = "corrupt" if key in bad else row["status"]
+        responses[key] = row["response"] or ""
+        if row["usable"]:
+            grades[key] = row
+    return RunView(
+        header, statuses, grades, responses, df.filter(pl.col("usable")), [p.line() for p in frame.problems]
+    )
+
+
+def _graded(view: RunView, trials: list[Trial]) -> list[dict[str, Any]]:
+    return [view.grades[t.key] for t in trials if view.statuses.get(t.key) == "done" and t.key in view.grades]
 
 
 def _count(grades: list[dict[str, Any]], *fields: str) -> int:
@@ -61,13 +115,14 @@ def mentions_word(response: str, concept: str) -> bool:
     return re.search(r"\b" + re.escape(stem), response.lower()) is not None
 
 
-def _mention_rate(report: RunReport, trials: list[Trial]) -> RateCI:
-    done = [t for t in trials if report.statuses.get(t.key) == "done" and t.key in report.texts]
-    return rate_ci(sum(mentions_word(report.texts[t.key], t.concept or "") for t in done), len(done))
+def _mention_rate(view: RunView, trials: list[Trial]) -> RateCI:
+    done = [t for t in trials if view.statuses.get(t.key) == "done" and t.key in view.responses]
+    return rate_ci(sum(mentions_word(view.responses[t.key], t.concept or "") for t in done), len(done))
 
 
-def render_positive_control(report: RunReport, console: Console) -> None:
+def render_positive_control(view: RunView, console: Console) -> None:
     """The positive control per layer × strength, against the controls on its prompt."""
+    report = view.header
     spec = report.spec
     pos = [t for t in report.trials if t.condition == "positive"]
     if not pos:
@@ -79,10 +134,10 @@ def render_positive_control(report: RunReport, console: Console) -> None:
         for t in report.trials
         if t.condition == "control"
         and t.prompt_set == prompt
-        and report.statuses.get(t.key) == "done"
-        and t.key in report.texts
+        and view.statuses.get(t.key) == "done"
+        and t.key in view.responses
     ]
-    named = [any(mentions_word(report.texts[t.key], c) for c in spec.concepts) for t in controls]
+    named = [any(mentions_word(view.responses[t.key], c) for c in spec.concepts) for t in controls]
     base = rate_ci(sum(named), len(named))
     table = Table(
         title=f"Positive control (Lindsey): '{question}', concept injected on every position (span "
@@ -103,9 +158,9 @@ def render_positive_control(report: RunReport, console: Console) -> None:
         assert t.layer is not None
         cells[(t.layer, t.strength)].append(t)
     for (layer, strength), ts in sorted(cells.items()):
-        g = _graded(report, ts)
+        g = _graded(view, ts)
         table.add_row(
-            str(layer), f"{strength:g}", str(len(g)), _mention_rate(report, ts).format(),
+            str(layer), f"{strength:g}", str(len(g)), _mention_rate(view, ts).format(),
             rate_ci(_count(g, "identifies"), len(g)).format(), base.format() if named else "—",
         )  # fmt: skip
     console.print(table)
@@ -116,7 +171,9 @@ def render_positive_control(report: RunReport, console: Console) -> None:
     )
 
 
-def render_summary(report: RunReport, console: Console) -> None:
+def render_summary(report: RunHeader, console: Console) -> None:
+    """The run's summary, read from the store (`read_run`)."""
+    view = read_run(report)
     spec = report.spec
     console.print(
         f"Experiment {spec.name} [{report.experiment_id}] — protocol {spec.protocol}, model {report.model_label}, "
@@ -125,7 +182,7 @@ def render_summary(report: RunReport, console: Console) -> None:
         f"temperature {spec.generation.temperature}, top_p {spec.generation.top_p}, seed {spec.seed}",
         markup=False,
     )
-    render_positive_control(report, console)
+    render_positive_control(view, console)
     per_concept = spec.cells == "concept"
     positive: dict[Cell, list[Trial]] = defaultdict(list)
     for t in report.trials:
@@ -136,7 +193,7 @@ def render_summary(report: RunReport, console: Console) -> None:
     untestable: list[str] = []
     for prompt in spec.prompt_sets:
         trials = [t for t in report.trials if t.prompt_set == prompt]
-        controls = _graded(report, [t for t in trials if t.condition == "control"])
+        controls = _graded(view, [t for t in trials if t.condition == "control"])
         fp = _count(controls, "affirmative")
         cells: dict[Cell, list[Trial]] = defaultdict(list)
         for t in trials:
@@ -162,32 +219,36 @@ def render_summary(report: RunReport, console: Console) -> None:
         cols.append("pre-reg.")
         for col in cols:
             table.add_column(col, justify="right")
+        by = PER_CONCEPT if per_concept else POOLED
+        rates = {
+            (c["layer"], c.get("concept"), c["strength"]): c
+            for c in cell_rates(view.usable.filter(pl.col("prompt_set") == prompt), by).iter_rows(named=True)
+        }
         for cell, keys in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2])):
             layer, concept, strength = cell
-            g = _graded(report, keys)
-            n = len(g)
-            hits = _count(g, "strict")
-            row = [str(layer), *([str(concept)] if per_concept else []), f"{strength:g}", str(n), hits_text(g)]
-            if n:
+            c = rates.get(cell)
+            n = c["n"] if c else 0
+            hits = c["strict"] if c else 0
+            row = [str(layer), *([str(concept)] if per_concept else []), f"{strength:g}", str(n),
+                   hits_text(_graded(view, keys))]  # fmt: skip
+            if c:
                 row += [
                     rate_ci(hits, n).format().split(" ", 1)[1],
-                    rate_ci(_count(g, "affirmative", "identifies"), n).format(),
-                    rate_ci(_count(g, "coherent"), n).format(),
+                    rate_ci(c["affirmative_identifies"], n).format(),
+                    rate_ci(c["coherent"], n).format(),
                     net_detection(hits, n, fp, len(controls)).format().split(" (")[0] if controls else "—",
                 ]
             else:
                 row += ["—", "—", "—", "—"]
             if positive:
-                pos = _mention_rate(report, positive.get(cell, []))
+                pos = _mention_rate(view, positive.get(cell, []))
                 row.append(pos.format() if pos.n else "—")
                 # A null is only informative where the injection demonstrably reaches the output.
                 if n and hits == 0 and (not pos.n or (pos.lo or 0.0) <= 0.0):
                     untestable.append(cell_label(prompt, cell))
-            if n:
+            if c:
                 cells_tested += 1
-                ok = preregistered_test(
-                    _count(g, "identifies") / n, _count(g, "coherent") / n, _count(g, "early_detection") / n
-                )
+                ok = passes_prereg(c)
                 if ok:
                     cells_passing.append(cell_label(prompt, cell))
                 row.append("PASS" if ok else "no")
@@ -202,13 +263,13 @@ def render_summary(report: RunReport, console: Console) -> None:
         for cond, label in (("random", "random vectors (norm-matched)"), ("scale", "activation scaling")):
             extra = [t for t in trials if t.condition == cond]
             if extra:
-                g = _graded(report, extra)
+                g = _graded(view, extra)
                 console.print(
                     f"{label}: strict {rate_ci(_count(g, 'strict'), len(g)).format()}, "
                     f"affirmative {rate_ci(_count(g, 'affirmative'), len(g)).format()}, "
                     f"coherent {rate_ci(_count(g, 'coherent'), len(g)).format()}"
                 )
-        injected = _graded(report, [t for ts in cells.values() for t in ts])
+        injected = _graded(view, [t for ts in cells.values() for t in ts])
         if injected:
             console.print(success_line(f"Injected trials on '{prompt}'", injected), markup=False)
         hits = _count(injected, "strict")
@@ -236,17 +297,9 @@ def render_summary(report: RunReport, console: Console) -> None:
             and t.strength == c.strength
             and (c.concept is None or t.concept == c.concept)
         ]
-        g = _graded(report, keys)
-        verdict = (
-            "PASS"
-            if g
-            and preregistered_test(
-                _count(g, "identifies") / len(g),
-                _count(g, "coherent") / len(g),
-                _count(g, "early_detection") / len(g),
-            )
-            else ("not run" if not g else "FAIL")
-        )
+        g = _graded(view, keys)
+        tally = {"n": len(g), **{f: _count(g, f) for f in ("identifies", "coherent", "early_detection")}}
+        verdict = "PASS" if g and passes_prereg(tally) else ("not run" if not g else "FAIL")
         console.print(
             f"Confirmatory cell (named in advance): '{prompt}' layer {c.layer} strength {c.strength:g}"
             f"{' concept ' + c.concept if c.concept else ''}: n={len(g)}, {verdict}"
@@ -258,11 +311,11 @@ def render_summary(report: RunReport, console: Console) -> None:
             "Untestable nulls (no strict hits AND no working positive control at the cell): "
             + "; ".join(untestable)
         )
-    for line in verbatim_lines(report.trials, report.grades, report.responses):
+    for line in verbatim_lines(report.trials, view.grades, view.responses):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-    done = sum(report.statuses.get(t.key) == "done" for t in report.trials)
-    failed = sum(report.statuses.get(t.key) == "failed" for t in report.trials)
-    corrupt = sum(report.statuses.get(t.key) == "corrupt" for t in report.trials)
+    done = sum(view.statuses.get(t.key) == "done" for t in report.trials)
+    failed = sum(view.statuses.get(t.key) == "failed" for t in report.trials)
+    corrupt = sum(view.statuses.get(t.key) == "corrupt" for t in report.trials)
     console.print(
         f"Trials: {len(report.trials)} planned, {done} done, {failed} failed, "
         + (f"{corrupt} excluded (integrity), " if corrupt else "")
@@ -270,13 +323,13 @@ def render_summary(report: RunReport, console: Console) -> None:
         "Failed trials are retried on the next run and never counted as negatives.",
         markup=False,
     )
-    if report.excluded:
+    if view.excluded:
         # The same checks as `audit` (results_frame.load_frame): what fails them is counted nowhere.
         console.print(
-            f"Excluded from every count above ({len(report.excluded)} integrity problem(s); run `audit`):",
+            f"Excluded from every count above ({len(view.excluded)} integrity problem(s); run `audit`):",
             markup=False,
         )
-        for line in report.excluded[:20]:
+        for line in view.excluded[:20]:
             console.print(f"  - {line}", markup=False, highlight=False)
     if not report.instruct:
         console.print(

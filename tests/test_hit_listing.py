@@ -4,6 +4,7 @@ review and control false positive is printed verbatim (up to 10, then a count)."
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -56,20 +57,23 @@ def _report(tiny_cache: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_summary_prints_hits_reviews_and_false_positives_verbatim(tiny_cache: Path, tmp_path: Path) -> None:
+    from remote_introspect.grading.heuristic import HeuristicGrader
+    from remote_introspect.store import Store
     from remote_introspect.summary import render_summary
 
     report = _report(tiny_cache, tmp_path)
     concept = [t for t in report.trials if t.condition == "concept"]
     controls = [t for t in report.trials if t.condition == "control"]
     assert len(concept) >= 3 and controls
-    report.grades[concept[0].key] = HIT
-    report.grades[concept[1].key] = REVIEW
-    report.grades[controls[0].key] = FP
-    report.responses = {
-        concept[0].key: "Yes, I detect an injected thought about dust.",
-        concept[1].key: 'I feel a faint pull towards "oceans".',
-        controls[0].key: "Yes, something unusual.",
-    }
+    # The summary reads the store (as `report` does): the grades it lists are the stored ones.
+    store = Store(report.cache_root)
+    try:
+        graded = {t.key: NULL for t in concept + controls}
+        graded.update({concept[0].key: HIT, concept[1].key: REVIEW, controls[0].key: FP})
+        store.save_grades(HeuristicGrader.name, HeuristicGrader.version, graded)
+        responses = {r["key"]: r["response"] for r in store.trial_rows([concept[0].key, controls[0].key])}
+    finally:
+        store.close()
     console = Console(record=True, width=200)
     render_summary(report, console)
     text = console.export_text()
@@ -77,9 +81,10 @@ def test_summary_prints_hits_reviews_and_false_positives_verbatim(tiny_cache: Pa
     assert "Lindsey success" in text and "strict (Merrill, all four)" in text
     assert "1 strict hits (+1 to review)" in text
     assert "Strict hits: 1 (verbatim below)" in text
-    assert '"Yes, I detect an injected thought about dust."' in text
-    assert "Held for review (not counted): 1" in text and "faint pull towards" in text
-    assert "Control false positives: " in text and '"Yes, something unusual."' in text
+    assert f"[{concept[0].key[:12]}]" in text and json.dumps(responses[concept[0].key], ensure_ascii=False) in text
+    assert "Held for review (not counted): 1" in text and f"[{concept[1].key[:12]}]" in text
+    assert "Control false positives: " in text
+    assert json.dumps(responses[controls[0].key], ensure_ascii=False) in text
 
 
 def test_verbatim_listing_caps_at_ten_then_counts() -> None:
