@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 
+from . import keys
 from .analysis import kappa_bootstrap_ci, raw_agreement
 from .results_frame import (
     CRITERIA,
@@ -35,7 +36,6 @@ from .results_frame import (
     open_readonly,
     status_counts,
 )
-from .spec import canonical_json, sha256_hex
 from .store import file_sha
 
 SCHEMA_ID = "remote_introspect.audit/1"
@@ -70,7 +70,7 @@ def check_vectors(conn: sqlite3.Connection, root: Path) -> tuple[dict[str, Any],
     by_file: dict[str, list[sqlite3.Row]] = {}
     for r in rows:
         by_file.setdefault(r["file"], []).append(r)
-        vid = sha256_hex(canonical_json([r["model_key"], r["recipe_id"], r["layer"], r["concept"]]))
+        vid = keys.vector_id(r["model_key"], r["recipe_id"], r["layer"], r["concept"])
         if vid != r["id"] or r["tensor_name"] != f"L{r['layer']}/{r['concept']}":
             problems.append(
                 Problem(
@@ -80,7 +80,7 @@ def check_vectors(conn: sqlite3.Connection, root: Path) -> tuple[dict[str, Any],
                     f"index row for {r['tensor_name']} no longer matches its id",
                 )
             )
-        if sha256_hex(r["recipe_json"])[:16] != r["recipe_id"]:
+        if keys.recipe_id(r["recipe_json"]) != r["recipe_id"]:
             problems.append(
                 Problem(
                     "vector_recipe_mismatch",
@@ -171,7 +171,7 @@ def _model_key(row: dict[str, Any]) -> str:
         "dtype": row["model_dtype"],
         "tokenizer_sha": row["model_tokenizer_sha"],
     }
-    return sha256_hex(canonical_json(identity))[:24]
+    return keys.model_key(identity)
 
 
 # --------------------------------------------------------------------------- agreement

@@ -10,13 +10,12 @@ The file is written to a temporary file beside the target, fsynced, then renamed
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
+from .atomic import atomic_write
 from .errors import UserError
 from .results_frame import CorruptDatabase, load_frame, open_readonly
 
@@ -42,17 +41,7 @@ def _check_target(out: Path) -> None:
 
 
 def write_parquet_atomic(df: pl.DataFrame, out: Path) -> None:
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            df.write_parquet(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(out, df.write_parquet)
 
 
 def export_cache(root: Path, out: Path, judge: str = "heuristic") -> ExportResult:

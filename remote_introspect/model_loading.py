@@ -11,11 +11,11 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_dir
 from .errors import UserError
 from .presets import PRESETS, ModelPreset
 
@@ -197,16 +197,15 @@ def ensure_gemma_safetensors(cache_root: Path) -> Path:
     # The dequantized weights are plain fp32 tensors; drop the GGUF quantizer so they serialise.
     model.hf_quantizer = None
     model.config.__dict__.pop("quantization_config", None)
-    tmp = models_dir / f".tmp-{GEMMA_DIR_NAME}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "SOURCE.json").write_text(
-        json.dumps({"gguf": gemma_pkg.MODEL_NAME, "sha256": gemma_pkg.EXPECTED_SHA256}, indent=2)
-    )
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+
+    def build(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE.json").write_text(
+            json.dumps({"gguf": gemma_pkg.MODEL_NAME, "sha256": gemma_pkg.EXPECTED_SHA256}, indent=2)
+        )
+
+    atomic_dir(target, build, replace=True)
     gguf_path.unlink(missing_ok=True)  # 250 MB; the package can re-assemble it
     return target
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .spec import ExperimentSpec, ModelIdentity, Trial, canonical_json, sha256_hex
+from . import keys
+from .spec import ExperimentSpec, ModelIdentity, Trial
 
 
 def plan_trials(
@@ -123,8 +124,7 @@ class Batch:
 
 def make_batch(trials: list[Trial]) -> Batch:
     """A batch's id and sampling seed come from its trial keys: a retried batch is identical."""
-    keys = sorted(t.key for t in trials)
-    digest = sha256_hex(canonical_json(keys))
+    digest = keys.batch_id([t.key for t in trials])
     return Batch(id=digest, trials=tuple(trials), seed=int(digest[:15], 16))
 
 

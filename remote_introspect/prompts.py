@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 # Lindsey, "Emergent Introspective Awareness in Large Language Models" (2025), appendix prompts.
@@ -200,3 +203,32 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     h.update((tokenizer.chat_template or "").encode())
     return h.hexdigest()
+
+
+# Merrill's contrast pairs (word lists for the contrast-pairs vector recipe)
+
+
+@lru_cache(maxsize=8)
+def _read_pairs(source: str) -> dict[str, list[list[str]]]:
+    if source == "builtin:merrill":
+        text = files("remote_introspect").joinpath("data", "merrill_pairs.json").read_text()
+    else:
+        try:
+            text = Path(source).read_text()
+        except OSError as err:
+            raise ValueError(f"cannot read contrast pairs {source!r}: {err.strerror}") from None
+    try:
+        data = json.loads(text)
+        # Concept names are matched in lowercase, like the experiment's concepts.
+        concepts = {str(k).lower(): v for k, v in data["concepts"].items()}
+        for name, pairs in concepts.items():
+            if not pairs or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+                raise ValueError(f"concept {name!r}: pairs must be [positive, negative] lists")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"malformed contrast pairs {source!r}: {err}") from None
+    return concepts
+
+
+def load_pairs(source: str | None) -> dict[str, list[list[str]]]:
+    """Contrast pairs by concept; `None` and "builtin:merrill" mean the shipped Merrill pairs."""
+    return _read_pairs(source or "builtin:merrill")

@@ -27,6 +27,7 @@ from typing import Any
 import polars as pl
 from pydantic import ValidationError
 
+from . import keys
 from .analysis import (
     RateCI,
     format_null,
@@ -38,8 +39,7 @@ from .analysis import (
 )
 from .errors import UserError
 from .grading.base import Grade
-from .spec import canonical_json, sha256_hex
-from .store import grade_sha, result_sha
+from .keys import grade_sha, result_sha
 
 CRITERIA: tuple[str, ...] = ("refusal", "affirmative", "identifies", "early_detection", "coherent", "strict")
 # Grade fields beside the criteria: a response held for review (never strict), Lindsey's own
@@ -227,7 +227,7 @@ def check_trial(row: sqlite3.Row) -> tuple[dict[str, Any] | None, dict[str, Any]
             Problem("trial_json_unreadable", "trial", key, f"stored trial JSON does not parse: {first}")
         )
     if trial is not None:
-        recomputed = sha256_hex(canonical_json(trial))
+        recomputed = keys.trial_key(trial)
         if recomputed != key:
             problems.append(
                 Problem(

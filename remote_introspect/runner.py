@@ -18,14 +18,15 @@ from typing import Any
 
 import torch
 
-from . import concept_vectors, trace_blocks
-from .errors import UserError
-from .executors.base import BatchTooLargeError, Executor
+from . import concept_vectors, keys, trace_blocks
+from .errors import BatchTooLargeError, UserError
+from .executors.base import Executor
+from .keys import canonical_json
 from .model_loading import ModelRef, resolve_model
 from .planner import Batch, make_batch, plan_batches, plan_trials, prompt_sets_used
 from .prompts import PROMPT_SETS, RenderedPrompt, render_prompt, tokenizer_fingerprint
 from .retry_policy import RetrySettings, call_with_retries
-from .spec import ExperimentSpec, ModelIdentity, Trial, canonical_json, sha256_hex
+from .spec import ExperimentSpec, ModelIdentity, Trial
 from .store import ClaimOwner, Store, check_writable, refuse_empty_database
 from .trace_blocks import GenerationBatch
 
@@ -112,9 +113,9 @@ def validate(spec: ExperimentSpec, opts: RunOptions) -> tuple[ModelRef, tuple[in
         raise UserError("--batch-size must be at least 1")
     validate_numerics(spec, opts, ref)
     if opts.judge != "heuristic":  # a bad judge spec or missing key fails before any model work
-        from .grading.llm_judge import LLMJudge
+        from .grading.service import close_grader, make_grader
 
-        LLMJudge(opts.judge).close()
+        close_grader(make_grader(opts.judge))
     check_writable(opts.cache_root)
     refuse_empty_database(opts.cache_root / "results.sqlite")
     return ref, layers
@@ -212,9 +213,7 @@ def vector_dtype_for(dtype_label: str) -> str:
 def generation_for(spec: ExperimentSpec, executor: Executor, dtype_label: str) -> ExperimentSpec:
     """The spec with the client-computed generation fields that go into every trial key: the stop
     ids (model EOS + chat end-of-turn) and the vectors' dtype."""
-    model_eos = executor.model_eos_ids() if hasattr(executor, "model_eos_ids") else []
-    if not model_eos and getattr(executor, "model", None) is not None:  # NDIF: the meta model
-        model_eos = trace_blocks.model_eos_ids(executor.model._module)
+    model_eos = executor.model_eos_ids()
     gen = spec.generation.model_copy(
         update={
             "stop_ids": trace_blocks.stop_token_ids(executor.tokenizer, model_eos),
@@ -343,7 +342,7 @@ def decode_rows(
 
 
 def experiment_id(spec: ExperimentSpec, identity: ModelIdentity) -> str:
-    return sha256_hex(canonical_json([spec.model_dump(mode="json"), identity.model_dump(mode="json")]))[:16]
+    return keys.experiment_id(spec.model_dump(mode="json"), identity.model_dump(mode="json"))
 
 
 def run(
@@ -362,7 +361,7 @@ def run(
     ref, layers = validate(spec, opts)
     progress("loading model", 0, 1)
     executor, (weights_id, dtype_label) = executor_bundle or make_executor(ref, opts)
-    if request_status is not None and hasattr(executor, "on_status"):
+    if request_status is not None:
         executor.on_status = request_status
     progress("loading model", 1, 1)
     tok = executor.tokenizer
@@ -404,9 +403,8 @@ def run(
 
 
 def preflight(executor: Executor, notice: Callable[[str], None]) -> None:
-    if hasattr(executor, "preflight"):
-        for line in executor.preflight():  # GET-only; raises FatalRemoteError on a fatal finding
-            notice(f"preflight: {line}")
+    for line in executor.preflight():  # GET-only; raises FatalRemoteError on a fatal finding
+        notice(f"preflight: {line}")
 
 
 def verified_results(
@@ -459,7 +457,7 @@ def _execute(
 ) -> None:
     """Preflight, vectors, reattach, then every pending batch with retries and splitting."""
     tok = executor.tokenizer
-    model_key = sha256_hex(canonical_json(identity.model_dump(mode="json")))[:24]
+    model_key = keys.model_key(identity.model_dump(mode="json"))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     # Vectors: once per (model, recipe, layer, concept), all layers in one pass.
@@ -561,7 +559,7 @@ def _run_batches(
     pending_keys = {t.key for t in pending}
     by_key = {t.key: t for t in pending}
     handled: set[str] = set()
-    if hasattr(executor, "reattach"):
+    if executor.supports_reattach:
         for row in store.open_batches():
             keys = json.loads(row["trial_keys"])
             if row["backend"] != executor.name or not set(keys) <= pending_keys:
@@ -786,42 +784,25 @@ def grade_trials(
     """Grade every done trial the judge has not graded. An LLM judge asks each prompt's own
     question, caches every call beside the results, and leaves a trial it could not grade
     ungraded (never a negative): `grade --cache` or the next run finishes it."""
+    from .grading.service import close_grader, grade_rows, make_grader
+
     by_key = {t.key: t for t in trials}
-    if judge == "heuristic":
-        from .grading import get_grader
-
-        grader: Any = get_grader(judge)
-    else:
-        from .grading.llm_judge import LLMJudge
-
-        grader = LLMJudge(judge, call_cache=store.root / "judge_calls.sqlite")
+    grader = make_grader(judge, call_cache=store.root / "judge_calls.sqlite")
     try:
-        rows = verified_ungraded(store, list(by_key), judge)
+        rows = [
+            {**r, "concept": by_key[r["key"]].concept, "prompt_set": by_key[r["key"]].prompt_set,
+             "condition": by_key[r["key"]].condition}
+            for r in verified_ungraded(store, list(by_key), judge)
+        ]  # fmt: skip
         if not rows:
             return
         progress("grading", 0, len(rows))
-        from .grading.base import grading_inputs
-
-        items, questions, protocols = grading_inputs([by_key[r["key"]] for r in rows], rows, protocol)
-        if judge == "heuristic":
-            grades: list[Any] = list(grader.grade_many(items, questions, protocols))
-        else:
-            grades = grader.grade_many_partial(
-                items, questions, lambda d, n: progress("grading", d, n), protocols
-            ).grades
+        outcome = grade_rows(grader, rows, lambda r: protocol, lambda d, n: progress("grading", d, n))
         store.save_grades(
             grader.name,
             grader.version,
-            {r["key"]: g.model_dump() for r, g in zip(rows, grades, strict=True) if g is not None},
+            {r["key"]: g.model_dump() for r, g in zip(rows, outcome.grades, strict=True) if g is not None},
         )
         progress("grading", len(rows), len(rows))
     finally:
-        if hasattr(grader, "close"):
-            grader.close()
-
-
-def load_grades(store: Store, trials: list[Trial], judge: str) -> dict[str, dict[str, Any]]:
-    from .results_frame import judge_identity
-
-    name, version = judge_identity(judge)
-    return store.grades_for((t.key for t in trials), name, version)
+        close_grader(grader)

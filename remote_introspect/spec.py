@@ -8,13 +8,13 @@ Transport settings (backend, host, timeouts, retries, batch size) are deliberate
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from . import keys
+from .keys import canonical_json, sha256_hex
 from .prompts import BASELINE_WORDS, CONCEPT_WORDS, PROMPT_SETS, SPAN_MODES, VECTOR_PROMPT_TEMPLATE
 
 StrengthMode = Literal["absolute", "norm-matched", "mlp-norm-matched", "relative"]
@@ -42,14 +42,6 @@ MAX_TEMPERATURE = 100.0
 # a unit direction by s times a norm of the model's own activations, so 1e3 is already 1000×.
 MAX_STRENGTH = {"absolute": 1e6, "norm-matched": 1e3, "mlp-norm-matched": 1e3, "relative": 1e3}
 MAX_SCALE_FACTOR = 1e3
-
-
-def canonical_json(obj: object) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class GenerationParams(BaseModel):
@@ -90,7 +82,7 @@ class VectorRecipe(BaseModel):
         d = self.model_dump()
         d["baseline_words"] = sha256_hex(canonical_json(list(self.baseline_words)))
         if self.kind == "contrast-pairs":
-            from .concept_vectors import load_pairs
+            from .prompts import load_pairs
 
             d["pairs"] = sha256_hex(canonical_json(load_pairs(self.pairs)))
             d.pop("baseline_words")
@@ -103,7 +95,7 @@ class VectorRecipe(BaseModel):
 
     @property
     def id(self) -> str:
-        return sha256_hex(canonical_json(self.identity()))[:16]
+        return keys.recipe_id(self.identity())
 
 
 def _finite_nonneg(values: list[float], what: str) -> list[float]:
@@ -276,7 +268,7 @@ class ExperimentSpec(BaseModel):
                 f"strength {big[0]:g} is above the limit of {bound:g} for strength mode {self.strength_mode}"
             )
         if self.recipe.kind == "contrast-pairs":
-            from .concept_vectors import load_pairs
+            from .prompts import load_pairs
 
             pairs = load_pairs(self.recipe.pairs)
             missing = [c for c in self.concepts if c not in pairs]
@@ -335,7 +327,7 @@ class Trial(BaseModel):
 
     @property
     def key(self) -> str:
-        return sha256_hex(canonical_json(self.model_dump(mode="json")))
+        return keys.trial_key(self.model_dump(mode="json"))
 
     @property
     def vector_ref(self) -> tuple[str, int, str] | None:

@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_write, fsync_file
 from .errors import UserError
-from .spec import canonical_json, sha256_hex
+from .keys import canonical_json, grade_sha, result_sha, vector_id
 
 # 2: grades carry `grade_sha` (hash of the grade with its trial's result hash and the grader);
 #    `claims` (batch leases for concurrent runs on one cache). A version-1 cache is migrated on
@@ -77,19 +78,6 @@ CREATE TABLE IF NOT EXISTS claims (
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def result_sha(key: str, response_ids: list[int], response: str, diagnostics: dict[str, Any]) -> str:
-    return sha256_hex(canonical_json([key, response_ids, response, diagnostics]))
-
-
-def grade_sha(
-    trial_key: str, trial_result_sha: str | None, grader: str, version: str, grade_json: str
-) -> str:
-    """The hash a grade row carries: its stored JSON text bound to the trial's result hash and the
-    grader's identity, so an edited grade, a grade moved to another trial or judge, or a grade
-    whose trial's result changed no longer verifies."""
-    return sha256_hex(canonical_json([trial_key, trial_result_sha, grader, version, grade_json]))
 
 
 def file_sha(path: Path) -> str:
@@ -225,8 +213,7 @@ def _create_database(db_path: Path) -> None:
             )
         finally:
             conn.close()
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
         try:
             os.link(tmp, db_path)  # never replaces a database another process just created
         except FileExistsError:
@@ -482,7 +469,7 @@ class Store:
         vectors: dict[tuple[int, str], torch.Tensor],
     ) -> None:
         """Write one safetensors file (atomic: temp, fsync, rename), then index it in SQLite."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         names = {f"L{layer}/{concept}": (layer, concept) for layer, concept in vectors}
         tensors = {n: vectors[lc].detach().float().contiguous().cpu() for n, lc in names.items()}
@@ -490,15 +477,11 @@ class Store:
         directory = self.vector_file_dir()
         directory.mkdir(parents=True, exist_ok=True)
         final = directory / f"{recipe_id}-{content[:16]}.safetensors"
-        tmp = directory / f".{final.name}.{os.getpid()}.tmp"
-        save_file(tensors, str(tmp), metadata={"model": model_key, "recipe": recipe_json})
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        atomic_write(final, lambda fh: fh.write(save(tensors, metadata={"model": model_key, "recipe": recipe_json})))
         digest = file_sha(final)
         with self.tx() as c:
             for name, (layer, concept) in names.items():
-                vid = sha256_hex(canonical_json([model_key, recipe_id, layer, concept]))
+                vid = vector_id(model_key, recipe_id, layer, concept)
                 c.execute(
                     "INSERT OR REPLACE INTO vectors(id, model_key, recipe_id, layer, concept, file, tensor_name,"
                     " file_sha, norm, recipe_json) VALUES (?,?,?,?,?,?,?,?,?,?)",

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_dir
 
 TINY_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
@@ -112,14 +113,11 @@ def materialize_tiny_model(root: Path, family: str = "llama", seed: int = 0) -> 
     if (target / "config.json").exists():
         return target
     model, tok = build_tiny_model(family, seed)
-    tmp = Path(root) / f".tmp-{target.name}-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process won the race; theirs is identical
-        import shutil
 
-        shutil.rmtree(tmp, ignore_errors=True)
+    def build(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    atomic_dir(target, build)  # another process that won the race wrote the same
     return target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Executor, GenerationOutput, TransientError
+from ..errors import TransientError
+from .base import Executor, GenerationOutput
 
 __all__ = ["Executor", "GenerationOutput", "TransientError"]

@@ -9,15 +9,10 @@ from typing import Any, Protocol
 
 import torch
 
+from ..errors import BatchTooLargeError, TransientError
 from ..trace_blocks import GenerationBatch
 
-
-class TransientError(Exception):
-    """A failure worth retrying with backoff (5xx, dropped connection, eviction, preemption)."""
-
-
-class BatchTooLargeError(Exception):
-    """The server ran out of time or memory on this batch: split it and resubmit the halves."""
+__all__ = ["BatchTooLargeError", "Executor", "GenerationOutput", "TransientError", "client_versions"]
 
 
 @dataclass
@@ -28,8 +23,27 @@ class GenerationOutput:
 
 
 class Executor(Protocol):
+    """Everything the runner calls on a backend; no backend is asked what it supports otherwise."""
+
     name: str
     tokenizer: Any
+    # Whether work submitted by an earlier, interrupted run can be collected (`reattach`).
+    supports_reattach: bool
+    # Called with the state of the request in flight (submitted, queued, running, downloaded).
+    on_status: Callable[[str], None]
+
+    def preflight(self) -> list[str]:
+        """Checks before anything is registered (GET-only); one line per finding. Raises
+        FatalRemoteError on a fatal one."""
+        ...
+
+    def reattach(self, job_id: str) -> GenerationOutput | None:
+        """The result of a job submitted by an earlier run, or None when it is gone."""
+        ...
+
+    def model_eos_ids(self) -> list[int]:
+        """The model's own end-of-sequence ids (from its generation config)."""
+        ...
 
     def extract(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]

@@ -31,6 +31,15 @@ class LocalExecutor:
         self.share_prefix = share_prefix
         # Extra keyword arguments for HF's generate (benchmarks pass a per-step timer here).
         self.generate_kwargs: dict[str, Any] = {}
+        self.on_status: Callable[[str], None] = lambda state: None  # nothing is queued locally
+
+    supports_reattach = False  # nothing outlives the process that ran it
+
+    def preflight(self) -> list[str]:
+        return []
+
+    def reattach(self, job_id: str) -> GenerationOutput | None:
+        return None
 
     def _to_device(self, batch: GenerationBatch) -> GenerationBatch:
         dev = self.loaded.device

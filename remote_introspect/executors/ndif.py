@@ -51,10 +51,10 @@ from typing import Any
 import torch
 
 from .. import trace_blocks
-from ..errors import FatalRemoteError, UserError
+from ..errors import BatchTooLargeError, FatalRemoteError, TransientError, UserError, scrub
 from ..model_loading import ModelRef
 from ..trace_blocks import GenerationBatch
-from .base import BatchTooLargeError, GenerationOutput, TransientError, client_versions
+from .base import GenerationOutput, client_versions
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,6 @@ class NDIFSettings:
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
         self.host = self.host.rstrip("/")
-
-
-def scrub(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
 
 
 def _status_code(err: BaseException) -> int | None:
@@ -614,6 +610,11 @@ class NDIFExecutor:
         on_submitted(backend.job_id)  # persisted before we wait: reattachable after a crash
         self.on_status("submitted")
         return self._output(self._wait(backend))
+
+    supports_reattach = True  # a job id persisted before waiting can be collected by a later run
+
+    def model_eos_ids(self) -> list[int]:
+        return trace_blocks.model_eos_ids(self.model._module)
 
     def reattach(self, job_id: str) -> GenerationOutput | None:
         """Collect a job submitted by an earlier (killed) run; None when it must be resubmitted

@@ -37,6 +37,14 @@ def grading_concept(condition: str | None, concept: str | None) -> str | None:
     return concept
 
 
+def default_question(prompt_set: str = "lindsey") -> str:
+    """The question the model answered: the last user turn of its prompt set."""
+    from ..prompts import PROMPT_SETS
+
+    ps = PROMPT_SETS.get(prompt_set) or PROMPT_SETS["lindsey"]
+    return [text for role, text in ps.messages if role == "user"][-1]
+
+
 def grading_inputs(
     trials: list[Any], rows: list[dict[str, Any]], protocol: str | None = None
 ) -> tuple[list[tuple[str, str | None]], list[str | None], list[str]]:
@@ -44,8 +52,6 @@ def grading_inputs(
     prompt_set) and their stored rows (with `response`): the concept a trial is graded against
     (`grading_concept`), the question its prompt set asked, and the rubric of `protocol` (else of
     the prompt set)."""
-    from .llm_judge import default_question
-
     items = [
         (r["response"] or "", grading_concept(t.condition, t.concept))
         for t, r in zip(trials, rows, strict=True)
@@ -114,21 +120,3 @@ class Grader(Protocol):
         questions: list[str | None] | None = None,
         protocols: list[str | None] | str | None = None,
     ) -> list[Grade]: ...
-
-
-def get_grader(name: str = "heuristic") -> Grader:
-    """Look a grader up by its CLI name: `heuristic`, `anthropic:MODEL[@BASE_URL]` or
-    `openai:MODEL@BASE_URL` (LLM judges; key from ANTHROPIC_API_KEY / OPENAI_API_KEY)."""
-    if name == "heuristic":
-        from .heuristic import HeuristicGrader
-
-        return HeuristicGrader()
-    if name.startswith(("anthropic:", "openai:")):
-        from .llm_judge import make_judge
-
-        return make_judge(name)
-    from ..errors import UserError
-
-    raise UserError(
-        f"unknown judge {name.split('@')[0]!r}; available: heuristic, anthropic:MODEL[@BASE_URL], openai:MODEL@BASE_URL"
-    )

@@ -17,15 +17,18 @@ bootstrap over rows with a fixed seed, so the table is reproducible.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from .. import analysis
 from ..errors import UserError
-from .base import Grader, get_grader
+from .base import Grader
 from .heuristic import HeuristicGrader
+from .service import get_grader
 
 LABEL_RUBRIC = "llama-introspection"  # the rubric the shipped labels were made with
 
@@ -47,41 +50,27 @@ def default_data_dir() -> Path:
 
 
 def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
-    """Cohen's kappa for two boolean raters; NaN when chance agreement is 1 (one class only)."""
+    """`analysis.cohen_kappa` (the one κ); NaN, silently, when it is undefined or there are no rows."""
     a = np.asarray(a, dtype=bool)
-    b = np.asarray(b, dtype=bool)
     if a.size == 0:
         return math.nan
-    po = float(np.mean(a == b))
-    pa, pb = float(a.mean()), float(b.mean())
-    pe = pa * pb + (1 - pa) * (1 - pb)
-    if pe >= 1.0:
-        return math.nan
-    return (po - pe) / (1 - pe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the table shows "undefined" itself
+        return analysis.cohen_kappa(a, np.asarray(b, dtype=bool))
 
 
 def bootstrap_kappa_ci(
     a: np.ndarray, b: np.ndarray, n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED
 ) -> tuple[float, float]:
-    """Percentile 95% CI of kappa over row resamples (vectorised; resamples with undefined kappa,
-    i.e. a single class on both sides, are dropped)."""
+    """Percentile 95% CI of kappa over row resamples (`analysis.kappa_bootstrap_ci`: resamples with
+    undefined kappa, i.e. a single class on both sides, are dropped)."""
     a = np.asarray(a, dtype=bool)
-    b = np.asarray(b, dtype=bool)
-    n = a.size
-    if n == 0:
+    if a.size == 0:
         return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    ra, rb = a[idx], b[idx]
-    po = (ra == rb).mean(axis=1)
-    pa, pb = ra.mean(axis=1), rb.mean(axis=1)
-    pe = pa * pb + (1 - pa) * (1 - pb)
-    ok = pe < 1.0
-    if not ok.any():
-        return (math.nan, math.nan)
-    k = (po[ok] - pe[ok]) / (1 - pe[ok])
-    lo, hi = np.percentile(k, [2.5, 97.5])
-    return (float(lo), float(hi))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = analysis.kappa_bootstrap_ci(a, np.asarray(b, dtype=bool), n_boot=n_boot, seed=seed)
+    return (ci.lo, ci.hi)
 
 
 def _size_key(p: Path) -> tuple[float, str]:

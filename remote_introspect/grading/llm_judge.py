@@ -55,9 +55,9 @@ from typing import Any
 import httpx
 from tenacity import RetryCallState
 
-from ..errors import UserError
-from ..spec import canonical_json, sha256_hex
-from .base import Grade
+from ..errors import UserError, scrub
+from ..keys import canonical_json, sha256_hex
+from .base import Grade, default_question
 
 log = logging.getLogger(__name__)
 
@@ -192,14 +192,6 @@ _TEMPLATES_SHA = sha256_hex(
     )
 )[:8]
 JUDGE_VERSION = f"{PROMPT_VERSION}+{_TEMPLATES_SHA}"
-
-
-def default_question(prompt_set: str = "lindsey") -> str:
-    """The question the model answered: the last user turn of its prompt set."""
-    from ..prompts import PROMPT_SETS
-
-    ps = PROMPT_SETS.get(prompt_set) or PROMPT_SETS["lindsey"]
-    return [text for role, text in ps.messages if role == "user"][-1]
 
 
 def render(criterion: Criterion, question: str, response: str, word: str | None) -> str:
@@ -459,7 +451,7 @@ class LLMJudge:
     # -- one call -------------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        return scrub(text, self._key)
 
     def _request(self, prompt: str) -> tuple[str, dict[str, str], dict[str, Any]]:
         s = self.spec
@@ -745,7 +737,3 @@ class LLMJudge:
         self, response: str, concept: str | None, question: str | None = None, protocol: str | None = None
     ) -> Grade:
         return self.grade_many([(response, concept)], [question], protocol)[0]
-
-
-def make_judge(spec: str, **kwargs: Any) -> LLMJudge:
-    return LLMJudge(spec, **kwargs)

@@ -20,15 +20,14 @@ removes the temporary file.
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import polars as pl
 
+from ..atomic import atomic_write
 from ..errors import UserError
-from .base import get_grader
+from .service import get_grader
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "response", "concept", "condition")
 GRADE_COLUMNS: tuple[str, ...] = (
@@ -113,7 +112,7 @@ def _question_of(cond: str | None, prompt_set: str | None) -> str | None:
     """The question a row answered, from a `prompt_set` column (a prompt-set name or the question
     itself) or a condition label naming Merrill's alternative prompt ("alt_love")."""
     from ..prompts import PROMPT_SETS
-    from .llm_judge import default_question
+    from .base import default_question
 
     ps = (prompt_set or "").strip()
     if ps:
@@ -158,7 +157,7 @@ def grade_frame(df: pl.DataFrame, judge: str = "heuristic") -> pl.DataFrame:
             q if isinstance(q, str) and q.strip() else d
             for q, d in zip(df["question"].cast(pl.Utf8), questions, strict=True)
         ]
-    from .llm_judge import default_question
+    from .base import default_question
 
     # Merrill's rows asked his version of the trial question (no blank line before "Trial 1").
     questions = [
@@ -182,24 +181,9 @@ def _write_atomic(df: pl.DataFrame, output_path: Path, fmt: str) -> None:
     if not parent.is_dir():
         raise UserError(f"output directory {parent} does not exist")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=parent)
+        atomic_write(output_path, df.write_csv if fmt == "csv" else df.write_parquet)
     except OSError as err:
-        raise UserError(f"cannot write to {parent}: {err.strerror or err}") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if fmt == "csv":
-                df.write_csv(fh)
-            else:
-                df.write_parquet(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, output_path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise UserError(f"cannot write output file {output_path}: {err.strerror or err}") from None
-        raise
+        raise UserError(f"cannot write output file {output_path}: {err.strerror or err}") from None
 
 
 def grade_table(input_path: Path, output_path: Path, judge: str = "heuristic") -> int:

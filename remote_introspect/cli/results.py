@@ -10,14 +10,13 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Annotated, Any
 
 import polars as pl
 import typer
 
-from .cli import _fail, app, err
-from .errors import UserError
+from ..errors import UserError
+from .app import _fail, app, err
 
 JUDGE_HELP = "heuristic (offline, default) | anthropic:MODEL[@BASE_URL] | openai:MODEL@BASE_URL"
 
@@ -50,29 +49,24 @@ def grade_cache(
 ) -> CacheGradeResult:
     """(Re)grade every done, intact trial of the cache that `judge` (at its current version) has
     not graded. A trial the judge could not grade stays ungraded (visible in `audit`)."""
-    from .audit import judge_agreement
-    from .grading.base import grading_inputs
-    from .grading.heuristic import HeuristicGrader
-    from .grading.llm_judge import LLMJudge
-    from .results_frame import judge_identity, load_all_grades, load_experiments, load_frame
+    from ..audit import judge_agreement
+    from ..grading.llm_judge import LLMJudge
+    from ..grading.service import close_grader, grade_rows, make_grader
+    from ..results_frame import judge_identity, load_all_grades, load_experiments, load_frame
 
     def protocol_of_experiments(store: Any) -> dict[str, str | None]:
         return {k: (e.spec or {}).get("protocol") for e in load_experiments(store.conn) for k in e.keys}
 
-    from .store import Store
+    from ..store import Store
 
     root = Path(root)
     judge_identity(judge)  # bad spec -> UserError before anything is touched
     if not (root / "results.sqlite").is_file():
         raise UserError(f"no cache at {root} (expected {root / 'results.sqlite'})")
-    grader: Any
-    if judge == "heuristic":
-        grader = HeuristicGrader()
-    else:
-        # Built before the store is opened: a missing key fails with nothing written.
-        grader = LLMJudge(
-            judge, call_cache=root / "judge_calls.sqlite", concurrency=concurrency, **(judge_kwargs or {})
-        )
+    # Built before the store is opened: a missing key fails with nothing written.
+    grader: Any = make_grader(
+        judge, call_cache=root / "judge_calls.sqlite", concurrency=concurrency, **(judge_kwargs or {})
+    )
     result = CacheGradeResult(grader.name, grader.version)
     store = Store(root, create=False)
     try:
@@ -86,21 +80,10 @@ def grade_cache(
         if todo.height:
             rows = todo.select("key", "response", "concept", "prompt_set", "condition").to_dicts()
             protocol_of = protocol_of_experiments(store)
-            trials = [SimpleNamespace(**r) for r in rows]
-            items, questions, protocols = [], [], []
-            for r, t in zip(rows, trials, strict=True):
-                i, q, p = grading_inputs([t], [r], protocol_of.get(r["key"]))
-                items += i
-                questions += q
-                protocols += p
-            if isinstance(grader, LLMJudge):
-                outcome = grader.grade_many_partial(items, questions, progress, protocols)
-                grades = outcome.grades
-                result.failures = outcome.failures
-                result.calls_made, result.calls_cached = outcome.calls_made, outcome.calls_cached
-            else:
-                grades = list(grader.grade_many(items, questions, protocols))
-            ok = {r["key"]: g.model_dump() for r, g in zip(rows, grades, strict=True) if g is not None}
+            outcome = grade_rows(grader, rows, lambda r: protocol_of.get(r["key"]), progress)
+            result.failures = outcome.failures
+            result.calls_made, result.calls_cached = outcome.calls_made, outcome.calls_cached
+            ok = {r["key"]: g.model_dump() for r, g in zip(rows, outcome.grades, strict=True) if g is not None}
             if ok:
                 store.save_grades(grader.name, grader.version, ok)
             result.graded = len(ok)
@@ -116,8 +99,7 @@ def grade_cache(
         ]
     finally:
         store.close()
-        if isinstance(grader, LLMJudge):
-            grader.close()
+        close_grader(grader)
     return result
 
 
@@ -131,9 +113,9 @@ def _offline_vs_judge(
     agreement table below covers them) and return the trials where the two disagree on any
     criterion: key, condition, concept, strength, the differing criteria (offline -> judge), the
     response."""
-    from .grading.base import grading_inputs
-    from .grading.heuristic import HeuristicGrader
-    from .results_frame import load_all_grades
+    from ..grading.heuristic import HeuristicGrader
+    from ..grading.service import grade_rows
+    from ..results_frame import load_all_grades
 
     offline = HeuristicGrader()
     grades = load_all_grades(store.conn)
@@ -146,16 +128,8 @@ def _offline_vs_judge(
     rows = [r for r in intact.iter_rows(named=True) if (r["key"], judge.name, judge.version) in by]
     missing = [r for r in rows if (r["key"], offline.name, offline.version) not in by]
     if missing:
-        items, questions, protocols = [], [], []
-        for r in missing:
-            i, q, p = grading_inputs([SimpleNamespace(**r)], [r], protocol_of.get(r["key"]))
-            items += i
-            questions += q
-            protocols += p
-        new = {
-            r["key"]: g.model_dump()
-            for r, g in zip(missing, offline.grade_many(items, questions, protocols), strict=True)
-        }
+        graded = grade_rows(offline, missing, lambda r: protocol_of.get(r["key"])).grades
+        new = {r["key"]: g.model_dump() for r, g in zip(missing, graded, strict=True) if g is not None}
         store.save_grades(offline.name, offline.version, new)
         for k, g in new.items():
             by[(k, offline.name, offline.version)] = g
@@ -225,8 +199,8 @@ def grade(
         _fail("choose one of: --input F --output F, --cache DIR, or --calibrate")
     try:
         if calibrate:
-            from .grading import get_grader
-            from .grading.calibration import (
+            from ..grading import get_grader
+            from ..grading.calibration import (
                 calibration_table,
                 format_calibration_table,
                 rubric_reference_line,
@@ -240,7 +214,7 @@ def grade(
         if input is not None or output is not None:
             if input is None or output is None:
                 _fail("--input and --output go together")
-            from .grading.table_io import grade_table
+            from ..grading.table_io import grade_table
 
             assert input is not None and output is not None
             n = grade_table(input, output, judge)
@@ -259,7 +233,7 @@ def grade(
             else ""
         )
     )
-    from .audit import format_agreement_rows
+    from ..audit import format_agreement_rows
 
     for pair in res.agreement:
         _write(
@@ -310,7 +284,7 @@ def audit(
     judge: Annotated[str, typer.Option(help=f"Whose grades count as 'graded': {JUDGE_HELP}")] = "heuristic",
 ) -> None:
     """What was run, what is missing, what failed, whether the stored bytes are intact; exit 0 only when clean."""
-    from .audit import format_audit, run_audit
+    from ..audit import format_audit, run_audit
 
     try:
         result = run_audit(cache, judge)
@@ -331,7 +305,7 @@ def report(
     judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "heuristic",
 ) -> None:
     """HTML report with plots and a markdown summary, written atomically to --out."""
-    from .report import build_report
+    from ..report import build_report
 
     try:
         res = build_report(cache, out, judge)
@@ -351,7 +325,7 @@ def export(
     judge: Annotated[str, typer.Option(help=f"Whose grades to include: {JUDGE_HELP}")] = "heuristic",
 ) -> None:
     """One row per trial (spec fields, response, grades, diagnostics, backend, status) as parquet."""
-    from .export import export_cache
+    from ..export import export_cache
 
     try:
         res = export_cache(cache, out, judge)

@@ -1,0 +1,145 @@
+"""The run commands (`replicate-lindsey`, `run`) and `models`."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from ..errors import UserError
+from .app import _fail, _validation_message, app, err, out
+from .options import ProtocolOpt, _run_options, _spec_overrides, experiment_command
+
+if TYPE_CHECKING:
+    from ..runner import RunOptions
+    from ..spec import ExperimentSpec
+
+
+@app.command("replicate-lindsey")
+@experiment_command
+def replicate_lindsey(
+    protocol: ProtocolOpt = None, *, spec_flags: dict[str, Any], run_flags: dict[str, Any]
+) -> None:
+    """Lindsey's injected-thought experiment: vectors, injected + control trials, grades, summary.
+
+    Without --protocol: Lindsey's knobs on a small grid sized for a CPU (5 concepts × strengths
+    2,8 × 2 samples + 4 controls). With --protocol: that protocol's published knobs and grid."""
+    from ..protocols import build_spec
+
+    try:
+        spec = build_spec(protocol, _spec_overrides(**spec_flags))
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
+    _run_spec(spec, _run_options(**run_flags))
+
+
+@app.command("run")
+@experiment_command
+def run_file(
+    experiment: Annotated[
+        Path, typer.Argument(help="Experiment file (TOML), e.g. experiments/lindsey_8b.toml.")
+    ],
+    *,
+    spec_flags: dict[str, Any],
+    run_flags: dict[str, Any],
+) -> None:
+    """Run an experiment file; any flag overrides the file's value for that knob."""
+    from ..protocols import load_experiment_file
+
+    try:
+        spec = load_experiment_file(experiment, _spec_overrides(**spec_flags))
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
+    _run_spec(spec, _run_options(**run_flags))
+
+
+def _run_spec(spec: ExperimentSpec, opts: RunOptions) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .. import runner
+    from ..summary import render_summary
+
+    try:
+        runner.validate(spec, opts)  # reject bad input before any display or write
+    except ValidationError as exc:
+        _fail(_validation_message(exc))
+    except UserError as exc:
+        _fail(str(exc), exc.exit_code)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=max(total, 1))
+            bar.update(tasks[stage], completed=done, total=max(total, 1))
+
+        request_task: list[int] = []
+
+        def request_status(state: str) -> None:
+            if not request_task:
+                request_task.append(bar.add_task("remote request", total=None))
+            bar.update(request_task[0], description=f"remote request: {state}")
+
+        def notice(line: str) -> None:
+            bar.console.print(line, highlight=False, markup=False)
+
+        try:
+            report = runner.run_with_grid(spec, opts, progress, notice, request_status)
+        except ValidationError as exc:
+            _fail(_validation_message(exc))
+        except UserError as exc:
+            _fail(str(exc), exc.exit_code)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            # Disk full, damaged pages, permissions: one line, never a traceback.
+            from ..store import cache_error
+
+            line = cache_error(exc, opts.cache_root)
+            _fail(str(line), line.exit_code)
+    render_summary(report, out)
+    if report.nonfinite_trials:
+        sys.stderr.write(
+            f"error: {report.nonfinite_trials} trial(s) failed with non-finite activations/logits "
+            "(NaN/inf after steering: lower the strength); they are recorded failed, never graded\n"
+        )
+    if report.excluded:
+        _fail(
+            f"{len(report.excluded)} integrity problem(s) in this run's trials: they were excluded from every "
+            "count above (run `audit` for details)",
+            4,
+        )
+    if not report.complete:
+        for msg in sorted(set(report.errors))[:5]:
+            err.print(f"[red]failed batch:[/] {msg}", highlight=False)
+        err.print(
+            "[bold red]incomplete:[/] some trials failed or did not run; re-run the same command to retry them."
+        )
+        raise typer.Exit(1)
+
+
+@app.command("models")
+def models() -> None:
+    """List the model presets."""
+    from rich.table import Table
+
+    from ..presets import PRESETS
+
+    table = Table(title="Model presets")
+    for col in ("name", "repo id", "backend", "layers", "hidden", "description"):
+        table.add_column(col)
+    from ..model_loading import resolve_model
+
+    for name, p in PRESETS.items():
+        ref = resolve_model(name)
+        table.add_row(name, p.repo_id, p.backend, str(ref.num_layers), str(ref.hidden_size), p.description)
+    out.print(table)

@@ -1,0 +1,275 @@
+"""Options of the run commands, declared once, and how they become a spec and run options."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..errors import UserError
+from .app import _fail
+
+if TYPE_CHECKING:
+    from ..runner import RunOptions
+
+
+def _parse_floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _parse_ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def _parse_concepts(text: str) -> tuple[str, ...]:
+    from ..prompts import CONCEPT_WORDS
+
+    text = text.strip()
+    if text.isdigit():
+        n = int(text)
+        if not 1 <= n <= len(CONCEPT_WORDS):
+            raise UserError(f"--concepts N must be between 1 and {len(CONCEPT_WORDS)}, got {n}")
+        return CONCEPT_WORDS[:n]
+    return tuple(w.strip() for w in text.split(",") if w.strip())
+
+
+
+
+ModelOpt = Annotated[
+    str | None, typer.Option(help="Preset (see `models`), HF repo id, or local model directory.")
+]
+ProtocolOpt = Annotated[
+    str | None, typer.Option(help="lindsey | merrill-405b | ndif-405b: the published knobs and grid.")
+]
+BackendOpt = Annotated[str | None, typer.Option(help="local | ndif (default: the preset's).")]
+ConceptsOpt = Annotated[
+    str | None, typer.Option(help="N (the first N of Lindsey's list) or words: Dust,Oceans.")
+]
+StrengthsOpt = Annotated[str | None, typer.Option(help="Comma-separated strengths (1,2,4,8) or auto.")]
+LayersOpt = Annotated[str | None, typer.Option(help="Absolute decoder layers, e.g. 12,14.")]
+FractionsOpt = Annotated[str | None, typer.Option(help="Fractions of depth, e.g. 0.55,0.67.")]
+SamplesOpt = Annotated[int | None, typer.Option(help="Trials per concept × strength × layer [× prompt].")]
+ControlsOpt = Annotated[
+    int | None, typer.Option(help="No-injection trials per prompt (shared by all cells).")
+]
+SeedOpt = Annotated[int | None, typer.Option(help="Experiment seed (part of every trial key).")]
+TokensOpt = Annotated[int | None, typer.Option(help="Tokens generated per trial.")]
+TempOpt = Annotated[float | None, typer.Option(help="Sampling temperature (0 = greedy).")]
+TopPOpt = Annotated[float | None, typer.Option(help="Nucleus sampling top_p.")]
+PromptOpt = Annotated[
+    str | None, typer.Option(help="Prompt sets, comma-separated: lindsey, merrill, thinking.")
+]
+SpanOpt = Annotated[str | None, typer.Option(help="from-trial | all | generated.")]
+ModeOpt = Annotated[str | None, typer.Option(help="absolute | norm-matched | mlp-norm-matched | relative.")]
+RecipeOpt = Annotated[str | None, typer.Option(help="Concept vectors: mean-baseline | contrast-pairs.")]
+PairsOpt = Annotated[str | None, typer.Option(help="Contrast pairs JSON (default: Merrill's, shipped).")]
+CondOpt = Annotated[str | None, typer.Option(help="Extra conditions: control,random,scale,positive or all.")]
+ScaleOpt = Annotated[str | None, typer.Option(help="Activation-scaling factors for the scale condition.")]
+DenseOpt = Annotated[
+    bool | None, typer.Option("--dense-grid/--no-dense-grid", help="Coarse grid → crossover → dense grid.")
+]
+DensePointsOpt = Annotated[int | None, typer.Option(help="Points in the dense grid (8-12 recommended).")]
+CrossModeOpt = Annotated[str | None, typer.Option(help="Crossover definition: rise-through | threshold.")]
+CacheOpt = Annotated[Path, typer.Option(help="Cache directory (SQLite + safetensors).")]
+BatchOpt = Annotated[int | None, typer.Option(help="Rows per generate call / request (default: preset).")]
+DtypeOpt = Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU).")]
+JudgeOpt = Annotated[str, typer.Option(help="Grader: heuristic (offline, default).")]
+HostOpt = Annotated[
+    str | None, typer.Option(help="NDIF-compatible server URL (default: $NDIF_HOST or https://api.ndif.us).")
+]
+TokOpt = Annotated[
+    Path | None, typer.Option(help="Local tokenizer directory for a remote model (else the HF cache).")
+]
+AttemptsOpt = Annotated[int, typer.Option(help="Attempts per remote request (transient errors).")]
+JobTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        help="Seconds a remote job may stay RUNNING before it counts as lost and is resubmitted "
+        "(NDIF kills jobs at 3600 s; time queued does not count)."
+    ),
+]
+QueueTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        help="Seconds a remote job may sit queued with no change before the server is asked about "
+        "it; resubmitted only if the server no longer knows it or no longer hosts the model."
+    ),
+]
+MismatchOpt = Annotated[
+    bool, typer.Option(help="Run even if the server's nnsight version differs from ours.")
+]
+ShareOpt = Annotated[
+    bool,
+    typer.Option(
+        "--share-prefix/--no-share-prefix",
+        help="NDIF: prefill the prompt prefix all rows share once per request (a 2-trace session). "
+        "Off by default: unverified on the real service (the cache argument's name is chosen by the "
+        "client's transformers). Local runs always share.",
+    ),
+]
+
+
+def _spec_overrides(**flags: object) -> dict[str, object]:
+    """CLI flags → ExperimentSpec fields (None = not given, so the protocol/file value stands)."""
+    o: dict[str, object] = {}
+    if flags["model"] is not None:
+        o["model"] = flags["model"]
+    if flags["concepts"] is not None:
+        o["concepts"] = _parse_concepts(str(flags["concepts"]))
+    if flags["strengths"] is not None:
+        text = str(flags["strengths"]).strip()
+        o["strengths"] = "auto" if text == "auto" else _parse_floats(text, "--strengths")
+    if flags["layers"] is not None:
+        o["layers"] = _parse_ints(str(flags["layers"]), "--layers")
+    if flags["layer_fractions"] is not None:
+        o["layer_fractions"] = _parse_floats(str(flags["layer_fractions"]), "--layer-fractions")
+    for name in ("samples", "controls", "seed", "span", "strength_mode", "dense_points", "crossover_mode"):
+        if flags[name] is not None:
+            o[name] = flags[name]
+    if flags["dense_grid"] is not None:
+        o["dense_grid"] = flags["dense_grid"]
+    gen = {
+        k: flags[f]
+        for k, f in (("max_new_tokens", "max_new_tokens"), ("temperature", "temperature"), ("top_p", "top_p"))
+        if flags[f] is not None
+    }
+    if gen:
+        o["generation"] = gen
+    if flags["prompt_set"] is not None:
+        o["prompt_sets"] = tuple(p.strip() for p in str(flags["prompt_set"]).split(",") if p.strip())
+    recipe = {}
+    if flags["vectors"] is not None:
+        recipe["kind"] = flags["vectors"]
+        recipe["normalize"] = flags["vectors"] == "contrast-pairs"
+    if flags["pairs"] is not None:
+        recipe["pairs"] = flags["pairs"]
+    if recipe:
+        o["recipe"] = recipe
+    if flags["conditions"] is not None:
+        o["conditions"] = tuple(c.strip() for c in str(flags["conditions"]).split(",") if c.strip())
+    if flags["scale_factors"] is not None:
+        o["scale_factors"] = _parse_floats(str(flags["scale_factors"]), "--scale-factors")
+    return o
+
+
+def _run_options(
+    *,
+    cache: Path,
+    backend: str | None,
+    batch_size: int | None,
+    dtype: str | None,
+    judge: str,
+    ndif_host: str | None,
+    tokenizer: Path | None,
+    max_attempts: int,
+    job_timeout: float,
+    queue_timeout: float,
+    allow_version_mismatch: bool,
+    share_prefix: bool,
+) -> RunOptions:
+    from ..retry_policy import RetrySettings
+    from ..runner import RunOptions
+
+    if max_attempts < 1:
+        _fail("--max-attempts must be at least 1")
+    if not job_timeout > 0:
+        _fail("--job-timeout must be positive")
+    if not queue_timeout > 0:
+        _fail("--queue-timeout must be positive")
+    return RunOptions(
+        cache_root=cache,
+        backend=backend,
+        batch_rows=batch_size,
+        dtype=dtype,
+        judge=judge,
+        ndif_host=ndif_host,
+        tokenizer_dir=tokenizer,
+        retry=RetrySettings(max_attempts=max_attempts),
+        job_timeout_s=float(job_timeout),
+        queue_timeout_s=float(queue_timeout),
+        allow_version_mismatch=allow_version_mismatch,
+        share_prefix=share_prefix,
+    )
+
+
+# Every option `replicate-lindsey` and `run` share, declared once: (name, type, default).
+# Experiment knobs first (None = not given: the protocol's or the file's value stands), then how
+# to run it.
+SPEC_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("model", ModelOpt, None),
+    ("backend", BackendOpt, None),
+    ("concepts", ConceptsOpt, None),
+    ("strengths", StrengthsOpt, None),
+    ("layers", LayersOpt, None),
+    ("layer_fractions", FractionsOpt, None),
+    ("samples", SamplesOpt, None),
+    ("controls", ControlsOpt, None),
+    ("seed", SeedOpt, None),
+    ("max_new_tokens", TokensOpt, None),
+    ("temperature", TempOpt, None),
+    ("top_p", TopPOpt, None),
+    ("prompt_set", PromptOpt, None),
+    ("span", SpanOpt, None),
+    ("strength_mode", ModeOpt, None),
+    ("vectors", RecipeOpt, None),
+    ("pairs", PairsOpt, None),
+    ("conditions", CondOpt, None),
+    ("scale_factors", ScaleOpt, None),
+    ("dense_grid", DenseOpt, None),
+    ("dense_points", DensePointsOpt, None),
+    ("crossover_mode", CrossModeOpt, None),
+)
+RUN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("cache", CacheOpt, Path("cache")),
+    ("batch_size", BatchOpt, None),
+    ("dtype", DtypeOpt, None),
+    ("judge", JudgeOpt, "heuristic"),
+    ("ndif_host", HostOpt, None),
+    ("tokenizer", TokOpt, None),
+    ("max_attempts", AttemptsOpt, 10),
+    ("job_timeout", JobTimeoutOpt, 4200.0),
+    ("queue_timeout", QueueTimeoutOpt, 7200.0),
+    ("allow_version_mismatch", MismatchOpt, False),
+    ("share_prefix", ShareOpt, False),
+)
+_SPEC_FLAGS = [n for n, _t, _d in SPEC_OPTIONS if n != "backend"]
+_RUN_FLAGS = ["backend", *(n for n, _t, _d in RUN_OPTIONS)]
+
+
+def experiment_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give a run command every shared option. `fn(own args..., spec_flags=..., run_flags=...)`
+    receives its own parameters as declared (its options listed after --model), plus the shared ones split into spec overrides
+    (`_spec_overrides`) and run options (`_run_options`). Typer reads the combined signature."""
+    own = [p for p in inspect.signature(fn).parameters.values() if p.name not in ("spec_flags", "run_flags")]
+    hints = typing.get_type_hints(fn, include_extras=True)
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, kind, default in (*SPEC_OPTIONS, *RUN_OPTIONS)
+    ]
+    own = [p.replace(annotation=hints[p.name], kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+    # Arguments first, then --model, then the command's own options, then the shared ones.
+    args = [p for p in own if p.default is inspect.Parameter.empty]
+    params = args + shared[:1] + [p for p in own if p not in args] + shared[1:]
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> None:
+        spec_flags = {k: kwargs.pop(k) for k in _SPEC_FLAGS}
+        run_flags = {k: kwargs.pop(k) for k in _RUN_FLAGS}
+        fn(**kwargs, spec_flags=spec_flags, run_flags=run_flags)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+

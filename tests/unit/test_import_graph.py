@@ -1,0 +1,183 @@
+"""The package's import graph (issue 14): no circles, and no module imports one from a higher layer.
+
+Every import statement counts — module level, inside functions, under `if TYPE_CHECKING:` — over
+`remote_introspect/` and `benchmarks/`. A new module must be placed in LAYERS (lowest first); a
+module may import any module of its own layer or of a lower one, never of a higher one.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("remote_introspect", "benchmarks")
+
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "foundation",
+        (  # pure helpers, data and errors: import nothing of the package but each other
+            "remote_introspect",
+            "errors",
+            "keys",
+            "atomic",
+            "prompts",
+            "presets",
+            "interventions",
+            "analysis",
+            "crossover",
+            "report_browser",
+            "grading.lexicon",
+            "retry_policy",
+            "testing",
+            "testing.ndif_protected_env",
+        ),
+    ),
+    ("config", ("spec", "protocols", "tiny_models", "model_loading")),  # what an experiment is
+    ("store", ("store", "planner")),  # keys → trials → batches, and where they are kept
+    (
+        "grading",
+        (
+            "grading",
+            "grading.base",
+            "grading.heuristic",
+            "grading.llm_judge",
+            "grading.service",
+            "grading.calibration",
+            "grading.table_io",
+        ),
+    ),
+    ("read", ("results_frame", "cells", "hit_listing")),  # the one read-only frame and its statistics
+    (
+        "execution",
+        (
+            "trace_blocks",
+            "concept_vectors",
+            "executors",
+            "executors.base",
+            "executors.local",
+            "executors.ndif",
+            "runner",
+        ),
+    ),
+    ("reporting", ("audit", "export", "report", "summary")),
+    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "__main__")),
+    ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
+    ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
+)
+
+
+def _full(name: str) -> str:
+    if name == "remote_introspect" or name.startswith("benchmarks"):
+        return name
+    return f"remote_introspect.{name}"
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for p in (ROOT / pkg).rglob("*.py"):
+            parts = p.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name] = p
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = pkg.split(".")
+                    base = base[: len(base) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                targets = [
+                    f"{target}.{a.name}" if f"{target}.{a.name}" in mods else target for a in node.names
+                ]
+            for t in targets:
+                while t and t not in mods:  # `import a.b.c` of a package's attribute: its module
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    deps.add(t)
+        graph[name] = deps
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def layer_of() -> dict[str, int]:
+    return {_full(m): i for i, (_name, mods) in enumerate(LAYERS) for m in mods}
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    level = layer_of()
+    return [
+        f"{a} ({LAYERS[level[a]][0]}) imports {b} ({LAYERS[level[b]][0]})"
+        for a in sorted(graph)
+        for b in sorted(graph[a])
+        if level[b] > level[a]
+    ]
+
+
+def test_every_module_has_a_layer() -> None:
+    level = layer_of()
+    assert sorted(set(modules()) - set(level)) == []
+    assert sorted(set(level) - set(modules())) == []  # no stale entries
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_no_upward_imports() -> None:
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_checker_sees_function_level_and_type_checking_imports(tmp_path: Path) -> None:
+    graph = {"a": {"b"}, "b": {"a"}, "c": set()}
+    assert cycles(graph) == [["a", "b"]]
+    src = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .x import y\ndef f():\n    from . import z\n"
+    found = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom) and n.level]
+    assert len(found) == 2
