@@ -11,7 +11,7 @@ timer in HF's stopping criteria splits each call into prefill (up to the first t
 steps. The floor is what the hardware allows for the batched workload: per step the larger of
 FLOPs / measured matmul rate and bytes moved / measured copy bandwidth (weights + KV cache +
 logits), with the shared prefix computed once. Prints a table; asserts nothing (see
-tests/test_benchmark_smoke.py for the CI smoke run).
+tests/integration/test_benchmark_smoke.py for the CI smoke run).
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def build_spec(
         fields["protocol"] = protocol
     overrides = dict(overrides)
     if overrides.get("strengths") == "auto":
-        from .crossover import geometric_grid
+        from .stats.crossover import geometric_grid
 
         mode = overrides.get("strength_mode") or fields.get("strength_mode", "absolute")
         lo, hi = AUTO_STRENGTHS.get(mode, (1.0, 16.0))

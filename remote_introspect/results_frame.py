@@ -28,15 +28,6 @@ import polars as pl
 from pydantic import ValidationError
 
 from . import keys
-from .analysis import (
-    RateCI,
-    format_null,
-    net_detection,
-    rate_ci,
-    refusal_excluded,
-    trials_needed,
-    upper_bound,
-)
 from .errors import UserError
 from .grading.base import Grade
 from .keys import grade_sha, result_sha
@@ -62,7 +53,6 @@ DIAGNOSTICS: dict[str, pl.DataType] = {
 }
 # True rates for the "how many trials would it take" line under a null: 1% and 5% (a weak effect
 # a 400-trial study could just miss) and 20% (Lindsey's published strict rate, PROTOCOLS.md §1).
-POWER_TARGETS: tuple[float, ...] = (0.01, 0.05, 0.20)
 
 SCHEMA: dict[str, pl.DataType] = {
     "key": pl.Utf8(),
@@ -510,131 +500,6 @@ def load_all_grades(conn: sqlite3.Connection) -> pl.DataFrame:
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def rate_json(r: RateCI) -> dict[str, Any]:
-    return {"n": r.n, "k": r.k, "rate": r.rate, "lo": r.lo, "hi": r.hi}
-
-
-def _count(df: pl.DataFrame, expr: pl.Expr) -> int:
-    return int(df.select(expr.fill_null(False).cast(pl.Int64).sum()).item() or 0) if df.height else 0
-
-
-def names_any_concept(responses: Iterable[str], concepts: Iterable[str]) -> list[bool]:
-    """Whether each response names any of `concepts` (the offline lexicon's `identifies`).
-
-    A control trial is graded without a concept, so its `identifies` says nothing; to score a
-    control's false positive under "affirmative ∧ identifies" we ask whether it names any concept
-    the experiment injects. Deterministic and offline whatever judge graded the trials.
-    """
-    from .grading.heuristic import HeuristicGrader
-
-    grader = HeuristicGrader()
-    concepts = [c for c in concepts if c]
-    return [any(grader.grade(r or "", c).identifies for c in concepts) for r in responses]
-
-
-def arm_stats(usable: pl.DataFrame, concepts: Iterable[str]) -> dict[str, Any]:
-    """Headline statistics of one experiment from its usable rows (see docs/audit_json.md).
-
-    Hit = strict (all four criteria) on injected (`concept`) trials; a control's false positive
-    = affirmative. Both are also given for affirmative ∧ identifies, where a control counts when
-    it is affirmative and names one of the experiment's concepts (`names_any_concept`).
-    """
-    inj = usable.filter(pl.col("condition") == "concept")
-    ctl = usable.filter(pl.col("condition") == "control")
-    n_i, n_c = inj.height, ctl.height
-    ai = pl.col("affirmative") & pl.col("identifies")
-    k_strict = _count(inj, pl.col("strict"))
-    k_ai = _count(inj, ai)
-    k_fp = _count(ctl, pl.col("affirmative"))
-    affirmed = ctl.filter(pl.col("affirmative"))
-    ctl_named = names_any_concept(affirmed["response"].to_list(), concepts) if affirmed.height else []
-    k_fp_ai = sum(ctl_named)
-    r_i = _count(inj, pl.col("refusal"))
-    r_c = _count(ctl, pl.col("refusal"))
-    not_ref = ~pl.col("refusal").fill_null(False)
-    k_strict_nr = _count(inj, pl.col("strict") & not_ref)
-    k_fp_nr = _count(ctl, pl.col("affirmative") & not_ref)
-    out: dict[str, Any] = {
-        "injected": {
-            "strict": rate_json(rate_ci(k_strict, n_i)),
-            "affirmative_identifies": rate_json(rate_ci(k_ai, n_i)),
-            "affirmative": rate_json(rate_ci(_count(inj, pl.col("affirmative")), n_i)),
-            "identifies": rate_json(rate_ci(_count(inj, pl.col("identifies")), n_i)),
-            "coherent": rate_json(rate_ci(_count(inj, pl.col("coherent")), n_i)),
-            "refusal": rate_json(rate_ci(r_i, n_i)),
-        },
-        "controls": {
-            "false_positive_affirmative": rate_json(rate_ci(k_fp, n_c)),
-            "false_positive_affirmative_identifies": rate_json(rate_ci(k_fp_ai, n_c)),
-            "coherent": rate_json(rate_ci(_count(ctl, pl.col("coherent")), n_c)),
-            "refusal": rate_json(rate_ci(r_c, n_c)),
-        },
-        "net_strict": None,
-        "net_affirmative_identifies": None,
-        "refusal_excluded": None,
-        "null": None,
-    }
-    if n_i and n_c:
-        for label, k_hit, k_false in (
-            ("net_strict", k_strict, k_fp),
-            ("net_affirmative_identifies", k_ai, k_fp_ai),
-        ):
-            nd = net_detection(k_hit, n_i, k_false, n_c)
-            out[label] = {"net": nd.net, "lo": nd.lo, "hi": nd.hi, "text": nd.format()}
-    if n_i:
-        rx: dict[str, Any] = {
-            "strict": rate_json(refusal_excluded(k_strict_nr, n_i, r_i)),
-            "false_positive_affirmative": rate_json(refusal_excluded(k_fp_nr, n_c, r_c)) if n_c else None,
-            "net_strict": None,
-        }
-        if n_i - r_i > 0 and n_c - r_c > 0:
-            nd = net_detection(k_strict_nr, n_i - r_i, k_fp_nr, n_c - r_c)
-            rx["net_strict"] = {"net": nd.net, "lo": nd.lo, "hi": nd.hi, "text": nd.format()}
-        out["refusal_excluded"] = rx
-    if n_i and k_strict == 0:
-        out["null"] = {
-            "n": n_i,
-            "upper_bound_95": upper_bound(0, n_i),
-            "text": format_null(n_i),
-            "trials_needed": [
-                {"true_rate": p, "power": 0.8, "alpha": 0.05, "control_rate": 0.0, "n": trials_needed(p)}
-                for p in POWER_TARGETS
-            ],
-        }
-    return out
-
-
-def condition_rates(usable: pl.DataFrame) -> dict[str, dict[str, Any]]:
-    """Rates of every criterion for conditions other than concept/control (random-vector,
-    activation-scaling, positive control...), each k/n with its exact 95% interval."""
-    out: dict[str, dict[str, Any]] = {}
-    for cond in sorted(set(usable["condition"].drop_nulls().to_list()) - {"concept", "control"}):
-        sub = usable.filter(pl.col("condition") == cond)
-        n = sub.height
-        out[cond] = {
-            "strict": rate_json(rate_ci(_count(sub, pl.col("strict")), n)),
-            "affirmative_identifies": rate_json(
-                rate_ci(_count(sub, pl.col("affirmative") & pl.col("identifies")), n)
-            ),
-            "affirmative": rate_json(rate_ci(_count(sub, pl.col("affirmative")), n)),
-            "identifies": rate_json(rate_ci(_count(sub, pl.col("identifies")), n)),
-            "coherent": rate_json(rate_ci(_count(sub, pl.col("coherent")), n)),
-            "refusal": rate_json(rate_ci(_count(sub, pl.col("refusal")), n)),
-        }
-    return out
-
-
-def experiment_results(usable: pl.DataFrame, concepts: Iterable[str]) -> list[dict[str, Any]]:
-    """`arm_stats` per prompt set (controls only ever pair with injections on their own prompt),
-    plus the rates of any other condition run on that prompt."""
-    concepts = list(concepts)
-    out = []
-    for ps in sorted(set(usable["prompt_set"].drop_nulls().to_list())):
-        sub = usable.filter(pl.col("prompt_set") == ps)
-        out.append({"prompt_set": ps, **arm_stats(sub, concepts), "other_conditions": condition_rates(sub)})
-    return out
 
 
 def status_counts(df: pl.DataFrame) -> dict[str, int]:

@@ -702,8 +702,8 @@ def crossover_by_layer(report: RunReport) -> dict[tuple[int, str | None], Any]:
     crossover can be computed are left out. A pure function of stored grades."""
     import polars as pl
 
-    from .cells import crossovers
     from .results_frame import load_frame
+    from .stats.cells import crossovers
 
     spec = report.spec
     store = Store(report.cache_root)
@@ -730,7 +730,7 @@ def run_with_grid(
     ref, _layers = validate(spec, opts)
     bundle = make_executor(ref, opts)  # one model load for the coarse and every dense phase
     coarse = run(spec, opts, progress, notice, request_status, bundle)
-    from .crossover import dense_grid
+    from .stats.crossover import dense_grid
 
     report = coarse
     for (layer, concept), result in crossover_by_layer(coarse).items():

@@ -61,7 +61,7 @@ def _run_spec(spec: ExperimentSpec, opts: RunOptions) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .. import runner
-    from ..summary import render_summary
+    from ..reporting.summary import render_summary
 
     try:
         runner.validate(spec, opts)  # reject bad input before any display or write

@@ -49,9 +49,9 @@ def grade_cache(
 ) -> CacheGradeResult:
     """(Re)grade every done, intact trial of the cache that `judge` (at its current version) has
     not graded. A trial the judge could not grade stays ungraded (visible in `audit`)."""
-    from ..audit import judge_agreement
     from ..grading.llm_judge import LLMJudge
     from ..grading.service import close_grader, grade_rows, make_grader
+    from ..reporting.audit import judge_agreement
     from ..results_frame import judge_identity, load_all_grades, load_experiments, load_frame
 
     def protocol_of_experiments(store: Any) -> dict[str, str | None]:
@@ -233,7 +233,7 @@ def grade(
             else ""
         )
     )
-    from ..audit import format_agreement_rows
+    from ..reporting.audit import format_agreement_rows
 
     for pair in res.agreement:
         _write(
@@ -284,7 +284,7 @@ def audit(
     judge: Annotated[str, typer.Option(help=f"Whose grades count as 'graded': {JUDGE_HELP}")] = "heuristic",
 ) -> None:
     """What was run, what is missing, what failed, whether the stored bytes are intact; exit 0 only when clean."""
-    from ..audit import format_audit, run_audit
+    from ..reporting.audit import format_audit, run_audit
 
     try:
         result = run_audit(cache, judge)
@@ -305,7 +305,7 @@ def report(
     judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "heuristic",
 ) -> None:
     """HTML report with plots and a markdown summary, written atomically to --out."""
-    from ..report import build_report
+    from ..reporting.report import build_report
 
     try:
         res = build_report(cache, out, judge)
@@ -325,7 +325,7 @@ def export(
     judge: Annotated[str, typer.Option(help=f"Whose grades to include: {JUDGE_HELP}")] = "heuristic",
 ) -> None:
     """One row per trial (spec fields, response, grades, diagnostics, backend, status) as parquet."""
-    from ..export import export_cache
+    from ..reporting.export import export_cache
 
     try:
         res = export_cache(cache, out, judge)

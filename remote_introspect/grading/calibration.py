@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from .. import analysis
 from ..errors import UserError
+from ..stats import analysis
 from .base import Grader
 from .heuristic import HeuristicGrader
 from .service import get_grader

@@ -24,9 +24,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "prompts",
             "presets",
             "interventions",
-            "analysis",
-            "crossover",
-            "report_browser",
+            "stats",
+            "stats.analysis",
+            "stats.crossover",
             "grading.lexicon",
             "retry_policy",
             "testing",
@@ -47,7 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "grading.table_io",
         ),
     ),
-    ("read", ("results_frame", "cells", "hit_listing")),  # the one read-only frame and its statistics
+    ("read", ("results_frame", "stats.cells")),  # the one read-only frame and its statistics
     (
         "execution",
         (
@@ -60,7 +60,18 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "runner",
         ),
     ),
-    ("reporting", ("audit", "export", "report", "summary")),
+    (
+        "reporting",
+        (
+            "reporting",
+            "reporting.hit_listing",
+            "reporting.browser",
+            "reporting.audit",
+            "reporting.export",
+            "reporting.report",
+            "reporting.summary",
+        ),
+    ),
     ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "__main__")),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
@@ -181,3 +192,21 @@ def test_the_checker_sees_function_level_and_type_checking_imports(tmp_path: Pat
     src = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .x import y\ndef f():\n    from . import z\n"
     found = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom) and n.level]
     assert len(found) == 2
+
+
+def test_reporting_never_imports_execution() -> None:
+    """The summary, audit, report and export read the store; none of them reaches the runner,
+    the executors or the traces (not even through the layers in between)."""
+    graph = import_graph()
+    execution = {_full(m) for m in dict(LAYERS)["execution"]}
+    reporting = [_full(m) for m in dict(LAYERS)["reporting"]]
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for d in graph[todo.pop()] - seen:
+                seen.add(d)
+                todo.append(d)
+        return seen
+
+    assert {m: sorted(reach(m) & execution) for m in reporting if reach(m) & execution} == {}

@@ -9,15 +9,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from typer.testing import CliRunner
+from helpers import invoke
 
-from remote_introspect.cli import app
 from remote_introspect.grading.heuristic import HeuristicGrader
 
-
-def _cli(*args: object) -> tuple[int, str, str]:
-    res = CliRunner().invoke(app, [str(a) for a in args])
-    return res.exit_code, res.stdout, res.stderr
+_cli = invoke
 
 
 def test_one_row_per_trial_matching_the_store(tiny_cache: Path, tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from remote_introspect import report as report_mod
 from remote_introspect.cli import app
 from remote_introspect.errors import UserError
+from remote_introspect.reporting import report as report_mod
 
 CHROMIUM = shutil.which("chromium")
 

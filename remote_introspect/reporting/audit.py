@@ -20,25 +20,25 @@ from typing import Any
 
 import polars as pl
 
-from . import keys
-from .analysis import kappa_bootstrap_ci, raw_agreement
-from .results_frame import (
+from .. import keys
+from ..results_frame import (
     CRITERIA,
     CorruptDatabase,
     Problem,
     ResultsFrame,
     check_grade,
     database_check,
-    experiment_results,
     grade_sha_column,
     load_all_grades,
     load_frame,
     open_readonly,
     status_counts,
 )
-from .store import file_sha
+from ..stats.analysis import kappa_bootstrap_ci, raw_agreement
+from ..stats.cells import experiment_results
+from ..store import file_sha
 
-SCHEMA_ID = "remote_introspect.audit/1"
+SCHEMA_ID = "remote_introspect.reporting.audit/1"
 EXIT_CLEAN, EXIT_INCOMPLETE, EXIT_CORRUPT = 0, 1, 4
 KAPPA_BOOT = 1000
 # analysis.kappa_bootstrap_ci draws an (n_boot × n) index matrix; past ~5M cells (200 resamples
@@ -265,7 +265,7 @@ def run_audit(root: Path, judge: str = "heuristic") -> dict[str, Any]:
 def audit_with_frame(root: Path, judge: str = "heuristic") -> tuple[dict[str, Any], ResultsFrame | None]:
     """The audit and the checked frame it was computed from (None when the database is unreadable),
     so `report` reads the cache once."""
-    from .results_frame import judge_identity
+    from ..results_frame import judge_identity
 
     root = Path(root)
     judge_id = judge_identity(judge)  # a bad judge spec fails here, before reading anything

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from typer.testing import CliRunner
+from helpers import invoke
 
-from remote_introspect.cli import app
 from remote_introspect.testing.judge_loopback import JudgeLoopback
 
 KEY = "fake-judge-KEY-do-not-leak-7f3a9c"
@@ -40,9 +39,7 @@ def _env(monkeypatch: pytest.MonkeyPatch, server: JudgeLoopback) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
 
 
-def _cli(*args: str) -> tuple[int, str, str]:
-    res = CliRunner().invoke(app, [str(a) for a in args])
-    return res.exit_code, res.stdout, res.stderr
+_cli = invoke
 
 
 def _no_key_on_disk(root: Path) -> None:

@@ -1,11 +1,11 @@
-"""Tests for remote_introspect.crossover on synthetic curves with hand-computed answers."""
+"""Tests for remote_introspect.stats.crossover on synthetic curves with hand-computed answers."""
 
 from __future__ import annotations
 
 import polars as pl
 import pytest
 
-from remote_introspect.crossover import (
+from remote_introspect.stats.crossover import (
     CurvePoint,
     aggregate_points,
     dense_grid,

@@ -32,12 +32,12 @@ from typing import Any
 
 import polars as pl
 
-from .analysis import net_detection, rate_ci
+from ..errors import UserError
+from ..results_frame import ResultsFrame
+from ..stats.analysis import net_detection, rate_ci
+from ..stats.cells import POOLED, cell_keys, cell_rates, crossover_mode, crossovers, prereg_cells
+from ..stats.crossover import CrossoverResult
 from .audit import audit_with_frame, fmt_net, format_agreement_rows, format_results
-from .cells import POOLED, cell_keys, cell_rates, crossover_mode, crossovers, prereg_cells
-from .crossover import CrossoverResult
-from .errors import UserError
-from .results_frame import ResultsFrame
 
 MARKER = ".remote_introspect_report"
 
@@ -405,7 +405,7 @@ def concept_table(usable: pl.DataFrame) -> list[dict[str, Any]]:
 def examples(usable: pl.DataFrame, concepts: list[str], limit: int = 5) -> dict[str, list[dict[str, Any]]]:
     """The responses behind every hit, every control false positive and every response held for
     review (all of them, verbatim), and a few affirmative ∧ identifies non-hits."""
-    from .report_browser import verbatim_listing
+    from .browser import verbatim_listing
 
     every = verbatim_listing(usable)
     ai = usable.filter(
@@ -764,7 +764,7 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
     try:
         sections = [s for e in audit["experiments"] for s in _sections(frame, e, tmp)]
         generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        from .report_browser import browser_html
+        from .browser import browser_html
 
         browser = browser_html(frame.df, audit["experiments"])
         (tmp / "index.html").write_text(_html(audit, sections, generated, browser), encoding="utf-8")

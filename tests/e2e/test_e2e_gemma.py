@@ -7,21 +7,18 @@ the README's first command works on a real model.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "remote_introspect", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=1200)  # fmt: skip
+    return run_cli(args, cwd, timeout=1200)
 
 
 def test_gemma_270m_end_to_end(tmp_path: Path) -> None:

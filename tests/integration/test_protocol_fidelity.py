@@ -16,10 +16,10 @@ from remote_introspect.planner import plan_trials
 from remote_introspect.presets import PRESETS
 from remote_introspect.prompts import PROMPT_SETS, render_prompt
 from remote_introspect.protocols import PROTOCOLS, build_spec
-from remote_introspect.report import build_report
+from remote_introspect.reporting.report import build_report
+from remote_introspect.reporting.summary import render_summary
 from remote_introspect.runner import RunOptions
 from remote_introspect.spec import ExperimentSpec, GenerationParams, ModelIdentity, VectorRecipe
-from remote_introspect.summary import render_summary
 
 MODEL = ModelIdentity(repo_id="m", weights_id="w", dtype="bf16", tokenizer_sha="t")
 TINY = GenerationParams(max_new_tokens=3)
@@ -178,7 +178,7 @@ def test_protocol_presets_name_every_issue_11_knob() -> None:
 
 
 def test_positive_control_counts_the_word_reaching_the_output() -> None:
-    from remote_introspect.summary import mentions_word
+    from remote_introspect.reporting.summary import mentions_word
 
     assert mentions_word("Dust Dust Dust Dust", "dust")  # repetition still shows the injection
     assert mentions_word("trump trump trump", "trumpets") and mentions_word("satell Sat", "satellites")

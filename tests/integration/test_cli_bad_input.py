@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 CASES = {
     "unknown model": (["--model", "no-such-model"], "unknown model"),
@@ -25,15 +25,7 @@ CASES = {
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "remote_introspect", "replicate-lindsey", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(["replicate-lindsey", *args], cwd)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -21,14 +21,14 @@ from pathlib import Path
 import pytest
 
 from remote_introspect import runner
-from remote_introspect.audit import run_audit
 from remote_introspect.errors import FatalRemoteError, UserError
 from remote_introspect.executors.local import LocalExecutor
+from remote_introspect.reporting.audit import run_audit
 from remote_introspect.runner import RunOptions
 from remote_introspect.spec import ExperimentSpec, GenerationParams
 from remote_introspect.store import ClaimOwner, Store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _spec(**kw) -> ExperimentSpec:
@@ -158,7 +158,7 @@ def test_edited_grades_fail_audit_and_are_never_counted(tiny_cache: Path, tmp_pa
     assert named == set(keys)
     strict = result["experiments"][0]["results"][0]["injected"]["strict"]
     assert strict["k"] == 0  # none of the forged hits counted
-    from remote_introspect.export import export_cache
+    from remote_introspect.reporting.export import export_cache
 
     res = export_cache(root, tmp_path / "x.parquet")
     assert res.flagged == len(keys)

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from remote_introspect.grading.base import Grade
-from remote_introspect.hit_listing import hits_text, success_line, verbatim_lines
+from remote_introspect.reporting.hit_listing import hits_text, success_line, verbatim_lines
 
 
 def _g(**kw: bool) -> dict:
@@ -58,8 +58,8 @@ def _report(tiny_cache: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_summary_prints_hits_reviews_and_false_positives_verbatim(tiny_cache: Path, tmp_path: Path) -> None:
     from remote_introspect.grading.heuristic import HeuristicGrader
+    from remote_introspect.reporting.summary import render_summary
     from remote_introspect.store import Store
-    from remote_introspect.summary import render_summary
 
     report = _report(tiny_cache, tmp_path)
     concept = [t for t in report.trials if t.condition == "concept"]

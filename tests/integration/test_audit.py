@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from helpers import invoke
 
-from remote_introspect import analysis
-from remote_introspect.audit import run_audit
-from remote_introspect.cli import app
 from remote_introspect.grading.heuristic import HeuristicGrader
+from remote_introspect.reporting.audit import run_audit
 from remote_introspect.spec import (
     GenerationParams,
     ModelIdentity,
@@ -28,9 +26,10 @@ from remote_introspect.spec import (
     canonical_json,
     sha256_hex,
 )
+from remote_introspect.stats import analysis
 from remote_introspect.store import Store
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit_json.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "audit_json.md"
 MODEL = ModelIdentity(
     repo_id="synthetic/model", weights_id="synthetic-w1", dtype="fp32", tokenizer_sha="0" * 64
 )
@@ -198,9 +197,7 @@ def fresh_copy(designed_only: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _cli(*args: str) -> tuple[int, str, str]:
-    res = CliRunner().invoke(app, list(args))
-    return res.exit_code, res.stdout, res.stderr
+_cli = invoke
 
 
 # --------------------------------------------------------------------------- the books

@@ -1,4 +1,4 @@
-"""Tests for remote_introspect.analysis: each asserts a definition against known values."""
+"""Tests for remote_introspect.stats.analysis: each asserts a definition against known values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from remote_introspect.analysis import (
+from remote_introspect.stats.analysis import (
     KappaCI,
     RateCI,
     cohen_kappa,

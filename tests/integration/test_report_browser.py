@@ -15,8 +15,8 @@ import polars as pl
 import pytest
 
 from remote_introspect.grading.base import Grade
-from remote_introspect.report import build_report
-from remote_introspect.report_browser import cell_label
+from remote_introspect.reporting.browser import cell_label
+from remote_introspect.reporting.report import build_report
 from remote_introspect.results_frame import judge_identity, load_frame
 from remote_introspect.store import Store
 

@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from remote_introspect.audit import run_audit
+from remote_introspect.reporting.audit import run_audit
 from remote_introspect.spec import ExperimentSpec, GenerationParams, VectorRecipe
 
 SPEC = dict(

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 
 from remote_introspect import concept_vectors, runner
 from remote_introspect.errors import UserError
@@ -19,7 +17,7 @@ from remote_introspect.protocols import build_spec, load_experiment_file
 from remote_introspect.runner import RunOptions
 from remote_introspect.spec import ExperimentSpec, GenerationParams, ModelIdentity, VectorRecipe
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = ModelIdentity(repo_id="m", weights_id="w", dtype="bf16", tokenizer_sha="t")
 SHAS = {name: f"sha-{name}" for name in PROMPT_SETS}
 
@@ -75,10 +73,7 @@ def test_file_and_flags_give_identical_specs_and_keys(tmp_path: Path) -> None:
     assert a == b
 
 
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "remote_introspect", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+_cli = run_cli
 
 
 def test_cli_run_file_and_flags_share_trials(tmp_path: Path) -> None:

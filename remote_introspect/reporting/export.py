@@ -15,9 +15,9 @@ from pathlib import Path
 
 import polars as pl
 
-from .atomic import atomic_write
-from .errors import UserError
-from .results_frame import CorruptDatabase, load_frame, open_readonly
+from ..atomic import atomic_write
+from ..errors import UserError
+from ..results_frame import CorruptDatabase, load_frame, open_readonly
 
 
 @dataclass
@@ -35,7 +35,7 @@ def _check_target(out: Path) -> None:
         raise UserError(f"output directory {out.parent} does not exist")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory")
-    from .store import probe_dir_writable
+    from ..store import probe_dir_writable
 
     probe_dir_writable(out.parent, f"output directory {out.parent}")  # os.access passes for root
 
