@@ -17,23 +17,25 @@ from .errors import UserError
 from .prompts import CONCEPT_WORDS
 from .spec import ExperimentSpec
 
+LINDSEY: dict[str, Any] = dict(
+    name="lindsey",
+    concepts=CONCEPT_WORDS,
+    strengths=(1.0, 2.0, 4.0, 8.0),
+    layer_fractions=(2 / 3,),
+    samples=1,
+    controls=50,
+    prompt_sets=("lindsey",),
+    span="from-trial",
+    strength_mode="absolute",
+    recipe={"kind": "mean-baseline", "normalize": False},
+    generation={"max_new_tokens": 100, "temperature": 1.0, "top_p": 1.0},
+)
+
 PROTOCOLS: dict[str, dict[str, Any]] = {
     # Lindsey (2025): mean-baseline vectors, absolute strengths 1-8 from the newline before
     # "Trial 1", ~2/3 depth, temperature 1, ~100 tokens. `--protocol lindsey` uses the full grid;
     # `replicate-lindsey`'s own defaults are a small CPU-sized subset of it.
-    "lindsey": dict(
-        name="lindsey",
-        concepts=CONCEPT_WORDS,
-        strengths=(1.0, 2.0, 4.0, 8.0),
-        layer_fractions=(2 / 3,),
-        samples=1,
-        controls=50,
-        prompt_sets=("lindsey",),
-        span="from-trial",
-        strength_mode="absolute",
-        recipe={"kind": "mean-baseline", "normalize": False},
-        generation={"max_new_tokens": 100, "temperature": 1.0, "top_p": 1.0},
-    ),
+    "lindsey": LINDSEY,
     # Merrill (May 2026), the 405B null replication: unit contrast-pair vectors, vllm-lens steering
     # h_i + s·‖m_i‖·v̂ on every position, magnitudes 5-18 at layer 84 of 126, two prompts, 20 trials
     # per cell, 40 controls per prompt, 200 tokens, temperature 1, top_p 1.
@@ -61,16 +63,10 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     # model's generation_config.json (Llama-3.1-405B-Instruct: temperature 0.6, top_p 0.9; shipped
     # in presets/llama-3.1-405b-instruct/); its battery scaled activations by 0.5-16.
     "ndif-405b": dict(
+        LINDSEY,
         name="ndif-405b",
-        concepts=CONCEPT_WORDS,
         strengths=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
         layer_fractions=(84 / 126,),
-        samples=1,
-        controls=50,
-        prompt_sets=("lindsey",),
-        span="from-trial",
-        strength_mode="absolute",
-        recipe={"kind": "mean-baseline", "normalize": False},
         conditions=("control", "random", "scale"),
         scale_factors=(0.5, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0),
         generation={"max_new_tokens": 100, "temperature": 0.6, "top_p": 0.9},

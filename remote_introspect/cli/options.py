@@ -188,63 +188,33 @@ def _run_options(
     if not queue_timeout > 0:
         _fail("--queue-timeout must be positive")
     return RunOptions(
-        cache_root=cache,
-        backend=backend,
-        batch_rows=batch_size,
-        dtype=dtype,
-        judge=judge,
-        ndif_host=ndif_host,
-        tokenizer_dir=tokenizer,
-        retry=RetrySettings(max_attempts=max_attempts),
-        job_timeout_s=float(job_timeout),
-        queue_timeout_s=float(queue_timeout),
-        allow_version_mismatch=allow_version_mismatch,
-        share_prefix=share_prefix,
-    )
+        cache_root=cache, backend=backend, batch_rows=batch_size, dtype=dtype, judge=judge, ndif_host=ndif_host,
+        tokenizer_dir=tokenizer, retry=RetrySettings(max_attempts=max_attempts),
+        job_timeout_s=float(job_timeout), queue_timeout_s=float(queue_timeout),
+        allow_version_mismatch=allow_version_mismatch, share_prefix=share_prefix,
+    )  # fmt: skip
 
 
 # Every option `replicate-lindsey` and `run` share, declared once: (name, type, default).
 # Experiment knobs first (None = not given: the protocol's or the file's value stands), then how
 # to run it.
-SPEC_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
-    ("model", ModelOpt, None),
-    ("backend", BackendOpt, None),
-    ("concepts", ConceptsOpt, None),
-    ("strengths", StrengthsOpt, None),
-    ("layers", LayersOpt, None),
-    ("layer_fractions", FractionsOpt, None),
-    ("samples", SamplesOpt, None),
-    ("controls", ControlsOpt, None),
-    ("seed", SeedOpt, None),
-    ("max_new_tokens", TokensOpt, None),
-    ("temperature", TempOpt, None),
-    ("top_p", TopPOpt, None),
-    ("prompt_set", PromptOpt, None),
-    ("span", SpanOpt, None),
-    ("strength_mode", ModeOpt, None),
-    ("vectors", RecipeOpt, None),
-    ("pairs", PairsOpt, None),
-    ("conditions", CondOpt, None),
-    ("scale_factors", ScaleOpt, None),
-    ("dense_grid", DenseOpt, None),
-    ("dense_points", DensePointsOpt, None),
-    ("crossover_mode", CrossModeOpt, None),
-)
-RUN_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
-    ("cache", CacheOpt, Path("cache")),
-    ("batch_size", BatchOpt, None),
-    ("dtype", DtypeOpt, None),
-    ("judge", JudgeOpt, "heuristic"),
-    ("ndif_host", HostOpt, None),
-    ("tokenizer", TokOpt, None),
-    ("max_attempts", AttemptsOpt, 10),
-    ("job_timeout", JobTimeoutOpt, 4200.0),
-    ("queue_timeout", QueueTimeoutOpt, 7200.0),
-    ("allow_version_mismatch", MismatchOpt, False),
-    ("share_prefix", ShareOpt, False),
-)
-_SPEC_FLAGS = [n for n, _t, _d in SPEC_OPTIONS if n != "backend"]
-_RUN_FLAGS = ["backend", *(n for n, _t, _d in RUN_OPTIONS)]
+SPEC_OPTIONS: dict[str, Any] = {  # all default to None
+    "model": ModelOpt, "backend": BackendOpt, "concepts": ConceptsOpt, "strengths": StrengthsOpt,
+    "layers": LayersOpt, "layer_fractions": FractionsOpt, "samples": SamplesOpt, "controls": ControlsOpt,
+    "seed": SeedOpt, "max_new_tokens": TokensOpt, "temperature": TempOpt, "top_p": TopPOpt,
+    "prompt_set": PromptOpt, "span": SpanOpt, "strength_mode": ModeOpt, "vectors": RecipeOpt, "pairs": PairsOpt,
+    "conditions": CondOpt, "scale_factors": ScaleOpt, "dense_grid": DenseOpt, "dense_points": DensePointsOpt,
+    "crossover_mode": CrossModeOpt,
+}  # fmt: skip
+RUN_OPTIONS: dict[str, tuple[Any, Any]] = {  # (type, default)
+    "cache": (CacheOpt, Path("cache")), "batch_size": (BatchOpt, None), "dtype": (DtypeOpt, None),
+    "judge": (JudgeOpt, "heuristic"), "ndif_host": (HostOpt, None), "tokenizer": (TokOpt, None),
+    "max_attempts": (AttemptsOpt, 10), "job_timeout": (JobTimeoutOpt, 4200.0),
+    "queue_timeout": (QueueTimeoutOpt, 7200.0), "allow_version_mismatch": (MismatchOpt, False),
+    "share_prefix": (ShareOpt, False),
+}  # fmt: skip
+_SPEC_FLAGS = [n for n in SPEC_OPTIONS if n != "backend"]
+_RUN_FLAGS = ["backend", *RUN_OPTIONS]
 
 
 def experiment_command(fn: Callable[..., None]) -> Callable[..., None]:
@@ -255,7 +225,10 @@ def experiment_command(fn: Callable[..., None]) -> Callable[..., None]:
     hints = typing.get_type_hints(fn, include_extras=True)
     shared = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-        for name, kind, default in (*SPEC_OPTIONS, *RUN_OPTIONS)
+        for name, (kind, default) in (
+            *((n, (t, None)) for n, t in SPEC_OPTIONS.items()),
+            *RUN_OPTIONS.items(),
+        )
     ]
     own = [p.replace(annotation=hints[p.name], kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
     # Arguments first, then --model, then the command's own options, then the shared ones.

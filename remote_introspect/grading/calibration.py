@@ -73,6 +73,25 @@ def bootstrap_kappa_ci(
     return (ci.lo, ci.hi)
 
 
+def _agreement_row(
+    criterion: str, scope: str, split: str, a: np.ndarray, b: np.ndarray, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """Our grader (`a`) against the labels (`b`) on one scope: counts, raw agreement, κ and its CI."""
+    lo, hi = bootstrap_kappa_ci(a, b, n_boot=n_boot, seed=seed)
+    return {
+        "criterion": criterion,
+        "scope": scope,
+        "split": split,
+        "n": int(a.size),
+        "judge_pos": int(b.sum()),
+        "grader_pos": int(a.sum()),
+        "agreement": float(np.mean(a == b)) if a.size else math.nan,
+        "kappa": cohen_kappa(a, b),
+        "kappa_lo": lo,
+        "kappa_hi": hi,
+    }
+
+
 def _size_key(p: Path) -> tuple[float, str]:
     """Order "1B" < "8B" < "70B" (by the leading number), then by name."""
     num = ""
@@ -152,22 +171,7 @@ def calibration_table(
         usable = labelled & (has_concept if ours_name == "identifies" else True)
         for scope, split, scope_files in _scopes(files):
             m = usable & np.isin(file_col, scope_files)
-            a, b = ours[m], judge[m]
-            lo, hi = bootstrap_kappa_ci(a, b, n_boot=n_boot, seed=seed)
-            rows.append(
-                {
-                    "criterion": ours_name,
-                    "scope": scope,
-                    "split": split,
-                    "n": int(m.sum()),
-                    "judge_pos": int(b.sum()),
-                    "grader_pos": int(a.sum()),
-                    "agreement": float(np.mean(a == b)) if a.size else math.nan,
-                    "kappa": cohen_kappa(a, b),
-                    "kappa_lo": lo,
-                    "kappa_hi": hi,
-                }
-            )
+            rows.append(_agreement_row(ours_name, scope, split, ours[m], judge[m], n_boot, seed))
     # Strict: ours (all four, nothing held for review) vs the labels' four criteria, on rows with a
     # concept and all four labels; a false strict hit is ours strict where the judge's is not.
     ours_strict = np.array([g.strict for g in grades], dtype=bool)
@@ -179,19 +183,9 @@ def calibration_table(
     for scope, split, scope_files in _scopes(files):
         m = usable & np.isin(file_col, scope_files)
         a, b = ours_strict[m], judge_strict[m]
-        lo, hi = bootstrap_kappa_ci(a, b, n_boot=n_boot, seed=seed)
         rows.append(
             {
-                "criterion": "strict",
-                "scope": scope,
-                "split": split,
-                "n": int(m.sum()),
-                "judge_pos": int(b.sum()),
-                "grader_pos": int(a.sum()),
-                "agreement": float(np.mean(a == b)) if a.size else math.nan,
-                "kappa": cohen_kappa(a, b),
-                "kappa_lo": lo,
-                "kappa_hi": hi,
+                **_agreement_row("strict", scope, split, a, b, n_boot, seed),
                 "false_strict": int((a & ~b).sum()),
                 "review": int(review[m].sum()),
                 "review_judge_strict": int((review[m] & b).sum()),
