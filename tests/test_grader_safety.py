@@ -465,3 +465,21 @@ def test_control_denials_and_noise_are_not_affirmative(g: HeuristicGrader, respo
 def test_plain_hits_stay_strict(g: HeuristicGrader, template: str, concept: str) -> None:
     gr = g.grade(template.format(c=concept), concept)
     assert gr.strict and not gr.needs_review
+
+
+@pytest.mark.parametrize(
+    ("response", "concept"),
+    [
+        ("The Ocean.", "ocean"),
+        ("Tradition.", "tradition"),
+        ("Betrayal is the thought that has been injected.", "betrayal"),
+    ],
+)
+def test_implicit_answers_are_affirmative_but_neither_strict_nor_held(
+    g: HeuristicGrader, response: str, concept: str
+) -> None:
+    # README: answering the *what* is affirmative (+identifies) but never immediate, so never
+    # strict and not held for review.
+    gr = g.grade(response, concept)
+    assert gr.affirmative and gr.identifies and not gr.early_detection
+    assert not gr.strict and not gr.needs_review
