@@ -201,6 +201,41 @@ def test_job_frozen_running_after_restart_is_resubmitted_after_the_running_cap(s
     assert len(frozen) == 1
 
 
+def test_job_frozen_queued_after_restart_is_resubmitted_after_queue_plus_job_timeout(
+    server, model_dir, tmp_path, caplog
+):
+    """A restart while queued freezes the status at QUEUED; the model stays deployed and the id
+    known, so only the bound `queue_timeout_s + job_timeout_s` (no change) gets it resubmitted."""
+    import threading
+
+    opts = _opts(tmp_path / "c", server.url, job_timeout_s=1.0, queue_timeout_s=0.5, stale_probe_s=600.0)
+    small = dict(concepts=("Dust",), strengths=(2.0,), controls=0)
+    assert runner.run(_spec(model_dir, samples=1, **small), opts).complete  # vectors cached
+    assert runner.run(_spec(model_dir, samples=2, **small), _opts(tmp_path / "local", None)).complete
+    server.reset_counters()
+    server.faults.update(queue_delay_s=30.0)
+
+    def freeze_while_queued():
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with server._lock:
+                if any(j.status == "QUEUED" for j in server._jobs.values()):
+                    break
+            time.sleep(0.01)
+        server.faults.update(queue_delay_s=0.0)
+        server.restart(lost="freeze")
+
+    threading.Thread(target=freeze_while_queued, daemon=True).start()
+    t0 = time.time()
+    with caplog.at_level("WARNING"):
+        rep = runner.run(_spec(model_dir, samples=2, **small), opts)
+    assert rep.complete and time.time() - t0 < 30
+    assert server.requests == 2  # the frozen job and exactly one resubmission
+    assert [j for j in server._jobs.values() if j.status == "QUEUED"]
+    assert "froze" in caplog.text and "QUEUED" in caplog.text
+    assert _responses(tmp_path / "c") == _responses(tmp_path / "local")
+
+
 def test_cannot_be_accommodated_is_transient_with_a_long_backoff(server, model_dir, tmp_path):
     server.faults.update(job_errors=[CANNOT_ACCOMMODATE_TEXT])
     rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),

@@ -24,8 +24,9 @@ Hence:
 - a job is resubmitted only when the server reports it failed (ERROR), no longer knows it (404/500
   for `stale_probe_s`), has been RUNNING past NDIF's execution cap (`job_timeout_s`, default 3600 s
   + a margin: its status froze in a restart), or has sat unchanged in the queue past
-  `queue_timeout_s` AND the server no longer lists the model as deployed; or when the result link
-  has expired (`ResultExpiredError`). A long queue alone is never a failure;
+  `queue_timeout_s` AND the server no longer lists the model as deployed, or unchanged in the
+  queue past `queue_timeout_s + job_timeout_s` whatever the server lists (a status frozen at
+  QUEUED by a restart never moves again); or when the result link has expired (`ResultExpiredError`). A long queue alone is never a failure;
 - fatal (bad key from the API itself, version mismatch, model not hosted) → `FatalRemoteError`;
 - transient (5xx on submit, eviction, preemption, lost backend) → `TransientError`, retried by
   `retry_policy`; "cannot be accommodated" → `CapacityError`, transient with a long backoff;
@@ -456,6 +457,7 @@ class NDIFExecutor:
         now = time.monotonic()
         last_seen: tuple[str, str] | None = None
         changed = now  # when the (status, description) last changed
+        unchanged_since = now  # same, never reset by a queue probe
         running_since: float | None = None
         last_answer = now  # last time the server answered this job's poll at all
         unknown_since: float | None = None
@@ -502,7 +504,7 @@ class NDIFExecutor:
                     else:
                         seen = (status, str(response.description or ""))
                         if seen != last_seen:
-                            last_seen, changed = seen, now
+                            last_seen, changed, unchanged_since = seen, now, now
                         if status == "RUNNING":
                             running_since = now if running_since is None else running_since
                             if now - running_since > s.job_timeout_s:
@@ -511,6 +513,12 @@ class NDIFExecutor:
                                     f"NDIF's execution cap ({NDIF_EXECUTION_CAP_S:.0f}s): its status froze "
                                     "(server restart); resubmitting"
                                 )
+                        elif now - unchanged_since > s.queue_timeout_s + s.job_timeout_s:
+                            raise JobLostError(
+                                f"job {job_id} has been {status} with no change for "
+                                f"{now - unchanged_since:.0f}s (past --queue-timeout + --job-timeout): "
+                                "its status froze (server restart); resubmitting"
+                            )
                         elif now - changed > s.queue_timeout_s:
                             changed = now
                             self._probe_queued(job_id, status)
