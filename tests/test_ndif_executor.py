@@ -305,6 +305,28 @@ def test_preflight_version_mismatch_is_fatal(model_dir, tmp_path, monkeypatch):
             runner.run(_spec(model_dir), _opts(tmp_path / "c", srv.url, allow_version_mismatch=True))
 
 
+def test_preflight_server_nnsight_outside_the_pin_says_so(model_dir, tmp_path, monkeypatch):
+    """Server on nnsight 0.9.x: the printed `pip install` would conflict with nnsight<0.9."""
+    monkeypatch.setenv("NDIF_API_KEY", DEFAULT_API_KEY)
+    with LoopbackNDIF({str(model_dir): model_dir}, server_nnsight_version="0.9.2") as srv:
+        with pytest.raises(FatalRemoteError, match="server runs 0.9.2") as err:
+            runner.run(_spec(model_dir), _opts(tmp_path / "c", srv.url))
+        assert "outside the range this package is tested with (nnsight>=0.8.1,<0.9)" in str(err.value)
+        assert "run: pip install" not in str(err.value) and srv.requests == 0
+
+
+def test_client_python_newer_than_the_server_is_accepted(model_dir, tmp_path, monkeypatch):
+    """NDIF's newest rule (dependencies.py @134eac98 and later): client Python >= MIN_PYTHON_VERSION
+    (default the server's); the exact-match rule of the older @6512b9c5 is not followed."""
+    monkeypatch.setenv("NDIF_API_KEY", DEFAULT_API_KEY)
+    lines = []
+    with LoopbackNDIF({str(model_dir): model_dir}, server_python_version="3.10.4 (main)", preload=True) as srv:
+        rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),
+                         _opts(tmp_path / "c", srv.url), notice=lines.append)  # fmt: skip
+    assert rep.complete
+    assert any("python 3.10" in line and "ok" in line for line in lines), lines
+
+
 def test_older_server_patch_release_is_accepted(model_dir, tmp_path, monkeypatch):
     """A server running an older nnsight than ours (client >= server) is what NDIF accepts; the
     old exact-equality preflight refused it."""

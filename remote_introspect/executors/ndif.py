@@ -15,8 +15,11 @@ that failed. Facts from NDIF's public server source (ndif-team/ndif):
 - The model actor kills a job after `execution_timeout` ("Job took longer than timeout: N
   seconds", `src/services/ray/src/ray/deployments/modeling/base.py` @02758d7c; 3600 s on NDIF).
 - Versions: client nnsight >= `MIN_NNSIGHT_VERSION` (default: the server's own) and client Python
-  major.minor >= the server's, else HTTP 400 (`src/services/api/src/dependencies.py` @134eac98,
-  `config.py` @14c5ae16).
+  major.minor >= `MIN_PYTHON_VERSION` (default: the server's own major.minor), else HTTP 400
+  (`src/services/api/src/dependencies.py` @134eac98 and its newest stored version, which only wraps
+  `validate_request` in a tracing span; `config.py` @14c5ae16, @59237031). The exact-match Python
+  rule ("Client python version X does not match server version") is the OLDER dependencies.py
+  @6512b9c5 (module-level `MIN_NNSIGHT_VERSION`, before `AppConfig`); we follow the newer one.
 
 Hence:
 - a poll that fails (502, connection error, unparsable body) is retried on the SAME job id; it
@@ -195,9 +198,30 @@ def _version_refusal(text: str, msg: str) -> str:
 
         return (
             f"nnsight: NDIF requires >= {minimum.group(1)}, this client has {version('nnsight')}; "
-            f"run: pip install nnsight=={minimum.group(1)}"
+            f"{_pip_nnsight(minimum.group(1))}"
         )
     return f"nnsight version mismatch with the server: {msg}"
+
+
+# The nnsight range this package pins and is tested with (pyproject.toml: keep them equal).
+NNSIGHT_TESTED = ">=0.8.1,<0.9"
+
+
+def _pip_nnsight(wanted: str) -> str:
+    """The install command for the server's nnsight, honest when it is outside our pin."""
+    try:
+        from packaging.specifiers import SpecifierSet
+
+        inside = SpecifierSet(NNSIGHT_TESTED).contains(wanted, prereleases=True)
+    except Exception:  # noqa: BLE001 - an unparsable version: say nothing about the range
+        inside = True
+    if inside:
+        return f"run: pip install nnsight=={wanted}"
+    return (
+        f"nnsight {wanted} is outside the range this package is tested with (nnsight{NNSIGHT_TESTED}); "
+        f"`pip install nnsight=={wanted}` conflicts with its pin and is untested: a release of "
+        "remote_introspect that supports it is needed"
+    )
 
 
 def _version_key(text: str) -> tuple:
@@ -407,7 +431,8 @@ class NDIFExecutor:
 
     def _check_versions(self) -> str:
         """NDIF's rule: client nnsight >= the server's (its default minimum) and client Python
-        major.minor >= the server's (dependencies.py @134eac98, config.py @14c5ae16)."""
+        major.minor >= the server's (dependencies.py @134eac98, config.py @14c5ae16; see the module
+        docstring for the older exact-match rule we do not follow)."""
         from importlib.metadata import version
 
         try:
@@ -428,7 +453,7 @@ class NDIFExecutor:
         if server_nn and _version_key(client_nn) < _version_key(server_nn):
             problems.append(
                 f"nnsight: server runs {server_nn}, this client {client_nn} (NDIF requires client >= server); "
-                f"run: pip install nnsight=={server_nn}"
+                f"{_pip_nnsight(server_nn)}"
             )
         if server_py and _version_key(client_py) < _version_key(server_py):
             problems.append(
