@@ -776,10 +776,15 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
     _check_out(out_dir)
     audit, frame = audit_with_frame(root, judge)
     if frame is None or audit["totals"] is None:
-        raise UserError(
+        from .store import CacheCorrupt  # exit 4, as `run` and `grade` on a corrupt database
+
+        raise CacheCorrupt(
             f"the cache database is corrupt ({audit['database']['check']}); run `audit` for details"
         )
-    tmp = _make_tmp(out_dir)
+    try:
+        tmp = _make_tmp(out_dir)
+    except OSError as err:  # e.g. /proc or /sys: the parent looks writable but is not
+        raise UserError(f"cannot write {out_dir}: {err.strerror or err}") from None
     try:
         sections = [s for e in audit["experiments"] for s in _sections(frame, e, tmp)]
         generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -538,7 +538,7 @@ def test_server_restart_mid_job_is_detected_and_resubmitted(server, model_dir, t
     opts = _opts(tmp_path / "c", server.url, stale_probe_s=0.3, job_timeout_s=600.0)
     small = dict(concepts=("Dust",), strengths=(2.0,), controls=0)
     assert runner.run(_spec(model_dir, samples=1, **small), opts).complete  # vectors cached
-    server.faults.update(queue_delay_s=2.0)
+    server.faults.update(queue_delay_s=2.0, unknown_id_status=404)  # other servers' "not found"
 
     import threading
 

@@ -138,6 +138,15 @@ def test_rerun_replaces_the_report_and_leaves_no_temp(built: Path, tiny_cache: P
     assert [p.name for p in built.parent.iterdir()] == [built.name]
 
 
+@pytest.mark.parametrize("out", ["/proc/x", "/sys/x"])
+def test_unwritable_pseudo_filesystem_is_one_error_line(out: str, tiny_cache: Path) -> None:
+    """/proc and /sys pass the access() check but refuse the temp directory: one line, like export."""
+    res = CliRunner().invoke(app, ["report", "--cache", str(tiny_cache), "--out", out])
+    assert res.exit_code == 2 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write " + out), res.stderr
+
+
 @pytest.mark.parametrize(
     "case", ["parent missing", "out is a file", "foreign directory", "missing cache", "bad judge"]
 )
