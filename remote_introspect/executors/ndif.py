@@ -29,7 +29,8 @@ Hence:
   + a margin: its status froze in a restart), or has sat unchanged in the queue past
   `queue_timeout_s` AND the server no longer lists the model as deployed, or unchanged in the
   queue past `queue_timeout_s + job_timeout_s` whatever the server lists (a status frozen at
-  QUEUED by a restart never moves again); or when the result link has expired (`ResultExpiredError`). A long queue alone is never a failure;
+  QUEUED by a restart never moves again); or when the result link has expired (`ResultExpiredError`).
+  A long queue whose status or position still changes is never a failure;
 - fatal (bad key from the API itself, version mismatch, model not hosted) → `FatalRemoteError`;
 - transient (5xx on submit, eviction, preemption, lost backend) → `TransientError`, retried by
   `retry_policy`; "cannot be accommodated" → `CapacityError`, transient with a long backoff;
