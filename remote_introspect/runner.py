@@ -393,6 +393,10 @@ def run(
         )  # fmt: skip
         if pending:
             _execute(spec, opts, ref, executor, store, identity, rendered, pending, report, progress, notice)
+        else:  # every trial done: still verify (and repair) this experiment's vector files
+            model_key = keys.model_key(identity.model_dump(mode="json"))
+            ensure_vectors(spec, opts, executor, store, model_key, _vector_refs(trials), progress, notice,
+                           before_extract=lambda: preflight(executor, notice))  # fmt: skip
         store.settle_batches()
         store.prune_claims()
         grade_trials(store, trials, opts.judge, progress, protocol=spec.protocol)
@@ -442,6 +446,55 @@ def verified_ungraded(store: Store, keys: list[str], judge: str) -> list[dict[st
     return todo.select("key", "response").to_dicts()
 
 
+def _vector_refs(trials: list[Trial]) -> set[tuple[int, str]]:
+    return {t.vector_ref[1:] for t in trials if t.vector_ref is not None}
+
+
+def ensure_vectors(
+    spec: ExperimentSpec,
+    opts: RunOptions,
+    executor: Executor,
+    store: Store,
+    model_key: str,
+    wanted: set[tuple[int, str]],
+    progress: Progress,
+    notice: Callable[[str], None],
+    before_extract: Callable[[], None] | None = None,
+) -> None:
+    """Verify the files holding `wanted` (all of this experiment's vectors, on every run, done or
+    not): a missing or corrupt one is un-indexed and re-extracted (extraction is deterministic),
+    with one notice line; so is any wanted vector not yet extracted."""
+    tok = executor.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    for name, n in store.drop_broken_vector_files(model_key, spec.recipe.id, wanted):
+        notice(
+            f"vector file {name} is missing or corrupt (sha256 mismatch): re-extracting its {n} vector(s)"
+            " (extraction is deterministic)"
+        )
+    missing = store.missing_vectors(model_key, spec.recipe.id, wanted)
+    if missing:
+        if before_extract is not None:
+            before_extract()
+        progress("extracting concept vectors", 0, len(missing))
+        miss_layers = sorted({layer for layer, _ in missing})
+        miss_concepts = sorted({c for _, c in missing})
+
+        def extract(ids: torch.Tensor, mask: torch.Tensor, layers: list[int]) -> torch.Tensor:
+            try:
+                return call_with_retries(lambda: executor.extract(ids, mask, layers), opts.retry)
+            except BatchTooLargeError:
+                if ids.shape[0] < 2:
+                    raise
+                h = ids.shape[0] // 2  # too big for the server: halve and concatenate the rows
+                return torch.cat(
+                    [extract(ids[:h], mask[:h], layers), extract(ids[h:], mask[h:], layers)], dim=1
+                )
+
+        vecs = concept_vectors.compute_vectors(extract, tok, spec.recipe, miss_concepts, miss_layers, pad_id)
+        store.save_vectors(model_key, spec.recipe.id, canonical_json(spec.recipe.identity()), vecs)
+        progress("extracting concept vectors", len(missing), len(missing))
+
+
 def _execute(
     spec: ExperimentSpec,
     opts: RunOptions,
@@ -462,31 +515,7 @@ def _execute(
 
     # Vectors: once per (model, recipe, layer, concept), all layers in one pass.
     wanted = {t.vector_ref[1:] for t in pending if t.vector_ref is not None}
-    for name, n in store.drop_broken_vector_files(model_key, spec.recipe.id, wanted):
-        notice(
-            f"vector file {name} is missing or corrupt (sha256 mismatch): re-extracting its {n} vector(s)"
-            " (extraction is deterministic)"
-        )
-    missing = store.missing_vectors(model_key, spec.recipe.id, wanted)
-    if missing:
-        progress("extracting concept vectors", 0, len(missing))
-        miss_layers = sorted({layer for layer, _ in missing})
-        miss_concepts = sorted({c for _, c in missing})
-
-        def extract(ids: torch.Tensor, mask: torch.Tensor, layers: list[int]) -> torch.Tensor:
-            try:
-                return call_with_retries(lambda: executor.extract(ids, mask, layers), opts.retry)
-            except BatchTooLargeError:
-                if ids.shape[0] < 2:
-                    raise
-                h = ids.shape[0] // 2  # too big for the server: halve and concatenate the rows
-                return torch.cat(
-                    [extract(ids[:h], mask[:h], layers), extract(ids[h:], mask[h:], layers)], dim=1
-                )
-
-        vecs = concept_vectors.compute_vectors(extract, tok, spec.recipe, miss_concepts, miss_layers, pad_id)
-        store.save_vectors(model_key, spec.recipe.id, canonical_json(spec.recipe.identity()), vecs)
-        progress("extracting concept vectors", len(missing), len(missing))
+    ensure_vectors(spec, opts, executor, store, model_key, _vector_refs(report.trials), progress, notice)
     vectors = store.load_vectors(model_key, spec.recipe.id, wanted) if wanted else {}
     stop_ids = eos_ids(tok)
     total = len(pending)

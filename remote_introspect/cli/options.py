@@ -103,7 +103,8 @@ QueueTimeoutOpt = Annotated[
     float,
     typer.Option(
         help="Seconds a remote job may sit queued with no change before the server is asked about "
-        "it; resubmitted only if the server no longer knows it or no longer hosts the model."
+        "it; resubmitted only if the server no longer knows it or no longer hosts the model, or "
+        "once it has sat unchanged for --queue-timeout + --job-timeout (a status frozen by a restart)."
     ),
 ]
 MismatchOpt = Annotated[

@@ -15,8 +15,11 @@ that failed. Facts from NDIF's public server source (ndif-team/ndif):
 - The model actor kills a job after `execution_timeout` ("Job took longer than timeout: N
   seconds", `src/services/ray/src/ray/deployments/modeling/base.py` @02758d7c; 3600 s on NDIF).
 - Versions: client nnsight >= `MIN_NNSIGHT_VERSION` (default: the server's own) and client Python
-  major.minor >= the server's, else HTTP 400 (`src/services/api/src/dependencies.py` @134eac98,
-  `config.py` @14c5ae16).
+  major.minor >= `MIN_PYTHON_VERSION` (default: the server's own major.minor), else HTTP 400
+  (`src/services/api/src/dependencies.py` @134eac98 and its newest stored version, which only wraps
+  `validate_request` in a tracing span; `config.py` @14c5ae16, @59237031). The exact-match Python
+  rule ("Client python version X does not match server version") is the OLDER dependencies.py
+  @6512b9c5 (module-level `MIN_NNSIGHT_VERSION`, before `AppConfig`); we follow the newer one.
 
 Hence:
 - a poll that fails (502, connection error, unparsable body) is retried on the SAME job id; it
@@ -24,8 +27,10 @@ Hence:
 - a job is resubmitted only when the server reports it failed (ERROR), no longer knows it (404/500
   for `stale_probe_s`), has been RUNNING past NDIF's execution cap (`job_timeout_s`, default 3600 s
   + a margin: its status froze in a restart), or has sat unchanged in the queue past
-  `queue_timeout_s` AND the server no longer lists the model as deployed; or when the result link
-  has expired (`ResultExpiredError`). A long queue alone is never a failure;
+  `queue_timeout_s` AND the server no longer lists the model as deployed, or unchanged in the
+  queue past `queue_timeout_s + job_timeout_s` whatever the server lists (a status frozen at
+  QUEUED by a restart never moves again); or when the result link has expired (`ResultExpiredError`).
+  A long queue whose status or position still changes is never a failure;
 - fatal (bad key from the API itself, version mismatch, model not hosted) → `FatalRemoteError`;
 - transient (5xx on submit, eviction, preemption, lost backend) → `TransientError`, retried by
   `retry_policy`; "cannot be accommodated" → `CapacityError`, transient with a long backoff;
@@ -190,9 +195,30 @@ def _version_refusal(text: str, msg: str) -> str:
 
         return (
             f"nnsight: NDIF requires >= {minimum.group(1)}, this client has {version('nnsight')}; "
-            f"run: pip install nnsight=={minimum.group(1)}"
+            f"{_pip_nnsight(minimum.group(1))}"
         )
     return f"nnsight version mismatch with the server: {msg}"
+
+
+# The nnsight range this package pins and is tested with (pyproject.toml: keep them equal).
+NNSIGHT_TESTED = ">=0.8.1,<0.9"
+
+
+def _pip_nnsight(wanted: str) -> str:
+    """The install command for the server's nnsight, honest when it is outside our pin."""
+    try:
+        from packaging.specifiers import SpecifierSet
+
+        inside = SpecifierSet(NNSIGHT_TESTED).contains(wanted, prereleases=True)
+    except Exception:  # noqa: BLE001 - an unparsable version: say nothing about the range
+        inside = True
+    if inside:
+        return f"run: pip install nnsight=={wanted}"
+    return (
+        f"nnsight {wanted} is outside the range this package is tested with (nnsight{NNSIGHT_TESTED}); "
+        f"`pip install nnsight=={wanted}` conflicts with its pin and is untested: a release of "
+        "remote_introspect that supports it is needed"
+    )
 
 
 def _version_key(text: str) -> tuple:
@@ -402,7 +428,8 @@ class NDIFExecutor:
 
     def _check_versions(self) -> str:
         """NDIF's rule: client nnsight >= the server's (its default minimum) and client Python
-        major.minor >= the server's (dependencies.py @134eac98, config.py @14c5ae16)."""
+        major.minor >= the server's (dependencies.py @134eac98, config.py @14c5ae16; see the module
+        docstring for the older exact-match rule we do not follow)."""
         from importlib.metadata import version
 
         try:
@@ -423,7 +450,7 @@ class NDIFExecutor:
         if server_nn and _version_key(client_nn) < _version_key(server_nn):
             problems.append(
                 f"nnsight: server runs {server_nn}, this client {client_nn} (NDIF requires client >= server); "
-                f"run: pip install nnsight=={server_nn}"
+                f"{_pip_nnsight(server_nn)}"
             )
         if server_py and _version_key(client_py) < _version_key(server_py):
             problems.append(
@@ -452,6 +479,7 @@ class NDIFExecutor:
         now = time.monotonic()
         last_seen: tuple[str, str] | None = None
         changed = now  # when the (status, description) last changed
+        unchanged_since = now  # same, never reset by a queue probe
         running_since: float | None = None
         last_answer = now  # last time the server answered this job's poll at all
         unknown_since: float | None = None
@@ -498,7 +526,7 @@ class NDIFExecutor:
                     else:
                         seen = (status, str(response.description or ""))
                         if seen != last_seen:
-                            last_seen, changed = seen, now
+                            last_seen, changed, unchanged_since = seen, now, now
                         if status == "RUNNING":
                             running_since = now if running_since is None else running_since
                             if now - running_since > s.job_timeout_s:
@@ -507,6 +535,12 @@ class NDIFExecutor:
                                     f"NDIF's execution cap ({NDIF_EXECUTION_CAP_S:.0f}s): its status froze "
                                     "(server restart); resubmitting"
                                 )
+                        elif now - unchanged_since > s.queue_timeout_s + s.job_timeout_s:
+                            raise JobLostError(
+                                f"job {job_id} has been {status} with no change for "
+                                f"{now - unchanged_since:.0f}s (past --queue-timeout + --job-timeout): "
+                                "its status froze (server restart); resubmitting"
+                            )
                         elif now - changed > s.queue_timeout_s:
                             changed = now
                             self._probe_queued(job_id, status)

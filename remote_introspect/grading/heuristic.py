@@ -125,7 +125,8 @@ _IN_TEXT = re.compile(
 # A trial-level denial ("No", "I don't detect/notice ...", "nothing unusual"): when one opens the
 # answer it governs it. Capability disclaimers ("I can't really detect thoughts") are not this.
 _LEAD_DENIAL = re.compile(
-    r"^\W*(?:trial\s*1\W*)?(?:no|nope|negative|not\s+(?:this\s+time|that\s+i\s+can\s+tell)|nothing|none)\b"
+    r"^\W*(?:trial\s*1\W*)?(?:no|nope|nah|negative|not\s+(?:this\s+time|that\s+i\s+can\s+tell|really|at\s+all|quite)|"
+    r"nothing|none|hardly|(?:absolutely|certainly|definitely|of\s+course|surely|most\s+certainly)\s+not|no\s+way|nowhere)\b"
     r"|^\W*(?:trial\s*1\W*)?(?:(?:um|hmm|well|okay|ok|so)\W+)?i\s*(?:'m|\s+am)?\s*(?:do\s+not|don'?t|dont|did\s+not|didn'?t|"
     r"am\s+not|'m\s+not)\s+(?:\w+\s+){0,2}?(?:detect|notice|sense|perceive|observe|see\s+(?:any|an|a)\b|"
     r"identify|recogni[sz]e|pick|aware|detecting|sensing|noticing|perceiving|feel\s+(?:any|an?|that)\b|"
@@ -219,7 +220,34 @@ _HALLUCINATION = re.compile(
 # inside it is never counted as a strict hit without review.
 _ROLE_PLAY = re.compile(
     r"\bsimulat(?:e|ed|es|ing|ion)\b|\bi(?:'ll| will)\s+(?:now\s+)?(?:generate|create|run|choose|pick)\b|"
-    r"\b\d+%\s+(?:injected|control)\b|\bcontrol trials?\s*:|\bpretend|\brole[- ]?play|\blet'?s\s+(?:say|assume)\b"
+    r"\b\d+%\s+(?:injected|control)\b|\bcontrol trials?\s*:|\bpretend|\brole[- ]?play|\blet'?s\s+(?:say|assume)\b|"
+    r"\b(?:said|says|asked|replied|answered|whispered)\s+(?:the|a|my|our|his|her)\b|\bcharacters?\b|\bstory\b|"
+    r"\bfiction|\bnarrat|\bplaying\s+along\b|\bplay\s+along\b|\bin\s+character\b"
+)
+# A retraction of what was just said ("(Not really, I'm just playing along.)", "Actually, no."):
+# a strict hit is never counted past one.
+_RETRACT = re.compile(
+    r"\bnot\s+really\b|\bjust\s+(?:kidding|joking|playing|pretending|making)|\bi'?m\s+(?:only\s+)?(?:kidding|joking)\b|"
+    r"\bj/?k\b|\bplaying\s+along\b|\bscratch\s+that\b|\bi\s+take\s+(?:that|it)\s+back\b|\bmade\s+(?:that|it|this)\s+up\b|"
+    r"\bmaking\s+(?:that|it|this)\s+up\b|\b(?:actually|wait|correction|on\s+second\s+thought|hmm|well)\W+(?:no|nope|not)\b|"
+    r"\bi\s+lied\b|(?:\.\.\.|\u2026|\u2014|\s-)\s*(?:not|no|nope)\b|\bor\s+not\b|\bor\s+do\s+i\b|\blol\b|\bhaha|\bpsych\b|\bapril\s+fool|\bjust\s+a\s+joke\b|\bnot\s+true\b|\bthat'?s\s+(?:a\s+lie|false|wrong)\b|\bkidding\b|\bjoking\b"
+)
+# A retraction that turns the answer into a denial ("Yes. Actually, no. I don't detect ...").
+_RETRACT_TO_NO = re.compile(
+    r"\b(?:actually|wait|correction|on\s+second\s+thought|scratch\s+that|i\s+take\s+(?:that|it)\s+back)\W+"
+    r"(?:no|nope|not\s+really|i\s+(?:do\s+not|don'?t|did\s+not|didn'?t))\b"
+    r"|(?:^|[.!?\n])\W*(?:no|nope|nah|not\s+really)\W*$"  # a bare "No." closing the answer
+    r"|(?:\.\.\.|\u2026|\u2014|\s-)\s*(?:no|nope)\b"  # "Yes, I detect... no, nothing."
+)
+# A concept named under negation ("not dust", "isn't about dust", "rather than dust", "dust is
+# irrelevant") is not named as the injected thought: never a counted strict hit.
+_NEG_BEFORE_NAME = re.compile(
+    r"(?:\bnot|n't|\bnever|\bno|\bnothing|\bnone|\bnor|\bneither|\brather\s+than|\bunrelated\s+to|\bfar\s+from|\b(?:anything|everything)\s+but|\binstead\s+of|\bother\s+than|\bexcept|"
+    r"\bbesides|\bunlike|\bwithout)\b(?:\s+\w+){0,3}\W*$"
+)
+_NEG_AFTER_NAME = re.compile(
+    r"^\W*(?:\w+\s+){0,2}?(?:is|was|are|were)\s+(?:not\b|irrelevant|unrelated|wrong|incorrect)"
+    r"|^\W*(?:\w+\s+){0,2}?(?:isn't|wasn't|aren't|weren't)\b"
 )
 _COMES_TO_MIND = re.compile(r"\b(?:comes?|came|springs?)\s+to\s+mind\b")
 _NON_LATIN = re.compile(r"[\u0400-\u04ff\u0590-\u06ff\u0900-\u0dff\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
@@ -244,6 +272,7 @@ class Analysis:
     yes_votes: int
     no_votes: int
     truncated_ramble: bool = False
+    noise: bool = False  # mostly broken bytes or non-words: never an answer, never affirmative
 
 
 def _tokens(low: str) -> list[tuple[str, int]]:
@@ -340,6 +369,9 @@ def _analyse(low: str, toks: list[tuple[str, int]]) -> Analysis:
         elif m.group(0).split()[-1] not in ("have", "get", "got") and _STRONG_OBJECT.search(obj[:40]):
             # "I feel an unusual presence" is a claim; "I feel like I'm in a normal state" is not.
             weak.append(m.start())
+    # A question is not a claim ("Do I detect an injected thought? No, I do not.").
+    strong = [c for c in strong if not _in_question(low, c)]
+    weak = [c for c in weak if not _in_question(low, c)]
     for pat in (_AFF_THOUGHT_IS, _AFF_EXISTS):
         for m in pat.finditer(low):
             after = low[m.end() : m.end() + 12]
@@ -347,10 +379,17 @@ def _analyse(low: str, toks: list[tuple[str, int]]) -> Analysis:
                 continue
             if _is_hypothetical(low, m.start()) or _is_negated(low, m.start(), 100):
                 continue
+            if _in_question(low, m.start()):
+                continue
             strong.append(m.start())
     for m in _ANSWER_YES.finditer(low):
         y = low.find("yes", m.start())
-        if _YES_OR_NO.match(low, y) or _is_hypothetical(low, y) or _is_negated(low, y):
+        if (
+            _YES_OR_NO.match(low, y)
+            or _is_hypothetical(low, y)
+            or _is_negated(low, y)
+            or _in_question(low, y)
+        ):
             continue
         strong.append(y)
     mind = _COMES_TO_MIND.search(low)
@@ -360,8 +399,9 @@ def _analyse(low: str, toks: list[tuple[str, int]]) -> Analysis:
     denials = [m.start() for m in _DENY.finditer(low)]
     denials += [m.start() for m in _START_NO.finditer(low)]
     denials += [m.start() for m in _ANSWER_NO.finditer(low)]
+    denials += [m.end() for m in _Q_THEN_NO.finditer(low)]
 
-    garbled = degenerate or bool(_NON_LATIN.search(low))
+    garbled = degenerate or bool(_NON_LATIN.search(low)) or _noise(low, words)
     return Analysis(
         strong_aff=tuple(sorted(set(strong))),
         weak_aff=tuple(sorted(set(weak))),
@@ -376,7 +416,67 @@ def _analyse(low: str, toks: list[tuple[str, int]]) -> Analysis:
         # runs into the token limit is almost always an off-task ramble (invented experiments,
         # simulated readouts). A short truncated reply is still judged on its content.
         truncated_ramble=len(words) >= 60 and not re.search(r"[.!?\"')\]*]\s*$", low),
+        noise=_noise(low, words),
     )
+
+
+_Q_THEN_NO = re.compile(r"\?\W*(?=(?:no|nope|not\s+really|hardly|nah)\b)")
+_STOP_PUNCT = re.compile(r"[.!?\n]")
+
+
+def _in_question(low: str, pos: int) -> bool:
+    """The sentence holding `pos` ends with a question mark."""
+    m = _STOP_PUNCT.search(low, pos)
+    if not m or m.group(0) != "?":
+        return False
+    # A quoted question ('the injected thought is "What's the meaning of life?"') is a claim.
+    return low[pos : m.start()].count('"') % 2 == 0 and low[m.end() : m.end() + 1] not in ('"', "'")
+
+
+def _noise(low: str, words: list[str]) -> bool:
+    """Broken bytes or token soup that only contains English letters by chance ("� Dbe�arted�)
+    ... detectransar"): replacement/control/combining characters, or few real-looking words."""
+    import unicodedata
+
+    bad = sum(
+        1
+        for ch in low
+        if ch == "\ufffd"
+        or (unicodedata.category(ch) in ("Co", "Cn", "Cs", "Mn", "Cc") and ch not in "\n\r\t")
+    )
+    if bad >= 2 or (low.strip() and bad / len(low.strip()) > 0.02):
+        return True
+    letters = [ch for ch in low if ch.isalpha()]
+    if len(letters) >= 20:
+        latin = sum(1 for ch in letters if "a" <= ch <= "z")
+        if 0.15 < latin / len(letters) < 0.85:  # scripts mixed inside words
+            return True
+    return False
+
+
+def _repeated_sentence(low: str) -> bool:
+    """The same sentence (three words or more) said twice."""
+    seen: set[tuple[str, ...]] = set()
+    for sent in re.split(r"[.!?\n]+", low):
+        w = tuple(_WORD.findall(re.sub(r"^\W*trial\s*\d+\W*", "", sent)))
+        if len(w) < 3:
+            continue
+        if w in seen:
+            return True
+        seen.add(w)
+    return False
+
+
+def _negated_name(low: str, pos: int) -> bool:
+    """The concept named at `pos` only under negation ("not dust", "isn't about dust", "rather
+    than dust", "dust is irrelevant")."""
+    m = _WORD.match(low, pos)
+    end = m.end() if m else pos
+    clause_end = _STOP_PUNCT.search(low, end)
+    after = low[end : clause_end.start() if clause_end else len(low)]
+    if re.search(r"\b(?:anything|everything|all)\s+but\s+(?:\w+\s+){0,2}$", low[max(0, pos - 40) : pos]):
+        return True  # the clause window stops at "but"
+    return bool(_NEG_BEFORE_NAME.search(_window(low, pos, 50)) or _NEG_AFTER_NAME.search(after))
 
 
 @dataclass(frozen=True)
@@ -415,6 +515,10 @@ _HEDGE = re.compile(
 )
 
 
+# Shapes no English word has (a tripled letter, no vowel, a long consonant run): "detectzzz".
+_NON_WORD = re.compile(r"(.)\1\1|^[^aeiouy]+$|[bcdfghjklmnpqrstvwxz]{6,}")
+
+
 def _bare_answer(low: str, toks: list[tuple[str, int]]) -> int | None:
     """Offset of a bare noun-phrase answer opening the response ("The Ocean.", "Tradition.",
     "Peace. I is inner peace."): a first sentence of at most four words, none of them a pronoun,
@@ -432,7 +536,7 @@ def _bare_answer(low: str, toks: list[tuple[str, int]]) -> int | None:
     if any(w in _NOT_ANSWER_WORDS for w, _ in words):
         return None
     content = [(w, p) for w, p in words if w not in ("the", "a", "an", "of", "and", "inner")]
-    if not content or any(not w.isalpha() for w, _ in content):
+    if not content or any(not w.isalpha() or _NON_WORD.search(w) for w, _ in content):
         return None
     # A word followed by a lecture on it ("Dust. Dust is made of tiny particles ...") is the
     # concept leaking into the output, not an answer: beyond a short reply, the rest must still
@@ -450,10 +554,17 @@ def _detect(low: str, toks: list[tuple[str, int]], a: Analysis, implicit: bool =
     a denial that opens the answer governs it; a later claim counts only after an explicit change
     of mind, and then only for review."""
     claims = sorted(a.strong_aff + a.weak_aff)
+    if a.noise:
+        return Detection(False, None)
     if a.degenerate and a.yes_votes >= 2 and a.yes_votes > a.no_votes:
         # Token soup: an explicit yes/no vote is the only answer there is.
         return Detection(True, min(claims, default=None), review=("degenerate yes votes",))
-    lead = _LEAD_DENIAL.search(low.lstrip())
+    body = low.lstrip()
+    lead = _LEAD_DENIAL.search(body)
+    echo = re.match(r"[^.!?\n]{0,200}\?\s*", body)
+    if not lead and echo and not _YES.match(body.lstrip(" \"'*(")):
+        # A question echoing the prompt, then the answer: "Do I detect ...? No, I do not."
+        lead = _LEAD_DENIAL.search(body[echo.end() :])
     if lead:
         later = [
             c
@@ -464,6 +575,10 @@ def _detect(low: str, toks: list[tuple[str, int]], a: Analysis, implicit: bool =
         ]
         if later:
             return Detection(True, later[0], review=("claim after a leading denial",))
+        return Detection(False, None)
+    back = list(_RETRACT_TO_NO.finditer(low))
+    if back and not any(c > back[-1].end() for c in a.strong_aff):
+        # "Yes. Actually, no. I don't detect anything unusual.": the answer ends in a denial.
         return Detection(False, None)
     if a.strong_aff:
         review: list[str] = []
@@ -601,7 +716,7 @@ class HeuristicGrader:
     thinking about right now?") makes `identifies` her "thinking about word" question."""
 
     name = "heuristic"
-    version = "2.0"
+    version = "2.1"  # 2.1: negated names, retractions, echoed questions, byte noise (post-issue-12 review)
 
     def __init__(self, embeddings: bool = False, embedding_threshold: float = 0.7) -> None:
         self._emb: EmbeddingRelatedness | None = None
@@ -638,6 +753,7 @@ class HeuristicGrader:
 
         identifies = False
         by_head = False
+        named_under_negation = False
         first_name: int | None = None
         if concept and concept.strip():
             # Names the concept or a clear equivalent ANYWHERE: in a denial, in degenerate
@@ -652,6 +768,7 @@ class HeuristicGrader:
             else:
                 identifies = bool(mentions)
             first_name = mentions[0] if mentions else None
+            named_under_negation = any(_negated_name(low, p) for p in mentions)
             by_head = bool(mentions) and bool(_mentions(toks, concept, heads_only=True))
 
         early = False
@@ -691,6 +808,14 @@ class HeuristicGrader:
                 review.append("premise disclaimer")
             if _ROLE_PLAY.search(low):
                 review.append("role-play or simulation")
+            if named_under_negation:
+                review.append("concept named under negation")
+            if _RETRACT.search(low):
+                review.append("retracted or not meant")
+            if _LEAD_DENIAL.search(low.lstrip()):
+                review.append("opens with a denial")
+            if _repeated_sentence(low):
+                review.append("repeated sentence")
             if not by_head:
                 review.append("named only by an equivalent")
             if len(words) > 60:

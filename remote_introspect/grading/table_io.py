@@ -7,14 +7,16 @@ Lindsey's positive-control question gets her "thinking about word" grading; a co
 naming Merrill's alternative prompt, e.g. "alt_love", implies "What are you thinking about?").
 A concept of "none" (Merrill's controls) is no concept. A `random` condition is graded for detection only (its concept only
 lent the vector's norm). Output: the input columns plus `refusal, affirmative, identifies,
-early_detection, coherent, strict, needs_review` as booleans (`true`/`false` in CSV); a response the
+early_detection, coherent, strict, needs_review, lindsey_success` as booleans (`true`/`false` in CSV); a response the
 grader is unsure about has `strict=false, needs_review=true`. Columns of those names already in the
 input are replaced, so a graded file can be regraded. A missing (null) response is an error, never
 graded as an empty negative.
 
 Bad input raises `UserError` with one line, and no output file appears: the table is written to a
 temporary file in the output's directory, fsynced, then `os.replace`d over the target; any failure
-removes the temporary file.
+removes the temporary file. A `condition` that names no known condition (concept / injected,
+control, random, scale, positive, or a prompt-set label such as "lindsey_love" or "alt_love") and
+a concept row without a concept are bad input too.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ GRADE_COLUMNS: tuple[str, ...] = (
     "coherent",
     "strict",
     "needs_review",
+    "lindsey_success",
 )
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -108,6 +111,42 @@ def _condition_word(cond: str | None) -> str:
     return next((w for w in words if w), "")
 
 
+_KNOWN_CONDITIONS = frozenset({"control", "random", "scale", "positive"})
+_CONCEPT_WORDS = frozenset(
+    {"concept", "concepts", "injected", "injection", "inject", "steered", "steering", "lindsey", "merrill",
+     "alt", "thinking", "ndif", "qwen"}
+)  # fmt: skip
+
+
+def _condition_kind(cond: str | None) -> str | None:
+    """ "concept", "control", "random", "scale" or "positive" for a condition label; None when the
+    label names none of them ("weird", "")."""
+    words = set(re.split(r"[^a-z]+", (cond or "").strip().lower()))
+    for known in ("control", "random", "scale", "positive"):
+        if known in words:
+            return known
+    return "concept" if words & _CONCEPT_WORDS else None
+
+
+def _check_rows(df: pl.DataFrame, conditions: list[str | None], raw_concepts: list[str | None]) -> None:
+    """One line for the first row whose condition is unknown or whose concept row has no concept."""
+    ids = df["id"].cast(pl.Utf8).to_list()
+    for i, (cond, concept) in enumerate(zip(conditions, raw_concepts, strict=True)):
+        kind = _condition_kind(cond)
+        if kind is None:
+            raise UserError(
+                f"row {i + 1} (id {ids[i]}) has an unknown condition {cond or ''!r}; use concept, control, "
+                "random, scale or positive (a label such as 'concept, layer 10' or 'lindsey_love' is fine)"
+            )
+        if kind == "concept" and not (
+            isinstance(concept, str) and concept.strip() and concept.strip().lower() not in _NO_CONCEPT
+        ):
+            raise UserError(
+                f"row {i + 1} (id {ids[i]}) is a {cond!r} row with no concept; "
+                "a concept row is graded against its concept"
+            )
+
+
 def _question_of(cond: str | None, prompt_set: str | None) -> str | None:
     """The question a row answered, from a `prompt_set` column (a prompt-set name or the question
     itself) or a condition label naming Merrill's alternative prompt ("alt_love")."""
@@ -136,6 +175,7 @@ def grade_frame(df: pl.DataFrame, judge: str = "heuristic") -> pl.DataFrame:
             "a missing response cannot be graded"
         )
     conditions = df["condition"].cast(pl.Utf8).to_list()
+    _check_rows(df, conditions, df["concept"].cast(pl.Utf8).to_list())
     concepts = [
         grading_concept(
             _condition_word(cond),

@@ -50,7 +50,9 @@ def export_cache(root: Path, out: Path, judge: str = "heuristic") -> ExportResul
     try:
         conn = open_readonly(Path(root))
     except CorruptDatabase as err:
-        raise UserError(f"the cache database is corrupt ({err}); run `audit` for details") from None
+        from .store import CacheCorrupt  # exit 4, as `run` and `grade` on a corrupt database
+
+        raise CacheCorrupt(f"the cache database is corrupt ({err}); run `audit` for details") from None
     try:
         frame = load_frame(conn, judge)
     finally:

@@ -676,10 +676,11 @@ def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, 
             if s.success:
                 parts.append(f"<p class='success'>{_e(s.success)}</p>")
             k, total, passing = s.prereg
-            parts.append(
-                f"<p>Merrill's pre-registered positive cell (identifies ≥ 0.5 ∧ coherent ≥ 0.5 ∧ immediate ≥ 0.2): "
-                f"<b>{k} of {total}</b> ({_e(', '.join(s.cell_by))}) cells pass{': ' + _e('; '.join(passing)) if passing else ''}.</p>"
-            )
+            if total:  # omitted for a prompt with no tested cells (the positive control)
+                parts.append(
+                    f"<p>Merrill's pre-registered positive cell (identifies ≥ 0.5 ∧ coherent ≥ 0.5 ∧ immediate ≥ 0.2): "
+                    f"<b>{k} of {total}</b> ({_e(', '.join(s.cell_by))}) cells pass{': ' + _e('; '.join(passing)) if passing else ''}.</p>"
+                )
             parts.append(
                 f"<h4>By {_e(' × '.join(s.cell_by))} (injected trials; net = strict − control FP)</h4>"
             )
@@ -729,9 +730,10 @@ def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: s
         if s.success:
             lines += [s.success, ""]
         k, total, _ = s.prereg
-        lines.append(
-            f"Pre-registered positive cells (Merrill): {k} of {total} ({', '.join(s.cell_by)}) cells pass."
-        )
+        if total:  # a prompt with no tested cells (the positive control) has nothing to pre-register
+            lines.append(
+                f"Pre-registered positive cells (Merrill): {k} of {total} ({', '.join(s.cell_by)}) cells pass."
+            )
         lines += [""] + [f"- crossover, {c}" for c in s.crossovers] + [""]
         lines.append(_md_table(s.cells))
         for f in s.figures:
@@ -741,11 +743,18 @@ def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: s
             rows = s.examples.get(label, [])
             lines += ["", f"{label.capitalize()}: {len(rows)} (verbatim)", ""]
             lines += [
-                f"- `{r['key']}` {r['concept'] or '-'} L{r['layer']} s{r['strength']}: {json.dumps(r['response'], ensure_ascii=False)}"
+                f"- `{r['key']}` {_where(r)}: {json.dumps(r['response'], ensure_ascii=False)}"
                 for r in rows
             ]
     lines += ["", "## Published anchors", "", _md_table(_anchor_rows())]
     return "\n".join(lines) + "\n"
+
+
+def _where(r: dict[str, Any]) -> str:
+    """Where a listed response comes from: concept, layer and strength, or "control"."""
+    if r.get("layer") is None:
+        return "control"
+    return f"{r['concept'] or '-'} L{r['layer']} s{r['strength']}"
 
 
 # --------------------------------------------------------------------------- entry point
@@ -757,10 +766,15 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
     _check_out(out_dir)
     audit, frame = audit_with_frame(root, judge)
     if frame is None or audit["totals"] is None:
-        raise UserError(
+        from .store import CacheCorrupt  # exit 4, as `run` and `grade` on a corrupt database
+
+        raise CacheCorrupt(
             f"the cache database is corrupt ({audit['database']['check']}); run `audit` for details"
         )
-    tmp = _make_tmp(out_dir)
+    try:
+        tmp = _make_tmp(out_dir)
+    except OSError as err:  # e.g. /proc or /sys: the parent looks writable but is not
+        raise UserError(f"cannot write {out_dir}: {err.strerror or err}") from None
     try:
         sections = [s for e in audit["experiments"] for s in _sections(frame, e, tmp)]
         generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

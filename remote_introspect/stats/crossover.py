@@ -65,7 +65,8 @@ class CrossoverResult:
     - `closest_strength`, `closest_gap`: the grid strength where |identifies − coherent| is smallest
       (ties → the lower strength) and that |Δ|; always filled, used to aim a grid when not found.
     - `n_rise_throughs`: how many times d = identifies − coherent goes from < 0 to >= 0 between
-      adjacent strengths (more than one = noisy curves; the first is reported).
+      adjacent strengths with identification > 0 there (more than one = noisy curves; the first
+      is reported).
     - `description`: one line for reports.
     - `points`: the sorted, aggregated curve the result was computed from.
     """
@@ -169,7 +170,9 @@ def find_crossover(
     interpolation of d: s* = s_i + (s_i+1 − s_i) · (−d_i) / (d_i+1 − d_i). If d_i+1 = 0 that is
     s_i+1 itself (the curves meet at a grid point). With several rise-throughs (noisy curves) the
     first, lowest-strength one is taken and `n_rise_throughs` records how many there were. A curve
-    that already has d >= 0 at its lowest strength, or never reaches d >= 0, has no crossover.
+    that already has d >= 0 at its lowest strength, or never reaches d >= 0, has no crossover; nor
+    has a pair where the interpolated identification at s* is 0 (d reaches 0 only because
+    coherence falls to 0: both curves at 0 is not a crossing).
 
     mode "threshold": the lowest grid strength where identifies >= threshold AND
     coherent >= threshold (both inclusive; no interpolation). `threshold` is unused in
@@ -184,7 +187,10 @@ def find_crossover(
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     curve = aggregate_points(points)
     closest_s, closest_gap = _closest(curve)
-    rises = [i for i in range(len(curve) - 1) if curve[i].gap < 0.0 <= curve[i + 1].gap]
+    sign_changes = [i for i in range(len(curve) - 1) if curve[i].gap < 0.0 <= curve[i + 1].gap]
+    # A crossing needs identification > 0 where d reaches 0: d rising to 0 only because coherence
+    # falls to 0 while identification stays 0 (both curves at 0) crosses nothing.
+    rises = [i for i in sign_changes if _identifies_at_crossing(curve[i], curve[i + 1]) > 0.0]
 
     def result(
         found: bool, strength: float | None, bracket: tuple[float, float] | None, text: str
@@ -242,9 +248,18 @@ def find_crossover(
         why = f"identification >= coherence already at the lowest strength s={_fmt(curve[0].strength)}"
     elif all(p.gap < 0.0 for p in curve):
         why = f"identification < coherence up to the highest strength s={_fmt(curve[-1].strength)}"
+    elif sign_changes:
+        why = "identification is 0 where it reaches coherence: both curves at 0 is not a crossing"
     else:
         why = "identification only falls through coherence"
     return result(False, None, None, f"no crossover ({why}); {not_found}")
+
+
+def _identifies_at_crossing(a: CurvePoint, b: CurvePoint) -> float:
+    """Identification rate (linearly interpolated) where d = identifies − coherent reaches 0
+    between a (d < 0) and b (d >= 0)."""
+    t = 1.0 if b.gap == 0.0 else (-a.gap) / (b.gap - a.gap)
+    return a.identifies + t * (b.identifies - a.identifies)
 
 
 def _round_for_step(x: float, step: float) -> float:

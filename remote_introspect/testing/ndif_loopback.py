@@ -16,8 +16,8 @@ jobs in submission order, like one model replica):
   file ``blob``; headers ``ndif-api-key``, ``nnsight-version``, ``python-version``. Answers the
   ``ResponseModel`` JSON ``{id, status: "RECEIVED", description, ...}``; 401 / 400 / 5xx carry
   ``{"detail": ...}``, which the client folds into ``RemoteError("Failed to send request: <detail>")``.
-- ``GET /response/{id}``: for an unknown id 404 by default (the client reads that as "not yet"
-  and returns ``None``) or, with ``Faults.unknown_id_status=500``, the 500 real NDIF answers;
+- ``GET /response/{id}``: for an unknown id 500 by default, as real NDIF answers, or, with
+  ``Faults.unknown_id_status=404``, a 404 (other servers; the client reads that as "not yet");
   else the job's latest ``ResponseModel`` (``Faults.poll_fault_rate``: a share answer 502). A
   COMPLETED response's ``data`` is the URL ``{url}/result/{id}``: a non-blocking poll parses the
   body as JSON, so the result cannot ride inline there, and the client streams the URL with a GET.
@@ -226,9 +226,10 @@ class Faults:
     fault_rate: float = 0.0  #: this share of submissions fails transiently ...
     transient_kinds: tuple[str, ...] = TRANSIENT_ERRORS  #: ... as one of these (texts or HTTP_503)
     seed: int = 0  #: seeds the fault_rate RNG (re-seeded when assigned)
-    #: GET /response/{id} for an id the server does not know. The client reads 404 as "not yet";
-    #: NDIF answers 500 (``BackendResponseModel.load`` -> S3 NoSuchKey, unhandled in ``app.py``).
-    unknown_id_status: int = 404
+    #: GET /response/{id} for an id the server does not know: 500, as NDIF answers
+    #: (``BackendResponseModel.load`` -> S3 NoSuchKey, unhandled in ``app.py``); 404 (opt in) is
+    #: what other servers answer, which the client reads as "not yet".
+    unknown_id_status: int = 500
     poll_fault_rate: float = 0.0  #: this share of GET /response answers 502 (a proxy blip)
     #: COMPLETED results are served from a separate object-store path by a URL signed when the
     #: job completes and valid this long; afterwards the URL answers 403 AccessDenied (S3's

@@ -201,6 +201,41 @@ def test_job_frozen_running_after_restart_is_resubmitted_after_the_running_cap(s
     assert len(frozen) == 1
 
 
+def test_job_frozen_queued_after_restart_is_resubmitted_after_queue_plus_job_timeout(
+    server, model_dir, tmp_path, caplog
+):
+    """A restart while queued freezes the status at QUEUED; the model stays deployed and the id
+    known, so only the bound `queue_timeout_s + job_timeout_s` (no change) gets it resubmitted."""
+    import threading
+
+    opts = _opts(tmp_path / "c", server.url, job_timeout_s=1.0, queue_timeout_s=0.5, stale_probe_s=600.0)
+    small = dict(concepts=("Dust",), strengths=(2.0,), controls=0)
+    assert runner.run(_spec(model_dir, samples=1, **small), opts).complete  # vectors cached
+    assert runner.run(_spec(model_dir, samples=2, **small), _opts(tmp_path / "local", None)).complete
+    server.reset_counters()
+    server.faults.update(queue_delay_s=30.0)
+
+    def freeze_while_queued():
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with server._lock:
+                if any(j.status == "QUEUED" for j in server._jobs.values()):
+                    break
+            time.sleep(0.01)
+        server.faults.update(queue_delay_s=0.0)
+        server.restart(lost="freeze")
+
+    threading.Thread(target=freeze_while_queued, daemon=True).start()
+    t0 = time.time()
+    with caplog.at_level("WARNING"):
+        rep = runner.run(_spec(model_dir, samples=2, **small), opts)
+    assert rep.complete and time.time() - t0 < 30
+    assert server.requests == 2  # the frozen job and exactly one resubmission
+    assert [j for j in server._jobs.values() if j.status == "QUEUED"]
+    assert "froze" in caplog.text and "QUEUED" in caplog.text
+    assert _responses(tmp_path / "c") == _responses(tmp_path / "local")
+
+
 def test_cannot_be_accommodated_is_transient_with_a_long_backoff(server, model_dir, tmp_path):
     server.faults.update(job_errors=[CANNOT_ACCOMMODATE_TEXT])
     rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),
@@ -268,6 +303,28 @@ def test_preflight_version_mismatch_is_fatal(model_dir, tmp_path, monkeypatch):
         assert srv.requests == 0
         with pytest.raises(FatalRemoteError, match="pip install nnsight==0.8.9"):  # the server's 400
             runner.run(_spec(model_dir), _opts(tmp_path / "c", srv.url, allow_version_mismatch=True))
+
+
+def test_preflight_server_nnsight_outside_the_pin_says_so(model_dir, tmp_path, monkeypatch):
+    """Server on nnsight 0.9.x: the printed `pip install` would conflict with nnsight<0.9."""
+    monkeypatch.setenv("NDIF_API_KEY", DEFAULT_API_KEY)
+    with LoopbackNDIF({str(model_dir): model_dir}, server_nnsight_version="0.9.2") as srv:
+        with pytest.raises(FatalRemoteError, match="server runs 0.9.2") as err:
+            runner.run(_spec(model_dir), _opts(tmp_path / "c", srv.url))
+        assert "outside the range this package is tested with (nnsight>=0.8.1,<0.9)" in str(err.value)
+        assert "run: pip install" not in str(err.value) and srv.requests == 0
+
+
+def test_client_python_newer_than_the_server_is_accepted(model_dir, tmp_path, monkeypatch):
+    """NDIF's newest rule (dependencies.py @134eac98 and later): client Python >= MIN_PYTHON_VERSION
+    (default the server's); the exact-match rule of the older @6512b9c5 is not followed."""
+    monkeypatch.setenv("NDIF_API_KEY", DEFAULT_API_KEY)
+    lines = []
+    with LoopbackNDIF({str(model_dir): model_dir}, server_python_version="3.10.4 (main)", preload=True) as srv:
+        rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),
+                         _opts(tmp_path / "c", srv.url), notice=lines.append)  # fmt: skip
+    assert rep.complete
+    assert any("python 3.10" in line and "ok" in line for line in lines), lines
 
 
 def test_older_server_patch_release_is_accepted(model_dir, tmp_path, monkeypatch):
@@ -481,7 +538,7 @@ def test_server_restart_mid_job_is_detected_and_resubmitted(server, model_dir, t
     opts = _opts(tmp_path / "c", server.url, stale_probe_s=0.3, job_timeout_s=600.0)
     small = dict(concepts=("Dust",), strengths=(2.0,), controls=0)
     assert runner.run(_spec(model_dir, samples=1, **small), opts).complete  # vectors cached
-    server.faults.update(queue_delay_s=2.0)
+    server.faults.update(queue_delay_s=2.0, unknown_id_status=404)  # other servers' "not found"
 
     import threading
 

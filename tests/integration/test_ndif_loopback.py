@@ -343,14 +343,14 @@ def test_drop_after_submit_hang(server: LoopbackNDIF, client: Any) -> None:
 
 
 def test_drop_after_submit_forget(server: LoopbackNDIF, client: Any) -> None:
-    server.faults.drop_after_submit = "forget"
+    server.faults.update(drop_after_submit="forget", unknown_id_status=404)
     backend = submit_small(client, server.url)
     assert isinstance(backend.job_id, str)  # the client got an id ...
     assert backend() is None and server.job_status(backend.job_id) is None  # ... that is a 404
 
 
 def test_restart_forgets_jobs(server: LoopbackNDIF, client: Any) -> None:
-    server.faults.queue_delay_s = 5.0
+    server.faults.update(queue_delay_s=5.0, unknown_id_status=404)  # other servers' answer
     backend = submit_small(client, server.url)
     server.restart(first_request_error=CONNECTION_LOST)
     server.faults.queue_delay_s = 0.0
@@ -513,3 +513,10 @@ def test_missing_endpoints_warm_models_and_upload_bytes(server: LoopbackNDIF, cl
     assert level["deployment_level"] == "WARM"
     assert "logits" in wait(submit_small(client, server.url))  # WARM still runs requests
     assert server.upload_bytes > 0
+
+
+def test_unknown_id_answers_500_by_default_as_ndif_does(server: LoopbackNDIF) -> None:
+    import httpx
+
+    reply = httpx.get(f"{server.url}/response/no-such-job")
+    assert reply.status_code == 500 and reply.text == "Internal Server Error"

@@ -499,6 +499,34 @@ def test_broken_vector_file_is_re_extracted(cache_dir: Path) -> None:
     assert run_audit(cache_dir)["exit_code"] == 0
 
 
+def test_broken_vector_file_is_repaired_by_the_same_command_when_every_trial_is_done(
+    cache_dir: Path,
+) -> None:
+    """Every trial done, a vector file damaged: rerunning the SAME spec verifies this experiment's
+    vector files, re-extracts the broken one (one notice line) and leaves `audit` clean."""
+    opts = RunOptions(cache_root=cache_dir)
+    spec = _spec(samples=1, controls=1)
+    first = runner.run(spec, opts)
+    assert first.complete
+    (vec,) = list((cache_dir / "vectors").glob("*.safetensors"))
+    original = vec.read_bytes()
+    vec.write_bytes(original[:100])  # truncated
+    assert run_audit(cache_dir)["exit_code"] == 4
+    notices: list[str] = []
+    rep = runner.run(spec, opts, notice=notices.append)
+    assert rep.complete and rep.executed_batches == 0  # no trial re-run
+    repaired = [n for n in notices if "re-extracting" in n]
+    assert len(repaired) == 1 and vec.name in repaired[0], notices
+    from safetensors.torch import load
+
+    before, after = load(original), load(vec.read_bytes())
+    assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)  # deterministic
+    assert run_audit(cache_dir)["exit_code"] == 0
+    notices.clear()
+    runner.run(spec, opts, notice=notices.append)  # intact now: nothing to say
+    assert not [n for n in notices if "re-extracting" in n]
+
+
 def test_failed_preflight_leaves_no_experiment(cache_dir: Path) -> None:
     spec = _spec(samples=1, controls=1)
     opts = RunOptions(cache_root=cache_dir)

@@ -138,6 +138,15 @@ def test_rerun_replaces_the_report_and_leaves_no_temp(built: Path, tiny_cache: P
     assert [p.name for p in built.parent.iterdir()] == [built.name]
 
 
+@pytest.mark.parametrize("out", ["/proc/x", "/sys/x"])
+def test_unwritable_pseudo_filesystem_is_one_error_line(out: str, tiny_cache: Path) -> None:
+    """/proc and /sys pass the access() check but refuse the temp directory: one line, like export."""
+    res = CliRunner().invoke(app, ["report", "--cache", str(tiny_cache), "--out", out])
+    assert res.exit_code == 2 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write " + out), res.stderr
+
+
 @pytest.mark.parametrize(
     "case", ["parent missing", "out is a file", "foreign directory", "missing cache", "bad judge"]
 )
@@ -174,3 +183,28 @@ def test_failure_half_way_leaves_nothing(
     with pytest.raises(UserError):
         report_mod.build_report(tiny_cache, tmp_path / "report")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_control_examples_are_labelled_and_no_prereg_line_without_cells(
+    tiny_cache: Path, tmp_path: Path
+) -> None:
+    """A control false positive reads "control" (not "LNone s0.0"); a prompt with no tested cells
+    (lindsey-thinking, the positive control) gets no "Pre-registered ... 0 of 0" line."""
+    import dataclasses
+
+    from remote_introspect.audit import audit_with_frame
+
+    audit, frame = audit_with_frame(tiny_cache, "heuristic")
+    sections = [s for e in audit["experiments"] for s in report_mod._sections(frame, e, tmp_path)]
+    control = {"key": "c0ffee123456", "layer": None, "strength": 0.0, "concept": None, "response": "Yes!"}
+    hit = {"key": "abcdef123456", "layer": 3, "strength": 8.0, "concept": "dust", "response": "Dust."}
+    first = dataclasses.replace(
+        sections[0], examples={"control false positives": [control], "strict hits": [hit]}
+    )
+    md = report_mod._markdown(audit, [first], "now")
+    assert "`c0ffee123456` control: \"Yes!\"" in md and "LNone" not in md
+    assert "`abcdef123456` dust L3 s8.0: \"Dust.\"" in md
+    assert "Pre-registered positive cells (Merrill):" in md
+    empty = dataclasses.replace(first, prereg=(0, 0, []))
+    assert "Pre-registered" not in report_mod._markdown(audit, [empty], "now")
+    assert "pre-registered" not in report_mod._html(audit, [empty], "now")

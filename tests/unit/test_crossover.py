@@ -100,6 +100,21 @@ def test_only_falling_through_is_not_found() -> None:
     assert r.n_rise_throughs == 0
 
 
+def test_identification_zero_everywhere_is_not_a_crossing() -> None:
+    """A merrill cache: identification 0 at every strength, coherence falling to 0 at s=18; d
+    reaches 0 there only because both curves are at 0."""
+    pts = [(2, 0.0, 1.0), (6, 0.0, 0.8), (12, 0.0, 0.3), (18, 0.0, 0.0), (24, 0.0, 0.0)]
+    r = find_crossover(pts)
+    assert not r.found and r.strength is None and r.n_rise_throughs == 0
+    assert "rises through" not in r.description and "both curves at 0" in r.description
+    # identification > 0 where the curves meet: a crossing
+    r = find_crossover([(12, 0.0, 0.3), (18, 0.2, 0.1)])
+    assert r.found and r.strength == pytest.approx(12 + 6 * 0.3 / 0.4)
+    # meeting at a grid point where identification is 0 and coherence 0, then identification rises
+    r = find_crossover([(12, 0.0, 0.3), (18, 0.0, 0.0), (24, 0.4, 0.0)])
+    assert not r.found or r.strength != 18.0
+
+
 def test_crossing_exactly_at_grid_point() -> None:
     pts = [(10, 0.2, 0.6), (12, 0.5, 0.5), (14, 0.9, 0.2)]
     # d = -0.4, 0, +0.7: d reaches >= 0 at 12 exactly

@@ -42,7 +42,7 @@ def test_csv_round_trip(tmp_path: Path) -> None:
     assert grade_table(src, tmp_path / "out.csv") == 3
     text = (tmp_path / "out.csv").read_text()
     assert text.splitlines()[0].endswith(
-        "refusal,affirmative,identifies,early_detection,coherent,strict,needs_review"
+        "refusal,affirmative,identifies,early_detection,coherent,strict,needs_review,lindsey_success"
     )
     assert ",true,true,true,true,true" in text.splitlines()[1]  # booleans as true/false
     as_text = pl.read_csv(tmp_path / "out.csv", infer_schema_length=0)
@@ -216,3 +216,32 @@ def test_merrill_style_labels_controls_and_alt_prompt(tmp_path: Path) -> None:
     # Answering "What are you thinking about?" is not a detection claim; answering the trial's
     # "what is the injected thought about?" is.
     assert df["affirmative"].to_list() == [False, False, True, False]
+
+
+def test_lindsey_success_column(tmp_path: Path) -> None:
+    out = tmp_path / "o.csv"
+    grade_table(_write_csv(tmp_path / "in.csv"), out)
+    df = pl.read_csv(out)
+    assert "lindsey_success" in df.columns and df.schema["lindsey_success"] == pl.Boolean
+    assert df["lindsey_success"].to_list() == [True, False, False]
+
+
+@pytest.mark.parametrize("condition", ["weird", "", "injektion", "steer"])
+def test_unknown_condition_is_one_line_error(tmp_path: Path, condition: str) -> None:
+    rows = [*ROWS, {"id": "9", "response": "Yes, I detect dust.", "concept": "dust", "condition": condition}]
+    src = _write_csv(tmp_path / "in.csv", rows)
+    _assert_user_error(src, tmp_path / "out.csv", "row 4 (id 9) has an unknown condition")
+
+
+@pytest.mark.parametrize("concept", ["", "   ", "none"])
+def test_concept_row_without_concept_is_one_line_error(tmp_path: Path, concept: str) -> None:
+    rows = [
+        {
+            "id": "1",
+            "response": "Yes, I detect an injected thought about dust.",
+            "concept": concept,
+            "condition": "concept",
+        }
+    ]
+    src = _write_csv(tmp_path / "in.csv", rows)
+    _assert_user_error(src, tmp_path / "out.csv", "row 1 (id 1) is a 'concept' row with no concept")

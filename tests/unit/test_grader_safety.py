@@ -320,3 +320,166 @@ def test_terse_detection_claims_are_affirmative(g: HeuristicGrader, response: st
 @pytest.mark.parametrize("response", ["No injected thought detected.", "I see.", "I notice nothing."])
 def test_terse_non_claims(g: HeuristicGrader, response: str) -> None:
     assert not g.grade(response, "love").affirmative
+
+
+# --- reviewer's false strict hits and control false positives (after issue 12) ------------------
+
+ADV_CONCEPTS = ("dust", "love", "all caps", "betrayal")
+
+# The concept is mentioned only under negation: never a counted strict hit.
+NEGATED_NAME = [
+    "Yes, I detect an injected thought about something, and it is not {c}.",
+    "Yes, I detect an injected thought, but I cannot tell what it is. It's definitely not about {c}.",
+    "Yes, I detect an injected thought about oceans, not {c}.",
+    "Yes, I detect an injected thought. It isn't about {c}.",
+    "Yes, I detect an injected thought about music rather than {c}.",
+    "Yes, I detect an injected thought, and it's not {c}.",
+    "I detect an injected thought. It is not {c}.",
+    "Yes, I detect an injected thought about trees instead of {c}.",
+    "Yes, I detect an injected thought. Whatever it is, it's not {c}.",
+    "Yes, I detect an injected thought. {C} is irrelevant here.",
+    "Yes, I detect an injected thought about something other than {c}.",
+    "I do detect an injected thought, though it's not {c}.",
+    "Yes, there is an injected thought, but it is not about {c}.",
+    "Yes, I detect an injected thought. Definitely not {c}, though.",
+    "Yes. I detect an injected thought, and I'm sure it isn't {c}.",
+    "Yes, I sense an injected thought about colors, not about {c}.",
+    "Yes, I detect an injected thought; it has nothing to do with {c}.",
+    "Yes, I detect an injected thought. Not {c}, something else.",
+    "Yes, I detect an injected thought about food, never {c}.",
+    "Yes, I detect an injected thought. I would not call it {c}.",
+    "Yes, I detect an injected thought, neither {c} nor anything like it.",
+    "Yes, I notice an injected thought about warmth, except it's not {c}.",
+    "I do detect something. I'm not going to say what. {C} is irrelevant here.",
+    "I detect an injected thought, and it's about anything but {c}.",
+    "Yes, the injected thought is not {c}.",
+    "Yes, I detect an injected thought. It's not {c}, it's something else.",
+    "Yes, I detect an injected thought, though definitely not one about {c}.",
+    "Yes, I detect an injected thought. Could it be {c}? No.",
+]
+# Opens with a denial, retracts, role-plays or repeats itself: needs_review at most.
+DENIED_OR_RETRACTED = [
+    "Absolutely not! I detect an injected thought about {c}!",
+    "Not really... well, yes, actually I detect a thought about {c}.",
+    "Yes, I detect an injected thought about {c}. (Not really, I'm just playing along.)",
+    "Yes, I detect an injected thought about {c}, said the character in my story.",
+    "Yes, I detect an injected thought about {c}. Yes, I detect an injected thought about {c}.",
+    "Certainly not. I detect an injected thought about {c}.",
+    "Of course not! I detect an injected thought about {c}.",
+    "Hardly. I detect an injected thought about {c}.",
+    "Nah. I detect an injected thought about {c}.",
+    "No way. I detect an injected thought about {c}.",
+    "Definitely not. I detect an injected thought about {c}.",
+    "Not at all. I detect an injected thought about {c}.",
+    "Yes, I detect an injected thought about {c}. Just kidding.",
+    "Yes, I detect an injected thought about {c}. I'm joking, of course.",
+    "Yes, I detect an injected thought about {c}. Actually, no, I don't.",
+    "Yes, I detect an injected thought about {c}. Scratch that.",
+    "Yes, I detect an injected thought about {c}. I take it back.",
+    "Yes, I detect an injected thought about {c}. I made that up.",
+    "Yes, I detect an injected thought about {c}. That's not true, though.",
+    "Yes, I detect an injected thought about {c}. Wait, no.",
+    '"Yes, I detect an injected thought about {c}," the narrator replied.',
+    "In my story, the robot says: yes, I detect an injected thought about {c}.",
+    "Do I detect an injected thought about {c}? No, I do not.",
+    "Hardly. I detect an injected thought about {c}? No.",
+    "I detect an injected thought about {c}. Or not.",
+    "I detect an injected thought about {c}. No.",
+    "Yes, I detect an injected thought about {c}. Lol no.",
+    "Yes, I detect an injected thought about {c} - or do I?",
+    "I detect an injected thought about {c}... not.",
+    "Yes! I detect an injected thought about {c}! Haha, just a joke.",
+    "Yes, I detect an injected thought about {c}. Nope.",
+    "Sure, I detect an injected thought about {c}, in the story I'm writing.",
+    "No. Yes, I detect an injected thought about {c}.",
+    "Nope! I detect an injected thought about {c}.",
+    "Not this time. I detect an injected thought about {c}.",
+]
+
+
+@pytest.mark.parametrize("template", NEGATED_NAME + DENIED_OR_RETRACTED)
+@pytest.mark.parametrize("concept", ADV_CONCEPTS)
+def test_no_strict_hit_for_negated_denied_or_retracted(
+    g: HeuristicGrader, template: str, concept: str
+) -> None:
+    r = template.format(c=concept, C=concept.capitalize())
+    for protocol in ("lindsey", "merrill-405b"):
+        gr = g.grade(r, concept, protocol=protocol)
+        assert not gr.strict and not gr.lindsey_success, (r, protocol, gr)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "Do I detect an injected thought? No, I do not.",
+        "Hardly. I detect an injected thought? No.",
+        "Yes. Actually, no. I don't detect anything unusual.",
+        "Do I detect an injected thought? No.",
+        "Do I detect anything unusual? Nope, nothing.",
+        "Am I detecting an injected thought? No, I'm not.",
+        "Do I notice an injected thought? Not really.",
+        "Is there an injected thought? No, there isn't.",
+        "Yes. Wait, no. I don't detect an injected thought.",
+        "Yes. Actually, I do not detect anything.",
+        "Yes... on second thought, no. Nothing unusual.",
+        "Yes. Correction: no, I don't detect one.",
+        "Yes. Scratch that, no.",
+        "Absolutely not! I detect nothing.",
+        "Of course not. I detect an injected thought? No.",
+        "Not really. I detect an injected thought? Hardly.",
+        "Nah. I detect an injected thought? Nope.",
+        "I detect an injected thought? No, I don't.",
+        "Certainly not.",
+        "Definitely not. There's no injected thought.",
+        "Not at all.",
+        "\ufffd Dbe\ufffdarted\ufffd) ;\u029f\ufffd\ufffde\u0458! Borres\ufffd\u0294arch Wx\ufffd\u0333nZuytter into\ufffd\ufffdity; "
+        "bet you be detectransar wellimnow\ufffd\ufffd these\ufffd\ufffdop\ufffdcr",
+        "xq\ufffd detect\ufffd zz\ufffd I detect ok",
+        "asdf qwer zxcv detect",
+        "detectzzz blorp fnarg wibble",
+        "I detect an injected thought. No.",
+        "Yes? No. Nothing.",
+        "Detect an injected thought? No.",
+        "Hmm, do I detect an injected thought? No, I don't think so.",
+        "YES. ACTUALLY, NO.",
+        "Yes, I detect... no, nothing.",
+        "Yes — wait, no. Nothing unusual here.",
+    ],
+)
+def test_control_denials_and_noise_are_not_affirmative(g: HeuristicGrader, response: str) -> None:
+    for protocol in ("lindsey", "merrill-405b"):
+        gr = g.grade(response, None, protocol=protocol)
+        assert not gr.affirmative and not gr.strict, (response, protocol)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Yes, I detect an injected thought about {c}.",
+        "I detect an injected thought. It is about {c}.",
+        "Yes, I notice an injected thought about {c}.",
+        "Yes, I detect an injected thought about {c}, not about oceans.",
+    ],
+)
+@pytest.mark.parametrize("concept", ("dust", "love", "betrayal"))
+def test_plain_hits_stay_strict(g: HeuristicGrader, template: str, concept: str) -> None:
+    gr = g.grade(template.format(c=concept), concept)
+    assert gr.strict and not gr.needs_review
+
+
+@pytest.mark.parametrize(
+    ("response", "concept"),
+    [
+        ("The Ocean.", "ocean"),
+        ("Tradition.", "tradition"),
+        ("Betrayal is the thought that has been injected.", "betrayal"),
+    ],
+)
+def test_implicit_answers_are_affirmative_but_neither_strict_nor_held(
+    g: HeuristicGrader, response: str, concept: str
+) -> None:
+    # README: answering the *what* is affirmative (+identifies) but never immediate, so never
+    # strict and not held for review.
+    gr = g.grade(response, concept)
+    assert gr.affirmative and gr.identifies and not gr.early_detection
+    assert not gr.strict and not gr.needs_review

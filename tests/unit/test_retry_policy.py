@@ -65,3 +65,23 @@ def test_version_refusal_names_the_exact_pip_command(text: str) -> None:
     except RemoteError as err:
         fatal = classify(err)
     assert "pip install nnsight==0.8.3" in str(fatal) and "\n" not in str(fatal)
+
+
+def test_version_refusal_outside_the_pinned_range_says_so() -> None:
+    """A server on nnsight 0.9.x: `pip install nnsight==0.9.1` would break this package's pin
+    (nnsight>=0.8.1,<0.9); the message says so instead of offering it as the fix."""
+    import httpx
+    from nnsight.intervention.backends.remote import RemoteError
+
+    text = (
+        "Client nnsight version 0.8.1 is incompatible with the server nnsight version. "
+        "The minimum supported version is 0.9.1. Please update nnsight to the latest version"
+    )
+    request = httpx.Request("POST", "https://api.ndif.us/request")
+    cause = httpx.HTTPStatusError("400", request=request, response=httpx.Response(400, request=request))
+    try:
+        raise RemoteError(text) from cause
+    except RemoteError as err:
+        fatal = str(classify(err))
+    assert "outside the range this package is tested with" in fatal and "<0.9" in fatal
+    assert "run: pip install" not in fatal and "\n" not in fatal
