@@ -9,7 +9,7 @@ Device rule: NDIF runs large models with `device_map="auto"` over several GPUs. 
 request ships (starts, vectors, coefficients, uniforms...) arrives on the CPU; each function below
 moves what it was given to the device of the activation it meets before using it. (Indexing is
 written with select/narrow/gather/unsqueeze rather than `t[...]`, and `~` as logical_not, which keeps the functions
-checkable on fake CUDA tensors by a CPU-only torch: tests/test_steered_generation.py.)
+checkable on fake CUDA tensors by a CPU-only torch: tests/integration/test_steered_generation.py.)
 
 One steering formula covers every strength mode and condition, per row b of a batch:
 

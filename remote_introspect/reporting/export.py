@@ -50,7 +50,7 @@ def export_cache(root: Path, out: Path, judge: str = "heuristic") -> ExportResul
     try:
         conn = open_readonly(Path(root))
     except CorruptDatabase as err:
-        from .store import CacheCorrupt  # exit 4, as `run` and `grade` on a corrupt database
+        from ..store import CacheCorrupt  # exit 4, as `run` and `grade` on a corrupt database
 
         raise CacheCorrupt(f"the cache database is corrupt ({err}); run `audit` for details") from None
     try:

@@ -766,7 +766,7 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
     _check_out(out_dir)
     audit, frame = audit_with_frame(root, judge)
     if frame is None or audit["totals"] is None:
-        from .store import CacheCorrupt  # exit 4, as `run` and `grade` on a corrupt database
+        from ..store import CacheCorrupt  # exit 4, as `run` and `grade` on a corrupt database
 
         raise CacheCorrupt(
             f"the cache database is corrupt ({audit['database']['check']}); run `audit` for details"

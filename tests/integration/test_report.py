@@ -192,7 +192,7 @@ def test_control_examples_are_labelled_and_no_prereg_line_without_cells(
     (lindsey-thinking, the positive control) gets no "Pre-registered ... 0 of 0" line."""
     import dataclasses
 
-    from remote_introspect.audit import audit_with_frame
+    from remote_introspect.reporting.audit import audit_with_frame
 
     audit, frame = audit_with_frame(tiny_cache, "heuristic")
     sections = [s for e in audit["experiments"] for s in report_mod._sections(frame, e, tmp_path)]
