@@ -79,3 +79,19 @@ def fresh_forks():
         ]
     )
     return ctx
+
+
+@pytest.fixture
+def count_generate(monkeypatch) -> list[int]:
+    """Rows of every local generate call (a spy on LocalExecutor.generate): proves what ran."""
+    from remote_introspect.executors.local import LocalExecutor
+
+    calls: list[int] = []
+    real = LocalExecutor.generate
+
+    def spy(self, batch, on_submitted):
+        calls.append(batch.input_ids.shape[0])
+        return real(self, batch, on_submitted)
+
+    monkeypatch.setattr(LocalExecutor, "generate", spy)
+    return calls

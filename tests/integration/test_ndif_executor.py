@@ -172,27 +172,33 @@ def test_long_queue_is_not_a_reason_to_resubmit(server, model_dir, tmp_path):
     assert server.requests == server.accepted == server.completed  # one POST per batch
 
 
+def _freeze_when(server, status: str, **faults: float) -> None:
+    """In the background: once a job reaches `status`, lift `faults` and restart the server with
+    its jobs' statuses frozen (what an NDIF restart leaves behind)."""
+    import threading
+
+    def freeze():
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with server._lock:
+                if any(j.status == status for j in server._jobs.values()):
+                    break
+            time.sleep(0.01)
+        server.faults.update(**faults)
+        server.restart(lost="freeze")
+
+    threading.Thread(target=freeze, daemon=True).start()
+
+
 def test_job_frozen_running_after_restart_is_resubmitted_after_the_running_cap(server, model_dir, tmp_path):
     """A restart loses the job but its last status (RUNNING) stays in the object store forever;
     past the execution cap (`job_timeout_s`) the executor resubmits it."""
-    import threading
-
     opts = _opts(tmp_path / "c", server.url, job_timeout_s=1.0, stale_probe_s=600.0)
     small = dict(concepts=("Dust",), strengths=(2.0,), controls=0)
     assert runner.run(_spec(model_dir, samples=1, **small), opts).complete  # vectors cached
     server.faults.update(run_delay_s=30.0)
 
-    def restart_while_running():
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            with server._lock:
-                if any(j.status == "RUNNING" for j in server._jobs.values()):
-                    break
-            time.sleep(0.01)
-        server.faults.update(run_delay_s=0.0)
-        server.restart(lost="freeze")
-
-    threading.Thread(target=restart_while_running, daemon=True).start()
+    _freeze_when(server, "RUNNING", run_delay_s=0.0)
     t0 = time.time()
     rep = runner.run(_spec(model_dir, samples=3, **small), opts)
     assert rep.complete and time.time() - t0 < 30
@@ -206,7 +212,6 @@ def test_job_frozen_queued_after_restart_is_resubmitted_after_queue_plus_job_tim
 ):
     """A restart while queued freezes the status at QUEUED; the model stays deployed and the id
     known, so only the bound `queue_timeout_s + job_timeout_s` (no change) gets it resubmitted."""
-    import threading
 
     opts = _opts(tmp_path / "c", server.url, job_timeout_s=1.0, queue_timeout_s=0.5, stale_probe_s=600.0)
     small = dict(concepts=("Dust",), strengths=(2.0,), controls=0)
@@ -215,17 +220,7 @@ def test_job_frozen_queued_after_restart_is_resubmitted_after_queue_plus_job_tim
     server.reset_counters()
     server.faults.update(queue_delay_s=30.0)
 
-    def freeze_while_queued():
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            with server._lock:
-                if any(j.status == "QUEUED" for j in server._jobs.values()):
-                    break
-            time.sleep(0.01)
-        server.faults.update(queue_delay_s=0.0)
-        server.restart(lost="freeze")
-
-    threading.Thread(target=freeze_while_queued, daemon=True).start()
+    _freeze_when(server, "QUEUED", queue_delay_s=0.0)
     t0 = time.time()
     with caplog.at_level("WARNING"):
         rep = runner.run(_spec(model_dir, samples=2, **small), opts)

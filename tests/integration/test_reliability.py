@@ -67,19 +67,6 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.fixture
-def count_rows(monkeypatch):
-    calls: list[int] = []
-    real = LocalExecutor.generate
-
-    def spy(self, batch, on_submitted):
-        calls.append(batch.input_ids.shape[0])
-        return real(self, batch, on_submitted)
-
-    monkeypatch.setattr(LocalExecutor, "generate", spy)
-    return calls
-
-
 # --------------------------------------------------------------------------- 1. the run's summary
 
 
@@ -200,12 +187,12 @@ def test_old_cache_is_migrated_and_its_grades_hashed(tiny_cache: Path, tmp_path:
 # --------------------------------------------------------------------------- 3. duplicates
 
 
-def test_duplicates_run_and_count_once(cache_dir: Path, count_rows: list[int]) -> None:
+def test_duplicates_run_and_count_once(cache_dir: Path, count_generate: list[int]) -> None:
     spec = _spec(concepts=("Dust", "Dust"), strengths=(1.0, 1.0), samples=1, controls=1)
     assert spec.concepts == ("dust",) and spec.strengths == (1.0,)
     rep = runner.run(spec, RunOptions(cache_root=cache_dir))
     assert len(rep.trials) == len({t.key for t in rep.trials}) == 2
-    assert sum(count_rows) == 2  # each distinct trial generated once
+    assert sum(count_generate) == 2  # each distinct trial generated once
     trial = rep.trials[0]
     # Even a hand-built duplicate list plans one trial per key.
     assert runner.unique_trials([trial, trial, rep.trials[1]]) == [trial, rep.trials[1]]

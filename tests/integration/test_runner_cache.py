@@ -31,19 +31,6 @@ def _spec(**kw) -> ExperimentSpec:
     return ExperimentSpec(**base)
 
 
-@pytest.fixture
-def count_generate(monkeypatch):
-    calls: list[int] = []
-    real = LocalExecutor.generate
-
-    def spy(self, batch, on_submitted):
-        calls.append(batch.input_ids.shape[0])
-        return real(self, batch, on_submitted)
-
-    monkeypatch.setattr(LocalExecutor, "generate", spy)
-    return calls
-
-
 def test_rerun_does_no_model_work_and_same_results(cache_dir: Path, count_generate: list[int]) -> None:
     opts = RunOptions(cache_root=cache_dir, batch_rows=7)
     first = runner.run(_spec(), opts)
