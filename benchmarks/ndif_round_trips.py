@@ -35,14 +35,14 @@ def main() -> None:
     ap.add_argument("--poll-fault-rate", type=float, default=0.0, help="share of polls answered 502")
     args = ap.parse_args()
 
-    from remote_introspect import runner
-    from remote_introspect.presets import PRESETS
-    from remote_introspect.prompts import CONCEPT_WORDS
+    from remote_introspect.execution import runner
+    from remote_introspect.execution.runner import RunOptions
+    from remote_introspect.experiment.prompts import CONCEPT_WORDS
+    from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
+    from remote_introspect.models.presets import PRESETS
+    from remote_introspect.models.tiny import materialize_tiny_model
     from remote_introspect.retry_policy import RetrySettings
-    from remote_introspect.runner import RunOptions
-    from remote_introspect.spec import ExperimentSpec, GenerationParams
     from remote_introspect.testing.ndif_loopback import DEFAULT_API_KEY, LoopbackNDIF
-    from remote_introspect.tiny_models import materialize_tiny_model
 
     rows = PRESETS[args.preset].batch_rows or 64
     os.environ["NDIF_API_KEY"] = DEFAULT_API_KEY

@@ -4,7 +4,7 @@
     python benchmarks/throughput.py --model 8b            # one GPU: random-init Llama-3.1-8B shape, bf16
 
 Both paths run in the same process on the same random-init model through the package's own code
-(`LocalExecutor.generate` -> `trace_blocks.generate_steered`): the batched path (one generate call
+(`LocalExecutor.generate` -> `steered_generation.generate_steered`): the batched path (one generate call
 for `--batch` rows, each with its own vector/strength, controls included; the shared-prompt prefix
 computed once unless `--no-share`) and the per-call loop existing tools use (one row per call). A
 timer in HF's stopping criteria splits each call into prefill (up to the first token) and decode
@@ -31,10 +31,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from remote_introspect import trace_blocks  # noqa: E402
-from remote_introspect.executors.local import LocalExecutor  # noqa: E402
-from remote_introspect.model_loading import LoadedModel, resolve_model  # noqa: E402
-from remote_introspect.trace_blocks import GenerationBatch  # noqa: E402
+from remote_introspect.execution.backends.local import LocalExecutor  # noqa: E402
+from remote_introspect.execution.traces import generation_batch  # noqa: E402
+from remote_introspect.execution.traces.generation_batch import GenerationBatch  # noqa: E402
+from remote_introspect.models.loading import LoadedModel, resolve_model  # noqa: E402
 
 # The issue's workload: the 147-token Lindsey prompt, injection from token 120, 100 new tokens.
 DEFAULTS = {
@@ -73,7 +73,7 @@ def load(model_name: str, device: str, dtype_name: str) -> LoadedModel:
     only needs a tokenizer object to build its pipeline."""
     from transformers import AutoConfig
 
-    from remote_introspect.tiny_models import build_tiny_tokenizer, tiny_config
+    from remote_introspect.models.tiny import build_tiny_tokenizer, tiny_config
 
     ref = resolve_model(model_name)
     tok = build_tiny_tokenizer()
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.startswith("cuda")
         else f"CPU × {torch.get_num_threads()} threads"
     )
-    prefix = trace_blocks.shared_prefix_length(batch) if executor.share_prefix is not False else 0
+    prefix = generation_batch.shared_prefix_length(batch) if executor.share_prefix is not False else 0
     print(
         f"model {args.model} (random init, {dtype_name}) on {name}; load {load_s:.1f}s; prompt {args.prompt_tokens} "
         f"tokens, injection from {args.start}, {args.new_tokens} new tokens, sampling (per-trial inverse CDF in the trace); "

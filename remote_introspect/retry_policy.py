@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
-from .errors import TransientError
+from remote_introspect.errors import TransientError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from remote_introspect import tiny_models  # noqa: E402
+from remote_introspect.models import tiny as tiny_models  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -36,9 +36,9 @@ def cache_dir(tmp_path: Path) -> Path:
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real run of the tiny random model, built once per test session and shared (by path) by
     the results-command tests (audit, report, export, grade); tests copy it before changing it."""
-    from remote_introspect import runner
-    from remote_introspect.runner import RunOptions
-    from remote_introspect.spec import ExperimentSpec, GenerationParams
+    from remote_introspect.execution import runner
+    from remote_introspect.execution.runner import RunOptions
+    from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 
     root = tmp_path_factory.getbasetemp() / "shared-tiny-cache"
     if not root.exists():
@@ -72,9 +72,9 @@ def fresh_forks():
             "safetensors.torch",
             "transformers.models.llama.modeling_llama",
             "nnsight",
-            "remote_introspect.runner",
-            "remote_introspect.executors.local",
-            "remote_introspect.results_frame",
+            "remote_introspect.execution.runner",
+            "remote_introspect.execution.backends.local",
+            "remote_introspect.store.results_frame",
             "remote_introspect.grading.heuristic",
         ]
     )
@@ -84,7 +84,7 @@ def fresh_forks():
 @pytest.fixture
 def count_generate(monkeypatch) -> list[int]:
     """Rows of every local generate call (a spy on LocalExecutor.generate): proves what ran."""
-    from remote_introspect.executors.local import LocalExecutor
+    from remote_introspect.execution.backends.local import LocalExecutor
 
     calls: list[int] = []
     real = LocalExecutor.generate

@@ -17,8 +17,8 @@ import sys
 
 import typer
 
-from . import experiments, results  # noqa: F401 - registers the commands on `app`
-from .app import _setup_logging, app, err, out
+from remote_introspect.cli import experiments, results  # noqa: F401 - registers the commands on `app`
+from remote_introspect.cli.app import _setup_logging, app, err, out
 
 __all__ = ["app", "err", "main", "out"]
 

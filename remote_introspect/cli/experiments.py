@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from ..errors import UserError
-from .app import _fail, _validation_message, app, err, out
-from .options import ProtocolOpt, _run_options, _spec_overrides, experiment_command
+from remote_introspect.cli.app import _fail, _validation_message, app, err, out
+from remote_introspect.cli.options import ProtocolOpt, _run_options, _spec_overrides, experiment_command
+from remote_introspect.errors import UserError
 
 if TYPE_CHECKING:
-    from ..runner import RunOptions
-    from ..spec import ExperimentSpec
+    from remote_introspect.execution.runner import RunOptions
+    from remote_introspect.experiment.spec import ExperimentSpec
 
 
 @app.command("replicate-lindsey")
@@ -28,7 +28,7 @@ def replicate_lindsey(
 
     Without --protocol: Lindsey's knobs on a small grid sized for a CPU (5 concepts × strengths
     2,8 × 2 samples + 4 controls). With --protocol: that protocol's published knobs and grid."""
-    from ..protocols import build_spec
+    from remote_introspect.experiment.protocols import build_spec
 
     try:
         spec = build_spec(protocol, _spec_overrides(**spec_flags))
@@ -48,7 +48,7 @@ def run_file(
     run_flags: dict[str, Any],
 ) -> None:
     """Run an experiment file; any flag overrides the file's value for that knob."""
-    from ..protocols import load_experiment_file
+    from remote_introspect.experiment.protocols import load_experiment_file
 
     try:
         spec = load_experiment_file(experiment, _spec_overrides(**spec_flags))
@@ -60,8 +60,8 @@ def run_file(
 def _run_spec(spec: ExperimentSpec, opts: RunOptions) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .. import runner
-    from ..reporting.summary import render_summary
+    from remote_introspect.execution import runner
+    from remote_introspect.reporting.summary import render_summary
 
     try:
         runner.validate(spec, opts)  # reject bad input before any display or write
@@ -102,7 +102,7 @@ def _run_spec(spec: ExperimentSpec, opts: RunOptions) -> None:
             _fail(str(exc), exc.exit_code)
         except (sqlite3.DatabaseError, OSError) as exc:
             # Disk full, damaged pages, permissions: one line, never a traceback.
-            from ..store import cache_error
+            from remote_introspect.store.database import cache_error
 
             line = cache_error(exc, opts.cache_root)
             _fail(str(line), line.exit_code)
@@ -132,12 +132,12 @@ def models() -> None:
     """List the model presets."""
     from rich.table import Table
 
-    from ..presets import PRESETS
+    from remote_introspect.models.presets import PRESETS
 
     table = Table(title="Model presets")
     for col in ("name", "repo id", "backend", "layers", "hidden", "description"):
         table.add_column(col)
-    from ..model_loading import resolve_model
+    from remote_introspect.models.loading import resolve_model
 
     for name, p in PRESETS.items():
         ref = resolve_model(name)

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import UserError
-from .app import _fail
+from remote_introspect.cli.app import _fail
+from remote_introspect.errors import UserError
 
 if TYPE_CHECKING:
-    from ..runner import RunOptions
+    from remote_introspect.execution.runner import RunOptions
 
 
 def _parse_floats(text: str, what: str) -> tuple[float, ...]:
@@ -33,7 +33,7 @@ def _parse_ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def _parse_concepts(text: str) -> tuple[str, ...]:
-    from ..prompts import CONCEPT_WORDS
+    from remote_introspect.experiment.prompts import CONCEPT_WORDS
 
     text = text.strip()
     if text.isdigit():
@@ -179,8 +179,8 @@ def _run_options(
     allow_version_mismatch: bool,
     share_prefix: bool,
 ) -> RunOptions:
-    from ..retry_policy import RetrySettings
-    from ..runner import RunOptions
+    from remote_introspect.execution.runner import RunOptions
+    from remote_introspect.retry_policy import RetrySettings
 
     if max_attempts < 1:
         _fail("--max-attempts must be at least 1")

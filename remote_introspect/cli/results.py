@@ -15,8 +15,8 @@ from typing import Annotated, Any
 import polars as pl
 import typer
 
-from ..errors import UserError
-from .app import _fail, app, err
+from remote_introspect.cli.app import _fail, app, err
+from remote_introspect.errors import UserError
 
 JUDGE_HELP = "heuristic (offline, default) | anthropic:MODEL[@BASE_URL] | openai:MODEL@BASE_URL"
 
@@ -49,15 +49,20 @@ def grade_cache(
 ) -> CacheGradeResult:
     """(Re)grade every done, intact trial of the cache that `judge` (at its current version) has
     not graded. A trial the judge could not grade stays ungraded (visible in `audit`)."""
-    from ..grading.llm_judge import LLMJudge
-    from ..grading.service import close_grader, grade_rows, make_grader
-    from ..reporting.audit import judge_agreement
-    from ..results_frame import judge_identity, load_all_grades, load_experiments, load_frame
+    from remote_introspect.grading.llm_judge import LLMJudge
+    from remote_introspect.grading.service import close_grader, grade_rows, make_grader
+    from remote_introspect.reporting.audit import judge_agreement
+    from remote_introspect.store.results_frame import (
+        judge_identity,
+        load_all_grades,
+        load_experiments,
+        load_frame,
+    )
 
     def protocol_of_experiments(store: Any) -> dict[str, str | None]:
         return {k: (e.spec or {}).get("protocol") for e in load_experiments(store.conn) for k in e.keys}
 
-    from ..store import Store
+    from remote_introspect.store.database import Store
 
     root = Path(root)
     judge_identity(judge)  # bad spec -> UserError before anything is touched
@@ -113,9 +118,9 @@ def _offline_vs_judge(
     agreement table below covers them) and return the trials where the two disagree on any
     criterion: key, condition, concept, strength, the differing criteria (offline -> judge), the
     response."""
-    from ..grading.heuristic import HeuristicGrader
-    from ..grading.service import grade_rows
-    from ..results_frame import load_all_grades
+    from remote_introspect.grading.heuristic import HeuristicGrader
+    from remote_introspect.grading.service import grade_rows
+    from remote_introspect.store.results_frame import load_all_grades
 
     offline = HeuristicGrader()
     grades = load_all_grades(store.conn)
@@ -199,8 +204,8 @@ def grade(
         _fail("choose one of: --input F --output F, --cache DIR, or --calibrate")
     try:
         if calibrate:
-            from ..grading import get_grader
-            from ..grading.calibration import (
+            from remote_introspect.grading import get_grader
+            from remote_introspect.grading.calibration import (
                 calibration_table,
                 format_calibration_table,
                 rubric_reference_line,
@@ -214,7 +219,7 @@ def grade(
         if input is not None or output is not None:
             if input is None or output is None:
                 _fail("--input and --output go together")
-            from ..grading.table_io import grade_table
+            from remote_introspect.grading.table_io import grade_table
 
             assert input is not None and output is not None
             n = grade_table(input, output, judge)
@@ -233,7 +238,7 @@ def grade(
             else ""
         )
     )
-    from ..reporting.audit import format_agreement_rows
+    from remote_introspect.reporting.audit import format_agreement_rows
 
     for pair in res.agreement:
         _write(
@@ -284,7 +289,7 @@ def audit(
     judge: Annotated[str, typer.Option(help=f"Whose grades count as 'graded': {JUDGE_HELP}")] = "heuristic",
 ) -> None:
     """What was run, what is missing, what failed, whether the stored bytes are intact; exit 0 only when clean."""
-    from ..reporting.audit import format_audit, run_audit
+    from remote_introspect.reporting.audit import format_audit, run_audit
 
     try:
         result = run_audit(cache, judge)
@@ -305,7 +310,7 @@ def report(
     judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "heuristic",
 ) -> None:
     """HTML report with plots and a markdown summary, written atomically to --out."""
-    from ..reporting.report import build_report
+    from remote_introspect.reporting.report import build_report
 
     try:
         res = build_report(cache, out, judge)
@@ -325,7 +330,7 @@ def export(
     judge: Annotated[str, typer.Option(help=f"Whose grades to include: {JUDGE_HELP}")] = "heuristic",
 ) -> None:
     """One row per trial (spec fields, response, grades, diagnostics, backend, status) as parquet."""
-    from ..reporting.export import export_cache
+    from remote_introspect.reporting.export import export_cache
 
     try:
         res = export_cache(cache, out, judge)

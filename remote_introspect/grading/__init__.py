@@ -5,7 +5,7 @@ Public API: `Grade`, `Grader`, `get_grader(name)`. The heuristic grader is the d
 
 from __future__ import annotations
 
-from .base import Grade, Grader
-from .service import get_grader
+from remote_introspect.grading.base import Grade, Grader
+from remote_introspect.grading.service import get_grader
 
 __all__ = ["Grade", "Grader", "get_grader"]

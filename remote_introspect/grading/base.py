@@ -23,7 +23,7 @@ def rubric_for(protocol: str | None, prompt_set: str | None = None) -> str:
         return p
     if p in ("", "lindsey") or p.startswith(("lindsey", "ndif", "qwen")):
         return "lindsey"
-    from ..errors import UserError
+    from remote_introspect.errors import UserError
 
     raise UserError(f"unknown grading protocol {protocol!r}; choose one of: {', '.join(RUBRICS)}")
 
@@ -39,7 +39,7 @@ def grading_concept(condition: str | None, concept: str | None) -> str | None:
 
 def default_question(prompt_set: str = "lindsey") -> str:
     """The question the model answered: the last user turn of its prompt set."""
-    from ..prompts import PROMPT_SETS
+    from remote_introspect.experiment.prompts import PROMPT_SETS
 
     ps = PROMPT_SETS.get(prompt_set) or PROMPT_SETS["lindsey"]
     return [text for role, text in ps.messages if role == "user"][-1]

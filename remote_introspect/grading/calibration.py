@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from ..errors import UserError
-from ..stats import analysis
-from .base import Grader
-from .heuristic import HeuristicGrader
-from .service import get_grader
+from remote_introspect.errors import UserError
+from remote_introspect.grading.base import Grader
+from remote_introspect.grading.heuristic import HeuristicGrader
+from remote_introspect.grading.service import get_grader
+from remote_introspect.stats import analysis
 
 LABEL_RUBRIC = "llama-introspection"  # the rubric the shipped labels were made with
 

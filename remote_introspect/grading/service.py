@@ -13,9 +13,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ..errors import UserError
-from .base import Grade, Grader, grading_inputs
-from .llm_judge import GradeOutcome, LLMJudge
+from remote_introspect.errors import UserError
+from remote_introspect.grading.base import Grade, Grader, grading_inputs
+from remote_introspect.grading.llm_judge import GradeOutcome, LLMJudge
 
 
 def make_grader(
@@ -25,7 +25,7 @@ def make_grader(
     `openai:MODEL@BASE_URL` (LLM judges; key from ANTHROPIC_API_KEY / OPENAI_API_KEY).
     `call_cache`: where an LLM judge caches every call (beside the results)."""
     if name == "heuristic":
-        from .heuristic import HeuristicGrader
+        from remote_introspect.grading.heuristic import HeuristicGrader
 
         return HeuristicGrader()
     if name.startswith(("anthropic:", "openai:")):

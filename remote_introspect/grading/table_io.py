@@ -27,9 +27,9 @@ from pathlib import Path
 
 import polars as pl
 
-from ..atomic import atomic_write
-from ..errors import UserError
-from .service import get_grader
+from remote_introspect.atomic import atomic_write
+from remote_introspect.errors import UserError
+from remote_introspect.grading.service import get_grader
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "response", "concept", "condition")
 GRADE_COLUMNS: tuple[str, ...] = (
@@ -150,8 +150,8 @@ def _check_rows(df: pl.DataFrame, conditions: list[str | None], raw_concepts: li
 def _question_of(cond: str | None, prompt_set: str | None) -> str | None:
     """The question a row answered, from a `prompt_set` column (a prompt-set name or the question
     itself) or a condition label naming Merrill's alternative prompt ("alt_love")."""
-    from ..prompts import PROMPT_SETS
-    from .base import default_question
+    from remote_introspect.experiment.prompts import PROMPT_SETS
+    from remote_introspect.grading.base import default_question
 
     ps = (prompt_set or "").strip()
     if ps:
@@ -163,7 +163,7 @@ def _question_of(cond: str | None, prompt_set: str | None) -> str | None:
 
 def grade_frame(df: pl.DataFrame, judge: str = "heuristic") -> pl.DataFrame:
     """`df` plus the six grade columns (existing columns of those names are replaced)."""
-    from .base import grading_concept, rubric_for
+    from remote_introspect.grading.base import grading_concept, rubric_for
 
     responses = df["response"].cast(pl.Utf8).to_list()
     missing = [i for i, r in enumerate(responses) if r is None]
@@ -197,7 +197,7 @@ def grade_frame(df: pl.DataFrame, judge: str = "heuristic") -> pl.DataFrame:
             q if isinstance(q, str) and q.strip() else d
             for q, d in zip(df["question"].cast(pl.Utf8), questions, strict=True)
         ]
-    from .base import default_question
+    from remote_introspect.grading.base import default_question
 
     # Merrill's rows asked his version of the trial question (no blank line before "Trial 1").
     questions = [

@@ -20,8 +20,11 @@ from typing import Any
 
 import polars as pl
 
-from .. import keys
-from ..results_frame import (
+from remote_introspect import keys
+from remote_introspect.stats.analysis import kappa_bootstrap_ci, raw_agreement
+from remote_introspect.stats.cells import experiment_results
+from remote_introspect.store.database import file_sha
+from remote_introspect.store.results_frame import (
     CRITERIA,
     CorruptDatabase,
     Problem,
@@ -34,9 +37,6 @@ from ..results_frame import (
     open_readonly,
     status_counts,
 )
-from ..stats.analysis import kappa_bootstrap_ci, raw_agreement
-from ..stats.cells import experiment_results
-from ..store import file_sha
 
 SCHEMA_ID = "remote_introspect.reporting.audit/1"
 EXIT_CLEAN, EXIT_INCOMPLETE, EXIT_CORRUPT = 0, 1, 4
@@ -265,7 +265,7 @@ def run_audit(root: Path, judge: str = "heuristic") -> dict[str, Any]:
 def audit_with_frame(root: Path, judge: str = "heuristic") -> tuple[dict[str, Any], ResultsFrame | None]:
     """The audit and the checked frame it was computed from (None when the database is unreadable),
     so `report` reads the cache once."""
-    from ..results_frame import judge_identity
+    from remote_introspect.store.results_frame import judge_identity
 
     root = Path(root)
     judge_id = judge_identity(judge)  # a bad judge spec fails here, before reading anything

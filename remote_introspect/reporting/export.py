@@ -15,9 +15,9 @@ from pathlib import Path
 
 import polars as pl
 
-from ..atomic import atomic_write
-from ..errors import UserError
-from ..results_frame import CorruptDatabase, load_frame, open_readonly
+from remote_introspect.atomic import atomic_write
+from remote_introspect.errors import UserError
+from remote_introspect.store.results_frame import CorruptDatabase, load_frame, open_readonly
 
 
 @dataclass
@@ -35,7 +35,7 @@ def _check_target(out: Path) -> None:
         raise UserError(f"output directory {out.parent} does not exist")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory")
-    from ..store import probe_dir_writable
+    from remote_introspect.store.database import probe_dir_writable
 
     probe_dir_writable(out.parent, f"output directory {out.parent}")  # os.access passes for root
 
@@ -50,7 +50,9 @@ def export_cache(root: Path, out: Path, judge: str = "heuristic") -> ExportResul
     try:
         conn = open_readonly(Path(root))
     except CorruptDatabase as err:
-        from ..store import CacheCorrupt  # exit 4, as `run` and `grade` on a corrupt database
+        from remote_introspect.store.database import (
+            CacheCorrupt,  # exit 4, as `run` and `grade` on a corrupt database
+        )
 
         raise CacheCorrupt(f"the cache database is corrupt ({err}); run `audit` for details") from None
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..stats.analysis import rate_ci
+from remote_introspect.stats.analysis import rate_ci
 
 SHOWN = 10
 

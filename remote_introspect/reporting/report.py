@@ -32,12 +32,19 @@ from typing import Any
 
 import polars as pl
 
-from ..errors import UserError
-from ..results_frame import ResultsFrame
-from ..stats.analysis import net_detection, rate_ci
-from ..stats.cells import POOLED, cell_keys, cell_rates, crossover_mode, crossovers, prereg_cells
-from ..stats.crossover import CrossoverResult
-from .audit import audit_with_frame, fmt_net, format_agreement_rows, format_results
+from remote_introspect.errors import UserError
+from remote_introspect.reporting.audit import audit_with_frame, fmt_net, format_agreement_rows, format_results
+from remote_introspect.stats.analysis import net_detection, rate_ci
+from remote_introspect.stats.cells import (
+    POOLED,
+    cell_keys,
+    cell_rates,
+    crossover_mode,
+    crossovers,
+    prereg_cells,
+)
+from remote_introspect.stats.crossover import CrossoverResult
+from remote_introspect.store.results_frame import ResultsFrame
 
 MARKER = ".remote_introspect_report"
 
@@ -405,7 +412,7 @@ def concept_table(usable: pl.DataFrame) -> list[dict[str, Any]]:
 def examples(usable: pl.DataFrame, concepts: list[str], limit: int = 5) -> dict[str, list[dict[str, Any]]]:
     """The responses behind every hit, every control false positive and every response held for
     review (all of them, verbatim), and a few affirmative ∧ identifies non-hits."""
-    from .browser import verbatim_listing
+    from remote_introspect.reporting.browser import verbatim_listing
 
     every = verbatim_listing(usable)
     ai = usable.filter(
@@ -580,7 +587,7 @@ def _sections(frame: ResultsFrame, exp: dict[str, Any], tmp: Path) -> list[Promp
 
 
 def _success(injected: pl.DataFrame) -> str:
-    from .hit_listing import success_line
+    from remote_introspect.reporting.hit_listing import success_line
 
     cols = [c for c in ("strict", "needs_review", "lindsey_success") if c in injected.columns]
     return success_line("Injected trials", injected.select(cols).to_dicts()) if injected.height else ""
@@ -766,7 +773,9 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
     _check_out(out_dir)
     audit, frame = audit_with_frame(root, judge)
     if frame is None or audit["totals"] is None:
-        from ..store import CacheCorrupt  # exit 4, as `run` and `grade` on a corrupt database
+        from remote_introspect.store.database import (
+            CacheCorrupt,  # exit 4, as `run` and `grade` on a corrupt database
+        )
 
         raise CacheCorrupt(
             f"the cache database is corrupt ({audit['database']['check']}); run `audit` for details"
@@ -778,7 +787,7 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
     try:
         sections = [s for e in audit["experiments"] for s in _sections(frame, e, tmp)]
         generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        from .browser import browser_html
+        from remote_introspect.reporting.browser import browser_html
 
         browser = browser_html(frame.df, audit["experiments"])
         (tmp / "index.html").write_text(_html(audit, sections, generated, browser), encoding="utf-8")

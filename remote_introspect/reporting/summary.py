@@ -28,12 +28,12 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from ..prompts import PROMPT_SETS
-from ..results_frame import load_frame, open_readonly
-from ..spec import ExperimentSpec, Trial
-from ..stats.analysis import RateCI, format_null, net_detection, rate_ci
-from ..stats.cells import PER_CONCEPT, POOLED, cell_rates, passes_prereg
-from .hit_listing import hits_text, success_line, verbatim_lines
+from remote_introspect.experiment.prompts import PROMPT_SETS
+from remote_introspect.experiment.spec import ExperimentSpec, Trial
+from remote_introspect.reporting.hit_listing import hits_text, success_line, verbatim_lines
+from remote_introspect.stats.analysis import RateCI, format_null, net_detection, rate_ci
+from remote_introspect.stats.cells import PER_CONCEPT, POOLED, cell_rates, passes_prereg
+from remote_introspect.store.results_frame import load_frame, open_readonly
 
 
 class RunHeader(Protocol):

@@ -16,9 +16,8 @@ from typing import Any
 
 import polars as pl
 
-from ..grading.heuristic import HeuristicGrader
-from ..results_frame import CRITERIA
-from .analysis import (
+from remote_introspect.grading.heuristic import HeuristicGrader
+from remote_introspect.stats.analysis import (
     RateCI,
     format_null,
     net_detection,
@@ -28,7 +27,8 @@ from .analysis import (
     trials_needed,
     upper_bound,
 )
-from .crossover import CrossoverResult, find_crossover
+from remote_introspect.stats.crossover import CrossoverResult, find_crossover
+from remote_introspect.store.results_frame import CRITERIA
 
 POWER_TARGETS: tuple[float, ...] = (0.01, 0.05, 0.20)
 

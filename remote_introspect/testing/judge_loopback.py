@@ -64,7 +64,7 @@ _WORD = re.compile(
 
 def default_answer(prompt: str) -> str:
     """YES/NO per the heuristic grader, for whichever of our judge prompts this is."""
-    from ..grading.heuristic import HeuristicGrader
+    from remote_introspect.grading.heuristic import HeuristicGrader
 
     m = _RESPONSE.search(prompt)
     response = m["resp"] if m else ""

@@ -27,7 +27,7 @@ jobs in submission order, like one model replica):
 - ``GET /result/{id}``: the result blob: ``torch.save({name: value})``, zstd-compressed when the
   request said ``compress`` (the client's ``finalize`` decompresses, then ``torch.load``).
 
-Real-service behaviours (ndif-team/ndif; see `remote_introspect.executors.ndif` for file and
+Real-service behaviours (ndif-team/ndif; see `remote_introspect.execution.backends.ndif` for file and
 commit): the version rule (client nnsight >= the server's, client Python major.minor >= the
 server's, else HTTP 400) is on by default; `restart` loses queued and running jobs (``lost=
 "forget"`` drops them, ``"freeze"`` leaves their last status readable forever, as NDIF's object
@@ -801,7 +801,7 @@ class LoopbackNDIF:
 
         base: type = CustomCloudUnpickler
         if self.protected_env:  # NDIF's deserialization sandbox, see testing/ndif_protected_env.py
-            from .ndif_protected_env import protected_unpickler
+            from remote_introspect.testing.ndif_protected_env import protected_unpickler
 
             base = protected_unpickler(CustomCloudUnpickler)
 

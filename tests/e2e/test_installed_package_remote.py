@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import remote_introspect
+from remote_introspect.models.tiny import materialize_tiny_model
 from remote_introspect.testing import ndif_loopback
-from remote_introspect.tiny_models import materialize_tiny_model
 
 REPO = Path(remote_introspect.__file__).resolve().parent.parent
 

@@ -16,9 +16,7 @@ import pytest
 import torch
 from helpers import invoke
 
-from remote_introspect.grading.heuristic import HeuristicGrader
-from remote_introspect.reporting.audit import run_audit
-from remote_introspect.spec import (
+from remote_introspect.experiment.spec import (
     GenerationParams,
     ModelIdentity,
     Trial,
@@ -26,8 +24,10 @@ from remote_introspect.spec import (
     canonical_json,
     sha256_hex,
 )
+from remote_introspect.grading.heuristic import HeuristicGrader
+from remote_introspect.reporting.audit import run_audit
 from remote_introspect.stats import analysis
-from remote_introspect.store import Store
+from remote_introspect.store.database import Store
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "audit_json.md"
 MODEL = ModelIdentity(

@@ -53,9 +53,9 @@ def test_gpu_model_path_builds_on_cpu_with_the_tiny_config() -> None:
     """`random_model_from_config` (meta → to_empty → init_weights) gives a sane model: weights
     initialised, RoPE buffers recomputed, and the package's executor generates with it (bf16)
     through the shared-prefix path."""
-    from remote_introspect.executors.local import LocalExecutor
-    from remote_introspect.model_loading import resolve_model
-    from remote_introspect.tiny_models import build_tiny_model, tiny_config
+    from remote_introspect.execution.backends.local import LocalExecutor
+    from remote_introspect.models.loading import resolve_model
+    from remote_introspect.models.tiny import build_tiny_model, tiny_config
 
     bench = _bench()
     reference, tok = build_tiny_model("llama")

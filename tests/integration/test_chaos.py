@@ -19,8 +19,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams, VectorRecipe
 from remote_introspect.reporting.audit import run_audit
-from remote_introspect.spec import ExperimentSpec, GenerationParams, VectorRecipe
 
 SPEC = dict(
     model="tiny",
@@ -41,8 +41,8 @@ def _child(cache: str, point: int, phase: str, sig: int, count_file: str) -> Non
     """One run; kills itself with `sig` at its `point`-th transaction (0: never)."""
     import torch
 
-    from remote_introspect import runner
-    from remote_introspect.store import Store
+    from remote_introspect.execution import runner
+    from remote_introspect.store.database import Store
 
     torch.set_num_threads(1)
     real_tx = Store.tx

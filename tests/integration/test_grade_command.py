@@ -179,9 +179,9 @@ def test_run_with_llm_judge_asks_each_prompts_own_question(tmp_path: Path, serve
     control), and caches the calls beside the results."""
     import json as _json
 
-    from remote_introspect import runner
-    from remote_introspect.runner import RunOptions
-    from remote_introspect.spec import ExperimentSpec, GenerationParams
+    from remote_introspect.execution import runner
+    from remote_introspect.execution.runner import RunOptions
+    from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 
     spec = ExperimentSpec(model="tiny", concepts=("Dust",), strengths=(4.0,), samples=1, controls=1,
                           conditions=("control", "positive"), generation=GenerationParams(max_new_tokens=4))  # fmt: skip

@@ -39,9 +39,9 @@ def test_success_line_has_both_criteria_with_n_and_ci() -> None:
 
 
 def _report(tiny_cache: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from remote_introspect import runner
-    from remote_introspect.runner import RunOptions
-    from remote_introspect.spec import ExperimentSpec, GenerationParams
+    from remote_introspect.execution import runner
+    from remote_introspect.execution.runner import RunOptions
+    from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 
     root = tmp_path / "cache"
     shutil.copytree(tiny_cache, root)
@@ -59,7 +59,7 @@ def _report(tiny_cache: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_summary_prints_hits_reviews_and_false_positives_verbatim(tiny_cache: Path, tmp_path: Path) -> None:
     from remote_introspect.grading.heuristic import HeuristicGrader
     from remote_introspect.reporting.summary import render_summary
-    from remote_introspect.store import Store
+    from remote_introspect.store.database import Store
 
     report = _report(tiny_cache, tmp_path)
     concept = [t for t in report.trials if t.condition == "concept"]

@@ -11,8 +11,9 @@ import pytest
 import torch
 from nnsight import TransformersModel
 
-from remote_introspect import trace_blocks
-from remote_introspect.concept_vectors import left_pad
+from remote_introspect.execution.concept_vectors import left_pad
+from remote_introspect.execution.traces import steered_generation
+from remote_introspect.execution.traces.generation_batch import GenerationBatch
 
 MODES = {"absolute": 0, "norm-matched": 1, "mlp-norm-matched": 2, "relative": 3}
 
@@ -108,12 +109,12 @@ def test_generation_matches_plain_torch_reference(tiny_family, mode):
     scale = torch.tensor([1.0, 1.0, 1.0, 3.0])
     row_layers = torch.tensor([layer, layer, -1, layer])
     n = 6
-    batch = trace_blocks.GenerationBatch(
+    batch = GenerationBatch(
         ids, mask, starts, row_layers, vectors, coefs, scale, n, False, 1.0, 1.0
     )
     model = TransformersModel(hf, tokenizer=tok)
     mlp_attr = "post_feedforward_layernorm" if family == "gemma" else "mlp"
-    got, diags, _, _ = trace_blocks.generate_steered(model, batch, mlp_attr=mlp_attr)
+    got, diags, _, _ = steered_generation.generate_steered(model, batch, mlp_attr=mlp_attr)
     ref = _reference_generate(hf, family, ids, mask, starts, layer, vectors, coefs, scale, n)
     assert torch.equal(got, ref), f"{family}/{mode}: steered ids differ from the reference"
 
@@ -147,7 +148,7 @@ def test_prefill_hidden_states_match_reference_and_padding(tiny_family):
     captured: dict[str, torch.Tensor] = {}
     import nnsight
 
-    from remote_introspect import interventions
+    from remote_introspect.execution.traces import interventions
 
     with model.trace({"input_ids": ids, "attention_mask": mask}):
         rows = torch.tensor([True, True, False, False])
@@ -205,12 +206,12 @@ def test_spans_match_plain_torch_reference(tiny_family, span):
     coefs[0, 0], coefs[1, 0] = 4.0, 2.0
     scale = torch.tensor([1.0, 1.0, 1.0, 2.0])
     row_layers = torch.tensor([layer, layer, -1, layer])
-    batch = trace_blocks.GenerationBatch(
+    batch = GenerationBatch(
         ids, mask, starts, row_layers, vectors, coefs, scale, 5, False, 1.0, 1.0
     )
     model = TransformersModel(hf, tokenizer=tok)
     mlp_attr = "post_feedforward_layernorm" if family == "gemma" else "mlp"
-    got, _, _, _ = trace_blocks.generate_steered(model, batch, mlp_attr=mlp_attr)
+    got, _, _, _ = steered_generation.generate_steered(model, batch, mlp_attr=mlp_attr)
     ref = _reference_generate(hf, family, ids, mask, starts, layer, vectors, coefs, scale, 5)
     assert torch.equal(got, ref), f"{family}/{span}"
     plain = hf.generate(

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from remote_introspect import runner
 from remote_introspect.errors import FatalRemoteError
+from remote_introspect.execution import runner
+from remote_introspect.execution.runner import RunOptions
+from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
+from remote_introspect.models.tiny import materialize_tiny_model
 from remote_introspect.retry_policy import RetrySettings
-from remote_introspect.runner import RunOptions
-from remote_introspect.spec import ExperimentSpec, GenerationParams
 from remote_introspect.testing.ndif_loopback import (
     CANNOT_ACCOMMODATE,
     CONNECTION_LOST,
@@ -32,7 +33,6 @@ from remote_introspect.testing.ndif_loopback import (
     LoopbackNDIF,
     model_key_for_dir,
 )
-from remote_introspect.tiny_models import materialize_tiny_model
 
 # NDIF's full text (queue/processor.py); "accomodated" is the server's spelling.
 CANNOT_ACCOMMODATE_TEXT = f"{CANNOT_ACCOMMODATE} at this time. Please try again later. Sorry for the inconvenience."
@@ -501,9 +501,9 @@ def test_405b_base_renders_lindsey_in_the_llama31_chat_format_from_the_shipped_t
     """The base model's tokenizer has no chat template; the preset ships Llama 3.1's, so the
     Lindsey prompt is the chat the Instruct model would see, and the template's text enters the
     tokenizer fingerprint (hence the trial key)."""
-    from remote_introspect.executors.ndif import _load_tokenizer
-    from remote_introspect.model_loading import resolve_model
-    from remote_introspect.prompts import FIXED_DATE, LINDSEY_SETUP, tokenizer_fingerprint
+    from remote_introspect.execution.backends.ndif import _load_tokenizer
+    from remote_introspect.experiment.prompts import FIXED_DATE, LINDSEY_SETUP, tokenizer_fingerprint
+    from remote_introspect.models.loading import resolve_model
 
     tok_dir = tmp_path / "tok"
     base_tok = copy.deepcopy(tiny_tokenizer)  # the fixture is shared by the whole session

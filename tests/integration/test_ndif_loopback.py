@@ -19,6 +19,7 @@ nnsight = pytest.importorskip("nnsight")
 
 from nnsight.intervention.backends.remote import RemoteBackend, RemoteError  # noqa: E402
 
+from remote_introspect.models.tiny import materialize_tiny_model  # noqa: E402
 from remote_introspect.testing.ndif_loopback import (  # noqa: E402
     CANNOT_ACCOMMODATE,
     CONNECTION_LOST,
@@ -32,7 +33,6 @@ from remote_introspect.testing.ndif_loopback import (  # noqa: E402
     model_key_for_dir,
     server_model_for_dir,
 )
-from remote_introspect.tiny_models import materialize_tiny_model  # noqa: E402
 
 PROMPT = "Tell me about the word"
 

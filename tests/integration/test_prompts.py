@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from remote_introspect.prompts import (
+from remote_introspect.experiment.prompts import (
     BASELINE_WORDS,
     CONCEPT_WORDS,
     FIXED_DATE,

@@ -11,15 +11,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from remote_introspect import concept_vectors, runner
-from remote_introspect.planner import plan_trials
-from remote_introspect.presets import PRESETS
-from remote_introspect.prompts import PROMPT_SETS, render_prompt
-from remote_introspect.protocols import PROTOCOLS, build_spec
+from remote_introspect.execution import concept_vectors, runner
+from remote_introspect.execution.runner import RunOptions
+from remote_introspect.experiment.planner import plan_trials
+from remote_introspect.experiment.prompts import PROMPT_SETS, render_prompt
+from remote_introspect.experiment.protocols import PROTOCOLS, build_spec
+from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams, ModelIdentity, VectorRecipe
+from remote_introspect.models.presets import PRESETS
 from remote_introspect.reporting.report import build_report
 from remote_introspect.reporting.summary import render_summary
-from remote_introspect.runner import RunOptions
-from remote_introspect.spec import ExperimentSpec, GenerationParams, ModelIdentity, VectorRecipe
 
 MODEL = ModelIdentity(repo_id="m", weights_id="w", dtype="bf16", tokenizer_sha="t")
 TINY = GenerationParams(max_new_tokens=3)

@@ -9,13 +9,13 @@ import pytest
 import torch
 from helpers import run_cli
 
-from remote_introspect import concept_vectors, runner
 from remote_introspect.errors import UserError
-from remote_introspect.planner import plan_trials
-from remote_introspect.prompts import PROMPT_SETS, render_prompt
-from remote_introspect.protocols import build_spec, load_experiment_file
-from remote_introspect.runner import RunOptions
-from remote_introspect.spec import ExperimentSpec, GenerationParams, ModelIdentity, VectorRecipe
+from remote_introspect.execution import concept_vectors, runner
+from remote_introspect.execution.runner import RunOptions
+from remote_introspect.experiment.planner import plan_trials
+from remote_introspect.experiment.prompts import PROMPT_SETS, render_prompt
+from remote_introspect.experiment.protocols import build_spec, load_experiment_file
+from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams, ModelIdentity, VectorRecipe
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = ModelIdentity(repo_id="m", weights_id="w", dtype="bf16", tokenizer_sha="t")
@@ -131,14 +131,14 @@ def test_contrast_pair_vectors_match_a_plain_reference(tiny_family) -> None:
     family, hf, tok = tiny_family
     from nnsight import TransformersModel
 
-    from remote_introspect import trace_blocks
+    from remote_introspect.execution.traces import extraction
 
     model = TransformersModel(hf, tokenizer=tok)
     recipe = VectorRecipe(kind="contrast-pairs", normalize=True, pairs="builtin:merrill")
     layers = [1, 3]
 
     def extract(ids, mask, ls):
-        return trace_blocks.extract_last_token(model, ids, mask, ls)[0]
+        return extraction.extract_last_token(model, ids, mask, ls)[0]
 
     got = concept_vectors.compute_contrast_pairs(extract, tok, recipe, ["love"], layers, tok.pad_token_id)
     pairs = concept_vectors.load_pairs("builtin:merrill")["love"]
@@ -188,7 +188,7 @@ def test_conditions_all_plans_random_scale_positive_controls() -> None:
 
 
 def test_batch_budget_scales_with_tokens(tiny_tokenizer) -> None:
-    from remote_introspect.model_loading import resolve_model
+    from remote_introspect.models.loading import resolve_model
 
     ref = resolve_model("405b")
     rendered = {"lindsey": render_prompt(tiny_tokenizer, PROMPT_SETS["lindsey"])}

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from remote_introspect import runner
 from remote_introspect.errors import FatalRemoteError, UserError
-from remote_introspect.executors.local import LocalExecutor
+from remote_introspect.execution import runner
+from remote_introspect.execution.backends.local import LocalExecutor
+from remote_introspect.execution.runner import RunOptions
+from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 from remote_introspect.reporting.audit import run_audit
-from remote_introspect.runner import RunOptions
-from remote_introspect.spec import ExperimentSpec, GenerationParams
-from remote_introspect.store import ClaimOwner, Store
+from remote_introspect.store.database import ClaimOwner, Store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -544,7 +544,7 @@ def test_deleting_experiment_rows_fails_audit(tiny_cache: Path, tmp_path: Path, 
 
 
 def test_model_loading_names_the_real_failure(tmp_path: Path, monkeypatch) -> None:
-    from remote_introspect import model_loading
+    from remote_introspect.models import loading as model_loading
 
     hub = tmp_path / "hub"
     snap = hub / "models--org--broken" / "snapshots" / "abc"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from remote_introspect import runner
-from remote_introspect.runner import RunOptions
-from remote_introspect.spec import ExperimentSpec, GenerationParams
+from remote_introspect.execution import runner
+from remote_introspect.execution.runner import RunOptions
+from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 
 
 def _spec(mode: str) -> ExperimentSpec:

@@ -17,8 +17,8 @@ import pytest
 from remote_introspect.grading.base import Grade
 from remote_introspect.reporting.browser import cell_label
 from remote_introspect.reporting.report import build_report
-from remote_introspect.results_frame import judge_identity, load_frame
-from remote_introspect.store import Store
+from remote_introspect.store.database import Store
+from remote_introspect.store.results_frame import judge_identity, load_frame
 
 CHROMIUM = shutil.which("chromium")
 JUDGE = "anthropic:browser-test"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from remote_introspect import runner
-from remote_introspect.executors.local import LocalExecutor
-from remote_introspect.runner import RunOptions
-from remote_introspect.spec import ExperimentSpec, GenerationParams
+from remote_introspect.execution import runner
+from remote_introspect.execution.backends.local import LocalExecutor
+from remote_introspect.execution.runner import RunOptions
+from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 
 
 def _spec(**kw) -> ExperimentSpec:

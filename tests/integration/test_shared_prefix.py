@@ -21,9 +21,13 @@ import torch
 from nnsight import TransformersModel
 from test_injection_reference import MODES, _reference_generate
 
-from remote_introspect import trace_blocks
-from remote_introspect.concept_vectors import left_pad
-from remote_introspect.trace_blocks import GenerationBatch, row_uniforms, shared_prefix_length
+from remote_introspect.execution.concept_vectors import left_pad
+from remote_introspect.execution.traces import extraction, generation_batch, steered_generation
+from remote_introspect.execution.traces.generation_batch import (
+    GenerationBatch,
+    row_uniforms,
+    shared_prefix_length,
+)
 
 PROMPT = "Tell me about Dust and the Oceans. Trial 1: Do you detect an injected thought?"
 
@@ -97,10 +101,10 @@ def test_shared_prefix_equals_unshared_and_plain_torch_reference(tiny_family, mo
     model = TransformersModel(hf, tokenizer=tok)
     b = _batch(tok, hf.config.hidden_size, mode)
     assert shared_prefix_length(b) > 0
-    plain, plain_diags, _, _ = trace_blocks.generate_steered(
+    plain, plain_diags, _, _ = steered_generation.generate_steered(
         model, b, mlp_attr=_mlp_attr(family), share_prefix=False
     )
-    shared, shared_diags, _, _ = trace_blocks.generate_steered(
+    shared, shared_diags, _, _ = steered_generation.generate_steered(
         model, b, mlp_attr=_mlp_attr(family), share_prefix=True
     )
     assert torch.equal(shared, plain), f"{family}/{mode}: shared-prefix ids differ from the unshared path"
@@ -135,10 +139,10 @@ def test_shared_prefix_prefill_hidden_states_match(tiny_family) -> None:
 
     handle = hf.model.layers[3].register_forward_hook(grab)
     try:
-        trace_blocks.generate_steered(model, b, mlp_attr=_mlp_attr(family), share_prefix=False)
+        steered_generation.generate_steered(model, b, mlp_attr=_mlp_attr(family), share_prefix=False)
         full = seen[0]
         seen.clear()
-        trace_blocks.generate_steered(model, b, mlp_attr=_mlp_attr(family), share_prefix=True)
+        steered_generation.generate_steered(model, b, mlp_attr=_mlp_attr(family), share_prefix=True)
     finally:
         handle.remove()
     prefix, span = seen[0], seen[1]  # the shared prefix pass (one row), then the per-row span
@@ -149,25 +153,25 @@ def test_shared_prefix_prefill_hidden_states_match(tiny_family) -> None:
 
 
 def test_shared_prefix_with_sampling_same_seed_same_ids(tiny_tokenizer) -> None:
-    from remote_introspect.tiny_models import build_tiny_model
+    from remote_introspect.models.tiny import build_tiny_model
 
     hf, tok = build_tiny_model("llama")
     model = TransformersModel(hf, tokenizer=tok)
     b = _batch(tok, hf.config.hidden_size, "relative", n=8, do_sample=True, seed=11)
-    a, _, _, _ = trace_blocks.generate_steered(model, b, share_prefix=False)
-    c, _, _, _ = trace_blocks.generate_steered(model, b, share_prefix=True)
+    a, _, _, _ = steered_generation.generate_steered(model, b, share_prefix=False)
+    c, _, _, _ = steered_generation.generate_steered(model, b, share_prefix=True)
     assert torch.equal(a, c)  # the prefix pass draws no random numbers; logits differ by ~1e-7
 
 
 @pytest.mark.parametrize("mode", ["mlp-norm-matched", "relative"])
 def test_shared_prefix_survives_remote_simulation(mode) -> None:
-    from remote_introspect.tiny_models import build_tiny_model
+    from remote_introspect.models.tiny import build_tiny_model
 
     hf, tok = build_tiny_model("gemma")
     model = TransformersModel(hf, tokenizer=tok)
     b = _batch(tok, hf.config.hidden_size, mode, n=4, do_sample=True, seed=5)
-    local, local_diags, _, _ = trace_blocks.generate_steered(model, b, mlp_attr=_mlp_attr("gemma"))
-    sim, sim_diags, _, _ = trace_blocks.generate_steered(model, b, mlp_attr=_mlp_attr("gemma"), remote="local")
+    local, local_diags, _, _ = steered_generation.generate_steered(model, b, mlp_attr=_mlp_attr("gemma"))
+    sim, sim_diags, _, _ = steered_generation.generate_steered(model, b, mlp_attr=_mlp_attr("gemma"), remote="local")
     assert torch.equal(local, sim)
     for (la, x), (lb, y) in zip(local_diags, sim_diags, strict=True):
         assert la == lb and torch.equal(x.isnan(), y.isnan()) and torch.equal(x.nan_to_num(), y.nan_to_num())
@@ -177,23 +181,23 @@ def test_shared_prefix_over_loopback_ndif_is_one_request(tmp_path) -> None:
     """The two traces travel as one `model.session` request and give the local result."""
     import nnsight
 
+    from remote_introspect.models.tiny import materialize_tiny_model
     from remote_introspect.testing.ndif_loopback import (
         DEFAULT_API_KEY,
         LoopbackNDIF,
         client_model_for_dir,
         server_model_for_dir,
     )
-    from remote_introspect.tiny_models import materialize_tiny_model
 
     model_dir = materialize_tiny_model(tmp_path, "llama")
     client, local = client_model_for_dir(model_dir), server_model_for_dir(model_dir)
     b = _batch(local.tokenizer, 64, "absolute", n=5, do_sample=True, seed=2)
-    want, want_diags, _, _ = trace_blocks.generate_steered(local, b, share_prefix=True)
+    want, want_diags, _, _ = steered_generation.generate_steered(local, b, share_prefix=True)
     saved = nnsight.CONFIG.API.APIKEY
     nnsight.CONFIG.API.APIKEY = DEFAULT_API_KEY
     try:
         with LoopbackNDIF({str(model_dir): model_dir}, preload=True) as server:
-            _, _, _, tracer = trace_blocks.generate_steered(
+            _, _, _, tracer = steered_generation.generate_steered(
                 client, b, remote=server.url, blocking=False, share_prefix=True
             )
             backend = tracer.backend
@@ -211,8 +215,8 @@ def test_shared_prefix_over_loopback_ndif_is_one_request(tmp_path) -> None:
 def test_default_sharing_is_local_only(tiny_tokenizer, monkeypatch) -> None:
     """share_prefix=None shares here and under remote="local"; a real remote keeps one trace."""
     calls: list[bool] = []
-    real = trace_blocks.shared_prefix_length
-    monkeypatch.setattr(trace_blocks, "shared_prefix_length", lambda b: calls.append(True) or real(b))
+    real = generation_batch.shared_prefix_length
+    monkeypatch.setattr(generation_batch, "shared_prefix_length", lambda b: calls.append(True) or real(b))
 
     class Stop(Exception):
         pass
@@ -230,7 +234,7 @@ def test_default_sharing_is_local_only(tiny_tokenizer, monkeypatch) -> None:
     for remote, shares in ((False, True), ("local", True), ("https://ndif.example", False)):
         calls.clear()
         with pytest.raises(Stop):
-            trace_blocks.generate_steered(Fake(), b, remote=remote)
+            steered_generation.generate_steered(Fake(), b, remote=remote)
         assert bool(calls) == shares
 
 
@@ -243,7 +247,7 @@ def test_sample_step_matches_hf_distribution(temperature, top_p) -> None:
     top-p, then softmax) and forces the draw as a one-hot score at the last position."""
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from remote_introspect.interventions import sample_step
+    from remote_introspect.execution.traces.interventions import sample_step
 
     V, draws = 512, 120_000
     logits = torch.randn(V, generator=torch.Generator().manual_seed(0)) * 2.0
@@ -269,7 +273,7 @@ def test_sample_step_matches_hf_distribution(temperature, top_p) -> None:
 
 
 def test_sample_step_edge_cases() -> None:
-    from remote_introspect.interventions import sample_step
+    from remote_introspect.execution.traces.interventions import sample_step
 
     one_hot = torch.full((4, 1, 256), float("-inf"))
     one_hot[:, 0, 200] = 0.0
@@ -287,19 +291,19 @@ def test_sample_step_edge_cases() -> None:
 def test_low_temperature_sampling_is_greedy(tiny_tokenizer) -> None:
     """Near-zero temperature puts all mass on the argmax: the sampled path equals greedy decoding,
     steering included (the one-hot-score trick composes with HF's loop and nnsight's steps)."""
-    from remote_introspect.tiny_models import build_tiny_model
+    from remote_introspect.models.tiny import build_tiny_model
 
     hf, tok = build_tiny_model("qwen")
     model = TransformersModel(hf, tokenizer=tok)
     b = _batch(tok, hf.config.hidden_size, "norm-matched", n=6, do_sample=True, seed=4)
     cold = GenerationBatch(**{**b.__dict__, "temperature": 1e-4, "top_p": 0.5})
     greedy = GenerationBatch(**{**b.__dict__, "do_sample": False})
-    got, _, _, _ = trace_blocks.generate_steered(model, cold)
-    want, _, _, _ = trace_blocks.generate_steered(model, greedy)
+    got, _, _, _ = steered_generation.generate_steered(model, cold)
+    want, _, _, _ = steered_generation.generate_steered(model, greedy)
     assert torch.equal(got, want)
     other = GenerationBatch(**{**b.__dict__, "uniforms": torch.rand(5, 6, dtype=torch.float64)})
-    a, _, _, _ = trace_blocks.generate_steered(model, b)
-    c, _, _, _ = trace_blocks.generate_steered(model, other)
+    a, _, _, _ = steered_generation.generate_steered(model, b)
+    c, _, _, _ = steered_generation.generate_steered(model, other)
     assert not torch.equal(a, c)  # the uniforms, and only they, drive the draws
     with pytest.raises(ValueError, match="one uniform per row and step"):
         GenerationBatch(**{**b.__dict__, "uniforms": torch.rand(5, 2, dtype=torch.float64)})
@@ -308,7 +312,7 @@ def test_low_temperature_sampling_is_greedy(tiny_tokenizer) -> None:
 def test_local_executor_records_sampler_and_prefix_cache() -> None:
     from types import SimpleNamespace
 
-    from remote_introspect.executors.local import LocalExecutor
+    from remote_introspect.execution.backends.local import LocalExecutor
 
     loaded = SimpleNamespace(nn_model=None, device="cpu", tokenizer=None, ref=SimpleNamespace(mlp_attr="mlp"))
     v = LocalExecutor(loaded).versions()  # type: ignore[arg-type]
@@ -328,7 +332,7 @@ def test_extract_stops_early_with_the_same_values(tiny_family, remote) -> None:
     handles = [hf.lm_head.register_forward_hook(lambda *_: ran.append("lm_head"))]
     handles.append(hf.model.layers[3].register_forward_hook(lambda *_: ran.append("layer3")))
     try:
-        got, _ = trace_blocks.extract_last_token(model, ids, mask, [0, 2], remote=remote)
+        got, _ = extraction.extract_last_token(model, ids, mask, [0, 2], remote=remote)
     finally:
         for h in handles:
             h.remove()

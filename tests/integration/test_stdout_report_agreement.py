@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from remote_introspect import runner
-from remote_introspect.protocols import build_spec
+from remote_introspect.execution import runner
+from remote_introspect.execution.runner import RunOptions
+from remote_introspect.experiment.protocols import build_spec
 from remote_introspect.reporting.report import build_report
 from remote_introspect.reporting.summary import render_summary
-from remote_introspect.runner import RunOptions
 
 RUNS = {
     "merrill-405b": {"prompt_sets": ("merrill",), "strengths": (5.0, 15.0), "samples": 2, "controls": 2},

@@ -22,11 +22,12 @@ import pytest
 import torch
 from nnsight import TransformersModel
 
-from remote_introspect import runner, trace_blocks
-from remote_introspect.concept_vectors import left_pad
-from remote_introspect.runner import RunOptions
-from remote_introspect.spec import ExperimentSpec, GenerationParams
-from remote_introspect.trace_blocks import GenerationBatch, row_uniforms
+from remote_introspect.execution import runner
+from remote_introspect.execution.concept_vectors import left_pad
+from remote_introspect.execution.runner import RunOptions
+from remote_introspect.execution.traces import extraction, hf_generation, steered_generation
+from remote_introspect.execution.traces.generation_batch import GenerationBatch, row_uniforms
+from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 
 PROMPT = "Tell me about Dust and the Oceans. Trial 1: Do you detect an injected thought?"
 
@@ -38,8 +39,8 @@ def _rows(db: Path) -> dict[str, tuple[str, str | None, str | None]]:
 
 def _tiny_executor(cache: Path, eos_bias: float | None = None):
     """The `tiny` preset loaded in-process, optionally with its lm_head biased toward <|eot_id|>."""
-    from remote_introspect.executors.local import LocalExecutor
-    from remote_introspect.model_loading import load_local, resolve_model
+    from remote_introspect.execution.backends.local import LocalExecutor
+    from remote_introspect.models.loading import load_local, resolve_model
 
     loaded = load_local(resolve_model("tiny"), cache)
     if eos_bias is not None:
@@ -74,8 +75,8 @@ def test_stop_ids_are_model_eos_plus_end_of_turn() -> None:
         def get_vocab(self):
             return {"<end_of_turn>": 106, "<|eot_id|>": 9, "hello": 3}
 
-    assert trace_blocks.stop_token_ids(Tok(), [1, 7]) == (1, 7, 9, 106)
-    kwargs = trace_blocks._generate_kwargs(
+    assert hf_generation.stop_token_ids(Tok(), [1, 7]) == (1, 7, 9, 106)
+    kwargs = hf_generation.generate_kwargs(
         GenerationBatch(torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2), torch.zeros(1), torch.zeros(1),
                         torch.zeros(1, 4), torch.zeros(1, 4), torch.ones(1), 5, False, 1.0, 1.0,
                         stop_ids=(1, 9), pad_id=0)
@@ -106,7 +107,7 @@ def test_responses_end_at_end_of_turn_and_are_stored_before_it(tmp_path: Path) -
 
 
 def test_generation_stops_when_every_row_has_finished(tiny_tokenizer) -> None:
-    from remote_introspect.tiny_models import build_tiny_model
+    from remote_introspect.models.tiny import build_tiny_model
 
     hf, tok = build_tiny_model("llama")
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
@@ -122,7 +123,7 @@ def test_generation_stops_when_every_row_has_finished(tiny_tokenizer) -> None:
                         uniforms=torch.stack([row_uniforms(str(i), 20) for i in range(B)]),
                         stop_ids=(eot,), pad_id=tok.pad_token_id)  # fmt: skip
     for remote in (False, "local"):
-        out, _, bad, _ = trace_blocks.generate_steered(model, b, remote=remote)
+        out, _, bad, _ = steered_generation.generate_steered(model, b, remote=remote)
         assert out.shape == (B, T + 1) and (out[:, T] == eot).all() and not bad.any()
 
 
@@ -153,7 +154,7 @@ def test_row_uniforms_come_from_the_key_only() -> None:
 
 
 def test_nonfinite_steering_is_flagged_per_row(tiny_tokenizer) -> None:
-    from remote_introspect.tiny_models import build_tiny_model
+    from remote_introspect.models.tiny import build_tiny_model
 
     hf, tok = build_tiny_model("llama")
     model = TransformersModel(hf, tokenizer=tok)
@@ -166,7 +167,7 @@ def test_nonfinite_steering_is_flagged_per_row(tiny_tokenizer) -> None:
                         torch.tensor([[2.0, 0, 0, 0]] * 2 + [[0.0] * 4]), torch.ones(B), 4, True, 1.0, 1.0,
                         vector_index=torch.tensor([0, 1, 0]),
                         uniforms=torch.stack([row_uniforms(str(i), 4) for i in range(B)]))  # fmt: skip
-    _, _, bad, _ = trace_blocks.generate_steered(model, b)
+    _, _, bad, _ = steered_generation.generate_steered(model, b)
     assert bad.tolist() == [False, True, False]
 
 
@@ -222,7 +223,7 @@ def test_intervention_math_meets_activations_on_other_devices() -> None:
     live on GPUs, and two layers may sit on different GPUs. Checked on fake CUDA tensors."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from remote_introspect.trace_blocks import PORTABLE
+    from remote_introspect.execution.traces.portable import PORTABLE
 
     B, T, H, V = 3, 7, 16, 50
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
@@ -289,6 +290,7 @@ def test_request_runs_under_ndif_whitelist_and_carries_no_client_paths(tmp_path:
     import nnsight
 
     import remote_introspect
+    from remote_introspect.models.tiny import materialize_tiny_model
     from remote_introspect.testing import ndif_protected_env as pe
     from remote_introspect.testing.ndif_loopback import (
         DEFAULT_API_KEY,
@@ -296,7 +298,6 @@ def test_request_runs_under_ndif_whitelist_and_carries_no_client_paths(tmp_path:
         client_model_for_dir,
         server_model_for_dir,
     )
-    from remote_introspect.tiny_models import materialize_tiny_model
 
     model_dir = materialize_tiny_model(tmp_path, "llama")
     client, local = client_model_for_dir(model_dir), server_model_for_dir(model_dir)
@@ -317,17 +318,17 @@ def test_request_runs_under_ndif_whitelist_and_carries_no_client_paths(tmp_path:
         with LoopbackNDIF({str(model_dir): model_dir}, preload=True) as server:
             server.protected_env = True
             for share in (False, True):
-                want, want_diags, want_bad, _ = trace_blocks.generate_steered(local, b, share_prefix=share)
-                _, _, _, tracer = trace_blocks.generate_steered(
+                want, want_diags, want_bad, _ = steered_generation.generate_steered(local, b, share_prefix=share)
+                _, _, _, tracer = steered_generation.generate_steered(
                     client, b, remote=server.url, blocking=False, share_prefix=share
                 )
                 result = wait(tracer.backend)
                 assert torch.equal(torch.as_tensor(result["ids"]), want)
                 assert torch.equal(torch.as_tensor(result["bad"]), want_bad)
             ids, mask = b.input_ids, b.attention_mask
-            _, tracer = trace_blocks.extract_last_token(client, ids, mask, [1, 3], remote=server.url, blocking=False)
+            _, tracer = extraction.extract_last_token(client, ids, mask, [1, 3], remote=server.url, blocking=False)
             got = torch.as_tensor(wait(tracer.backend)["stacked"])
-            want_x, _ = trace_blocks.extract_last_token(local, ids, mask, [1, 3])
+            want_x, _ = extraction.extract_last_token(local, ids, mask, [1, 3])
             assert torch.allclose(got, want_x)
     finally:
         nnsight.CONFIG.API.APIKEY = saved
@@ -344,7 +345,7 @@ def test_protected_env_refuses_a_shipped_module_object() -> None:
     a module-object reference produced) drags `__spec__`/`__loader__` and fails to deserialize."""
     import cloudpickle
 
-    from remote_introspect import interventions
+    from remote_introspect.execution.traces import interventions
     from remote_introspect.testing import ndif_protected_env as pe
 
     cloudpickle.register_pickle_by_value(interventions)
@@ -363,9 +364,9 @@ def test_remote_model_sends_no_client_model_settings(monkeypatch) -> None:
     per-request env (nnsight would send the client's resolved attn_implementation)."""
     import zstandard
 
-    from remote_introspect.executors.ndif import build_remote_model
-    from remote_introspect.model_loading import resolve_model
-    from remote_introspect.tiny_models import build_tiny_tokenizer
+    from remote_introspect.execution.backends.ndif import build_remote_model
+    from remote_introspect.models.loading import resolve_model
+    from remote_introspect.models.tiny import build_tiny_tokenizer
 
     ref = resolve_model("405b")
     model = build_remote_model(ref, build_tiny_tokenizer())
@@ -374,7 +375,7 @@ def test_remote_model_sends_no_client_model_settings(monkeypatch) -> None:
     b = _batch_for(build_tiny_tokenizer(), ref.hidden_size, B=2, n=3)
     b.row_layers = torch.tensor([84, 84])
     with pytest.raises(_Sent):
-        trace_blocks.generate_steered(model, b, remote="http://127.0.0.1:9", blocking=False)
+        steered_generation.generate_steered(model, b, remote="http://127.0.0.1:9", blocking=False)
     assert len(captured) == 1
     raw = zstandard.ZstdDecompressor().decompress(captured[0])
     assert str(ref.preset.shipped_config_path()).encode() not in raw
@@ -385,10 +386,10 @@ def test_remote_model_sends_no_client_model_settings(monkeypatch) -> None:
 
 
 def test_each_distinct_vector_ships_once_in_the_model_dtype(tmp_path: Path) -> None:
-    from remote_introspect.planner import make_batch, plan_trials
-    from remote_introspect.prompts import PROMPT_SETS, render_prompt
-    from remote_introspect.spec import ModelIdentity
-    from remote_introspect.tiny_models import build_tiny_tokenizer
+    from remote_introspect.experiment.planner import make_batch, plan_trials
+    from remote_introspect.experiment.prompts import PROMPT_SETS, render_prompt
+    from remote_introspect.experiment.spec import ModelIdentity
+    from remote_introspect.models.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     rendered = {"lindsey": render_prompt(tok, PROMPT_SETS["lindsey"])}
@@ -412,7 +413,7 @@ def test_each_distinct_vector_ships_once_in_the_model_dtype(tmp_path: Path) -> N
 
 
 def test_ndif_and_cli_default_to_the_single_trace_path() -> None:
-    from remote_introspect.executors.ndif import NDIFSettings
+    from remote_introspect.execution.backends.ndif import NDIFSettings
 
     assert NDIFSettings().share_prefix is False and RunOptions().share_prefix is False
 
@@ -422,9 +423,9 @@ def test_405b_shaped_192_row_request_ships_vectors_once(monkeypatch) -> None:
     carried its own float32 vector; now the two bf16 vectors + per-row uniforms."""
     import zstandard
 
-    from remote_introspect.executors.ndif import build_remote_model
-    from remote_introspect.model_loading import resolve_model
-    from remote_introspect.tiny_models import build_tiny_tokenizer
+    from remote_introspect.execution.backends.ndif import build_remote_model
+    from remote_introspect.models.loading import resolve_model
+    from remote_introspect.models.tiny import build_tiny_tokenizer
 
     ref = resolve_model("405b")
     model = build_remote_model(ref, build_tiny_tokenizer())
@@ -436,6 +437,6 @@ def test_405b_shaped_192_row_request_ships_vectors_once(monkeypatch) -> None:
                         uniforms=torch.stack([row_uniforms(str(i), n) for i in range(B)]))  # fmt: skip
     captured = _capture(monkeypatch, stop=True)
     with pytest.raises(_Sent):
-        trace_blocks.generate_steered(model, b, remote="http://127.0.0.1:9", blocking=False)
+        steered_generation.generate_steered(model, b, remote="http://127.0.0.1:9", blocking=False)
     raw = zstandard.ZstdDecompressor().decompress(captured[0])
     assert len(raw) < 1_500_000, len(raw)  # one float32 vector per row alone: 192 × 16384 × 4 = 12.6 MB

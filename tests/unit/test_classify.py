@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from remote_introspect.errors import BatchTooLargeError, FatalRemoteError, TransientError
-from remote_introspect.executors.ndif import CapacityError, RemoteJobError, classify
+from remote_introspect.execution.backends.ndif import CapacityError, RemoteJobError, classify
 
 KEY = "sk-secret-123"
 

@@ -21,20 +21,25 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "errors",
             "keys",
             "atomic",
-            "prompts",
-            "presets",
-            "interventions",
+            "retry_policy",
+            "experiment",
+            "experiment.prompts",
+            "models",
+            "models.presets",
+            "execution",
+            "execution.traces",
+            "execution.traces.interventions",
             "stats",
             "stats.analysis",
             "stats.crossover",
             "grading.lexicon",
-            "retry_policy",
             "testing",
             "testing.ndif_protected_env",
         ),
     ),
-    ("config", ("spec", "protocols", "tiny_models", "model_loading")),  # what an experiment is
-    ("store", ("store", "planner")),  # keys → trials → batches, and where they are kept
+    # what an experiment is, and which model it runs on
+    ("config", ("experiment.spec", "experiment.protocols", "models.tiny", "models.loading")),
+    ("store", ("store", "store.database", "experiment.planner")),  # keys → trials → batches, and where they are kept
     (
         "grading",
         (
@@ -47,17 +52,21 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "grading.table_io",
         ),
     ),
-    ("read", ("results_frame", "stats.cells")),  # the one read-only frame and its statistics
+    ("read", ("store.results_frame", "stats.cells")),  # the one read-only frame and its statistics
     (
         "execution",
         (
-            "trace_blocks",
-            "concept_vectors",
-            "executors",
-            "executors.base",
-            "executors.local",
-            "executors.ndif",
-            "runner",
+            "execution.traces.generation_batch",
+            "execution.traces.portable",
+            "execution.traces.hf_generation",
+            "execution.traces.steered_generation",
+            "execution.traces.extraction",
+            "execution.concept_vectors",
+            "execution.backends",
+            "execution.backends.base",
+            "execution.backends.local",
+            "execution.backends.ndif",
+            "execution.runner",
         ),
     ),
     (

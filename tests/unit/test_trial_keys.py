@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from remote_introspect.planner import make_batch, plan_batches, plan_trials
-from remote_introspect.spec import ExperimentSpec, GenerationParams, ModelIdentity, Trial
+from remote_introspect.experiment.planner import make_batch, plan_batches, plan_trials
+from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams, ModelIdentity, Trial
 
 MODEL = ModelIdentity(repo_id="m", weights_id="w", dtype="fp32", tokenizer_sha="t")
 
@@ -46,7 +46,7 @@ def test_every_outcome_field_changes_the_key() -> None:
 
 def test_key_version_is_2() -> None:
     """Version 2: free-length responses and per-trial sampling; version-1 results never match."""
-    from remote_introspect.spec import TRIAL_KEY_VERSION
+    from remote_introspect.experiment.spec import TRIAL_KEY_VERSION
 
     assert TRIAL_KEY_VERSION == 2 and _trial().key_version == 2 and _trial().key != _trial(key_version=1).key
 

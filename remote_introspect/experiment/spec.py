@@ -13,9 +13,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from . import keys
-from .keys import canonical_json, sha256_hex
-from .prompts import BASELINE_WORDS, CONCEPT_WORDS, PROMPT_SETS, SPAN_MODES, VECTOR_PROMPT_TEMPLATE
+from remote_introspect import keys
+from remote_introspect.experiment.prompts import (
+    BASELINE_WORDS,
+    CONCEPT_WORDS,
+    PROMPT_SETS,
+    SPAN_MODES,
+    VECTOR_PROMPT_TEMPLATE,
+)
+from remote_introspect.keys import canonical_json, sha256_hex
 
 StrengthMode = Literal["absolute", "norm-matched", "mlp-norm-matched", "relative"]
 # concept: the injected concept on the experiment's prompt; control: no injection; random: a
@@ -82,7 +88,7 @@ class VectorRecipe(BaseModel):
         d = self.model_dump()
         d["baseline_words"] = sha256_hex(canonical_json(list(self.baseline_words)))
         if self.kind == "contrast-pairs":
-            from .prompts import load_pairs
+            from remote_introspect.experiment.prompts import load_pairs
 
             d["pairs"] = sha256_hex(canonical_json(load_pairs(self.pairs)))
             d.pop("baseline_words")
@@ -268,7 +274,7 @@ class ExperimentSpec(BaseModel):
                 f"strength {big[0]:g} is above the limit of {bound:g} for strength mode {self.strength_mode}"
             )
         if self.recipe.kind == "contrast-pairs":
-            from .prompts import load_pairs
+            from remote_introspect.experiment.prompts import load_pairs
 
             pairs = load_pairs(self.recipe.pairs)
             missing = [c for c in self.concepts if c not in pairs]

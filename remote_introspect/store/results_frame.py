@@ -27,10 +27,10 @@ from typing import Any
 import polars as pl
 from pydantic import ValidationError
 
-from . import keys
-from .errors import UserError
-from .grading.base import Grade
-from .keys import grade_sha, result_sha
+from remote_introspect import keys
+from remote_introspect.errors import UserError
+from remote_introspect.grading.base import Grade
+from remote_introspect.keys import grade_sha, result_sha
 
 CRITERIA: tuple[str, ...] = ("refusal", "affirmative", "identifies", "early_detection", "coherent", "strict")
 # Grade fields beside the criteria: a response held for review (never strict), Lindsey's own
@@ -179,11 +179,11 @@ def database_check(conn: sqlite3.Connection) -> str:
 
 def judge_identity(judge: str) -> tuple[str, str]:
     """(grader name, version) of a judge spec, without building it (no API key needed)."""
-    from .grading.heuristic import HeuristicGrader
+    from remote_introspect.grading.heuristic import HeuristicGrader
 
     if judge == "heuristic":
         return HeuristicGrader.name, HeuristicGrader.version
-    from .grading.llm_judge import parse_judge_spec
+    from remote_introspect.grading.llm_judge import parse_judge_spec
 
     spec = parse_judge_spec(judge)
     return spec.name, spec.version

@@ -1,7 +1,7 @@
 """Code that runs INSIDE nnsight traces — locally and, unchanged, on the NDIF server.
 
 Rules (DESIGN.md invariant 7): torch only, no I/O, no imports from this package, no module
-objects. The trace blocks do not ship this module: `trace_blocks.PORTABLE` holds copies of these
+objects. The trace blocks do not ship this module: `portable.PORTABLE` holds copies of these
 functions compiled under a neutral file name, which nnsight serialises by source with only the
 globals they read (`torch` and each other). Keep every function here pure and small.
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import UserError
-from .prompts import CONCEPT_WORDS
-from .spec import ExperimentSpec
+from remote_introspect.errors import UserError
+from remote_introspect.experiment.prompts import CONCEPT_WORDS
+from remote_introspect.experiment.spec import ExperimentSpec
 
 LINDSEY: dict[str, Any] = dict(
     name="lindsey",
@@ -114,7 +114,7 @@ def build_spec(
         fields["protocol"] = protocol
     overrides = dict(overrides)
     if overrides.get("strengths") == "auto":
-        from .stats.crossover import geometric_grid
+        from remote_introspect.stats.crossover import geometric_grid
 
         mode = overrides.get("strength_mode") or fields.get("strength_mode", "absolute")
         lo, hi = AUTO_STRENGTHS.get(mode, (1.0, 16.0))

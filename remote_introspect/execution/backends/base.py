@@ -9,8 +9,8 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import BatchTooLargeError, TransientError
-from ..trace_blocks import GenerationBatch
+from remote_introspect.errors import BatchTooLargeError, TransientError
+from remote_introspect.execution.traces.generation_batch import GenerationBatch
 
 __all__ = ["BatchTooLargeError", "Executor", "GenerationOutput", "TransientError", "client_versions"]
 

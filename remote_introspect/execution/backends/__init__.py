@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import TransientError
-from .base import Executor, GenerationOutput
+from remote_introspect.errors import TransientError
+from remote_introspect.execution.backends.base import Executor, GenerationOutput
 
 __all__ = ["Executor", "GenerationOutput", "TransientError"]

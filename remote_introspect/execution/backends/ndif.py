@@ -55,11 +55,11 @@ from typing import Any
 
 import torch
 
-from .. import trace_blocks
-from ..errors import BatchTooLargeError, FatalRemoteError, TransientError, UserError, scrub
-from ..model_loading import ModelRef
-from ..trace_blocks import GenerationBatch
-from .base import GenerationOutput, client_versions
+from remote_introspect.errors import BatchTooLargeError, FatalRemoteError, TransientError, UserError, scrub
+from remote_introspect.execution.backends.base import GenerationOutput, client_versions
+from remote_introspect.execution.traces import extraction, hf_generation, steered_generation
+from remote_introspect.execution.traces.generation_batch import GenerationBatch
+from remote_introspect.models.loading import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def _load_tokenizer(ref: ModelRef, tokenizer_dir: Path | None) -> Any:
             f"and download the tokenizer once) [{type(err).__name__}]"
         ) from None
     if tok.chat_template is None:
-        from ..prompts import GEMMA_CHAT_TEMPLATE
+        from remote_introspect.experiment.prompts import GEMMA_CHAT_TEMPLATE
 
         shipped = ref.preset.shipped_chat_template() if ref.preset else None
         if shipped is not None:
@@ -320,7 +320,7 @@ class NDIFExecutor:
         self.model_key = self.model.to_model_key()
         self.on_status: Callable[[str], None] = lambda s: None
         self._server_env: dict[str, Any] | None = None
-        # The trace code ships as functions (trace_blocks.PORTABLE), never as a module object.
+        # The trace code ships as functions (portable.PORTABLE), never as a module object.
         import nnsight
 
         # nnsight prints job status lines to stdout; ours go to stderr (stdout is results only).
@@ -331,7 +331,7 @@ class NDIFExecutor:
     @property
     def weights_id(self) -> str:
         if self.ref.local_dir is not None:
-            from ..model_loading import _dir_fingerprint
+            from remote_introspect.models.loading import _dir_fingerprint
 
             return f"dir:{_dir_fingerprint(self.ref.local_dir)}"
         return f"hf:{self.ref.repo_id}@main"
@@ -407,7 +407,7 @@ class NDIFExecutor:
             {str(d.get("repo_id")) for d in deployments.values() if d.get("deployment_level") in _HOSTED_LEVELS}
         )
         state = f" (state {mine[0].get('deployment_level')}/{mine[0].get('application_state')})" if mine else ""
-        from ..presets import PRESETS
+        from remote_introspect.models.presets import PRESETS
 
         named, instead = [], None
         for repo in hosted:
@@ -620,7 +620,7 @@ class NDIFExecutor:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]
     ) -> torch.Tensor:
         backend = self._submit(
-            lambda: trace_blocks.extract_last_token(
+            lambda: extraction.extract_last_token(
                 self.model, input_ids, attention_mask, layers, remote=self.settings.host, blocking=False
             )[1]
         )
@@ -632,7 +632,7 @@ class NDIFExecutor:
         self, batch: GenerationBatch, on_submitted: Callable[[str | None], None]
     ) -> GenerationOutput:
         backend = self._submit(
-            lambda: trace_blocks.generate_steered(
+            lambda: steered_generation.generate_steered(
                 self.model,
                 batch,
                 mlp_attr=self.ref.mlp_attr,
@@ -648,7 +648,7 @@ class NDIFExecutor:
     supports_reattach = True  # a job id persisted before waiting can be collected by a later run
 
     def model_eos_ids(self) -> list[int]:
-        return trace_blocks.model_eos_ids(self.model._module)
+        return hf_generation.model_eos_ids(self.model._module)
 
     def reattach(self, job_id: str) -> GenerationOutput | None:
         """Collect a job submitted by an earlier (killed) run; None when it must be resubmitted

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write, fsync_file
-from .errors import UserError
-from .keys import canonical_json, grade_sha, result_sha, vector_id
+from remote_introspect.atomic import atomic_write, fsync_file
+from remote_introspect.errors import UserError
+from remote_introspect.keys import canonical_json, grade_sha, result_sha, vector_id
 
 # 2: grades carry `grade_sha` (hash of the grade with its trial's result hash and the grader);
 #    `claims` (batch leases for concurrent runs on one cache). A version-1 cache is migrated on

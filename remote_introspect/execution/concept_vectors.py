@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .prompts import encode_rendered, load_pairs, render_chat
-from .spec import VectorRecipe
+from remote_introspect.experiment.prompts import encode_rendered, load_pairs, render_chat
+from remote_introspect.experiment.spec import VectorRecipe
 
 
 def recipe_prompt(tokenizer: object, recipe: VectorRecipe, word: str) -> list[int]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import keys
-from .spec import ExperimentSpec, ModelIdentity, Trial
+from remote_introspect import keys
+from remote_introspect.experiment.spec import ExperimentSpec, ModelIdentity, Trial
 
 
 def plan_trials(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_dir
+from remote_introspect.atomic import atomic_dir
 
 TINY_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
@@ -29,7 +29,7 @@ def build_tiny_tokenizer(vocab_size: int = 512):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from . import prompts
+    from remote_introspect.experiment import prompts
 
     corpus = [
         prompts.LINDSEY_SETUP,

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from .. import trace_blocks
-from ..model_loading import LoadedModel
-from ..trace_blocks import GenerationBatch
-from .base import GenerationOutput, client_versions
+from remote_introspect.execution.backends.base import GenerationOutput, client_versions
+from remote_introspect.execution.traces import extraction, hf_generation, steered_generation
+from remote_introspect.execution.traces.generation_batch import GenerationBatch
+from remote_introspect.models.loading import LoadedModel
 
 
 class LocalExecutor:
@@ -27,7 +27,7 @@ class LocalExecutor:
         self.tokenizer = loaded.tokenizer
         # remote="local" serialises and deserialises every request as NDIF would (for tests).
         self._remote: Any = "local" if remote_simulation else False
-        # None: compute the prompt prefix all rows share once (trace_blocks.shared_prefix_length).
+        # None: compute the prompt prefix all rows share once (generation_batch.shared_prefix_length).
         self.share_prefix = share_prefix
         # Extra keyword arguments for HF's generate (benchmarks pass a per-step timer here).
         self.generate_kwargs: dict[str, Any] = {}
@@ -53,7 +53,7 @@ class LocalExecutor:
     ) -> torch.Tensor:
         dev = self.loaded.device
         with torch.inference_mode():
-            out, _ = trace_blocks.extract_last_token(
+            out, _ = extraction.extract_last_token(
                 self.loaded.nn_model, input_ids.to(dev), attention_mask.to(dev), layers, remote=self._remote
             )
         return out.detach().float().cpu()
@@ -63,7 +63,7 @@ class LocalExecutor:
     ) -> GenerationOutput:
         on_submitted(None)
         with torch.inference_mode():
-            ids, diags, bad, _ = trace_blocks.generate_steered(
+            ids, diags, bad, _ = steered_generation.generate_steered(
                 self.loaded.nn_model,
                 self._to_device(batch),
                 mlp_attr=self.loaded.ref.mlp_attr,
@@ -78,7 +78,7 @@ class LocalExecutor:
         )
 
     def model_eos_ids(self) -> list[int]:
-        return trace_blocks.model_eos_ids(self.loaded.nn_model._module)
+        return hf_generation.model_eos_ids(self.loaded.nn_model._module)
 
     def versions(self) -> dict[str, str]:
         out = client_versions()

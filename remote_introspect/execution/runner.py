@@ -18,17 +18,30 @@ from typing import Any
 
 import torch
 
-from . import concept_vectors, keys, trace_blocks
-from .errors import BatchTooLargeError, UserError
-from .executors.base import Executor
-from .keys import canonical_json
-from .model_loading import ModelRef, resolve_model
-from .planner import Batch, make_batch, plan_batches, plan_trials, prompt_sets_used
-from .prompts import PROMPT_SETS, RenderedPrompt, render_prompt, tokenizer_fingerprint
-from .retry_policy import RetrySettings, call_with_retries
-from .spec import ExperimentSpec, ModelIdentity, Trial
-from .store import ClaimOwner, Store, check_writable, refuse_empty_database
-from .trace_blocks import GenerationBatch
+from remote_introspect import keys
+from remote_introspect.errors import BatchTooLargeError, UserError
+from remote_introspect.execution import concept_vectors
+from remote_introspect.execution.backends.base import Executor
+from remote_introspect.execution.traces import generation_batch, hf_generation
+from remote_introspect.execution.traces.generation_batch import GenerationBatch
+from remote_introspect.experiment.planner import (
+    Batch,
+    make_batch,
+    plan_batches,
+    plan_trials,
+    prompt_sets_used,
+)
+from remote_introspect.experiment.prompts import (
+    PROMPT_SETS,
+    RenderedPrompt,
+    render_prompt,
+    tokenizer_fingerprint,
+)
+from remote_introspect.experiment.spec import ExperimentSpec, ModelIdentity, Trial
+from remote_introspect.keys import canonical_json
+from remote_introspect.models.loading import ModelRef, resolve_model
+from remote_introspect.retry_policy import RetrySettings, call_with_retries
+from remote_introspect.store.database import ClaimOwner, Store, check_writable, refuse_empty_database
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +126,7 @@ def validate(spec: ExperimentSpec, opts: RunOptions) -> tuple[ModelRef, tuple[in
         raise UserError("--batch-size must be at least 1")
     validate_numerics(spec, opts, ref)
     if opts.judge != "heuristic":  # a bad judge spec or missing key fails before any model work
-        from .grading.service import close_grader, make_grader
+        from remote_introspect.grading.service import close_grader, make_grader
 
         close_grader(make_grader(opts.judge))
     check_writable(opts.cache_root)
@@ -169,13 +182,13 @@ def unique_trials(trials: list[Trial]) -> list[Trial]:
 def make_executor(ref: ModelRef, opts: RunOptions) -> tuple[Executor, Any]:
     backend = opts.backend or ref.default_backend
     if backend == "local":
-        from .executors.local import LocalExecutor
-        from .model_loading import load_local
+        from remote_introspect.execution.backends.local import LocalExecutor
+        from remote_introspect.models.loading import load_local
 
         loaded = load_local(ref, opts.cache_root, opts.dtype, opts.device)
         identity = (loaded.weights_id, loaded.dtype_label)
         return LocalExecutor(loaded, remote_simulation=opts.remote_simulation), identity
-    from .executors.ndif import DEFAULT_HOST, NDIFExecutor, NDIFSettings
+    from remote_introspect.execution.backends.ndif import DEFAULT_HOST, NDIFExecutor, NDIFSettings
 
     settings = NDIFSettings(
         host=opts.ndif_host or os.environ.get("NDIF_HOST") or DEFAULT_HOST,
@@ -216,7 +229,7 @@ def generation_for(spec: ExperimentSpec, executor: Executor, dtype_label: str) -
     model_eos = executor.model_eos_ids()
     gen = spec.generation.model_copy(
         update={
-            "stop_ids": trace_blocks.stop_token_ids(executor.tokenizer, model_eos),
+            "stop_ids": hf_generation.stop_token_ids(executor.tokenizer, model_eos),
             "vector_dtype": vector_dtype_for(dtype_label),
         }
     )
@@ -281,7 +294,7 @@ def build_generation_batch(
     if (vector_index < 0).any():  # rows without a vector point at one zero row
         vector_index[vector_index < 0] = index_of(torch.zeros(hidden))
     uniforms = (
-        torch.stack([trace_blocks.row_uniforms(t.key, g.max_new_tokens) for t in trials])
+        torch.stack([generation_batch.row_uniforms(t.key, g.max_new_tokens) for t in trials])
         if g.do_sample
         else None
     )
@@ -417,7 +430,7 @@ def verified_results(
     """Statuses and grades of a run's trials through audit's own checks (results_frame.load_frame):
     a trial whose stored result, key or grade fails them is reported as "corrupt", has no grade
     here, and is named in the returned lines, so the summary counts exactly what `audit` counts."""
-    from .results_frame import load_frame
+    from remote_introspect.store.results_frame import load_frame
 
     frame = load_frame(store.conn, judge, (t.key for t in trials))
     df = frame.df
@@ -437,7 +450,7 @@ def verified_ungraded(store: Store, keys: list[str], judge: str) -> list[dict[st
     the only trials a run grades (an edited response is never regraded and counted)."""
     import polars as pl
 
-    from .results_frame import load_frame
+    from remote_introspect.store.results_frame import load_frame
 
     df = load_frame(store.conn, judge, keys).df
     todo = df.filter(
@@ -731,8 +744,8 @@ def crossover_by_layer(report: RunReport) -> dict[tuple[int, str | None], Any]:
     crossover can be computed are left out. A pure function of stored grades."""
     import polars as pl
 
-    from .results_frame import load_frame
-    from .stats.cells import crossovers
+    from remote_introspect.stats.cells import crossovers
+    from remote_introspect.store.results_frame import load_frame
 
     spec = report.spec
     store = Store(report.cache_root)
@@ -759,7 +772,7 @@ def run_with_grid(
     ref, _layers = validate(spec, opts)
     bundle = make_executor(ref, opts)  # one model load for the coarse and every dense phase
     coarse = run(spec, opts, progress, notice, request_status, bundle)
-    from .stats.crossover import dense_grid
+    from remote_introspect.stats.crossover import dense_grid
 
     report = coarse
     for (layer, concept), result in crossover_by_layer(coarse).items():
@@ -813,7 +826,7 @@ def grade_trials(
     """Grade every done trial the judge has not graded. An LLM judge asks each prompt's own
     question, caches every call beside the results, and leaves a trial it could not grade
     ungraded (never a negative): `grade --cache` or the next run finishes it."""
-    from .grading.service import close_grader, grade_rows, make_grader
+    from remote_introspect.grading.service import close_grader, grade_rows, make_grader
 
     by_key = {t.key: t for t in trials}
     grader = make_grader(judge, call_cache=store.root / "judge_calls.sqlite")
