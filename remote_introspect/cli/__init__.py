@@ -17,7 +17,7 @@ import sys
 
 import typer
 
-from remote_introspect.cli import experiments, results  # noqa: F401 - registers the commands on `app`
+from remote_introspect.cli import experiments, results, self_predict  # noqa: F401 - registers the commands
 from remote_introspect.cli.app import _setup_logging, app, err, out
 
 __all__ = ["app", "err", "main", "out"]

@@ -265,3 +265,11 @@ class SelfPredictTrial(BaseModel):
     @property
     def key(self) -> str:
         return keys.trial_key(self.model_dump(mode="json"))
+
+
+def item_by_id(task: str, item_id: str) -> dict[str, Any]:
+    """A shipped item by id (its options, for the option property)."""
+    for item in load_task(task)["items"]:
+        if item["id"] == item_id:
+            return item
+    raise KeyError(f"{task}: no item {item_id}")
