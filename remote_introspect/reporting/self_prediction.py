@@ -139,3 +139,22 @@ def runs_in_cache(conn: sqlite3.Connection) -> list[tuple[dict[str, Any], list[t
 
 def frame_kind_filter() -> pl.Expr:
     return pl.col("trial_json").str.contains('"kind":"self-predict"')
+
+
+def report_sections(root: Any) -> list[tuple[str, list[str]]]:
+    """(title, table lines) for every self-prediction run in the cache at `root` (read-only)."""
+    from remote_introspect.store.results_frame import open_readonly
+
+    conn = open_readonly(root)
+    try:
+        out = []
+        for spec, runs in runs_in_cache(conn):
+            answers = load_answers(conn, runs)
+            title = (
+                f"Self-prediction: {', '.join(m for m, _ in runs)} — tasks {', '.join(spec.get('tasks') or [])}, "
+                f"n={spec.get('n')}, seed={spec.get('seed')}"
+            )
+            out.append((title, format_table(answers, score_all(answers))))
+        return out
+    finally:
+        conn.close()
