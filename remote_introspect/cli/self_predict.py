@@ -37,7 +37,7 @@ def self_predict(
     tasks: Annotated[
         str | None, typer.Option(help="Tasks: animals,countries,sentences,choices,numbers (default: all).")
     ] = None,
-    n: Annotated[int, typer.Option("--n", help="Prompts per task (chosen by --seed).")] = 50,
+    n: Annotated[int, typer.Option("--n", help="Prompts per task (chosen by --seed; up to 240; 200 for a real run).")] = 20,
     properties: Annotated[
         str | None,
         typer.Option(help="first_word,second_character,ends_with_vowel,even_odd,option (default: all that apply)."),

@@ -52,7 +52,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 class SelfPredictConfig:
     models: tuple[str, ...]
     tasks: tuple[str, ...] = sp.TASKS
-    n: int = 50
+    n: int = 20
     seed: int = 0
     properties: tuple[str, ...] | None = None  # None: every property that applies to a task
 

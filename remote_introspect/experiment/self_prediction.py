@@ -168,7 +168,8 @@ PROPERTIES: dict[str, Property] = {
             _truth_ends_with_vowel,
             _parse_yes_no,
             TASKS,
-            "truth: yes iff the answer's last letter is a, e, i, o or u (none if no letter); "
+            "truth: yes iff the answer's last letter is a, e, i, o or u (none if no letter, or if "
+            "the answer was cut at the token cap); "
             "prediction: the response's first word if it is yes or no",
         ),
         Property(
@@ -193,7 +194,16 @@ PROPERTIES: dict[str, Property] = {
 }
 
 
-def property_truth(prop: str, answer: str, item: dict[str, Any]) -> str | None:
+# Properties of the END of an answer: undefined when generation hit the token cap before the model
+# stopped (the text's last letter would be the cap's, not the model's).
+NEEDS_WHOLE_ANSWER = frozenset({"ends_with_vowel"})
+
+
+def property_truth(prop: str, answer: str, item: dict[str, Any], stopped: bool = True) -> str | None:
+    """The property's value for an object-level answer (`stopped`: the model ended it at a stop
+    id rather than at the token cap)."""
+    if prop in NEEDS_WHOLE_ANSWER and not stopped:
+        return None
     if prop == "option":
         return option_truth(answer, tuple(item["options"]))  # type: ignore[arg-type]
     return PROPERTIES[prop].truth(answer)

@@ -45,7 +45,7 @@ def load_answers(conn: sqlite3.Connection, runs: Iterable[tuple[str, list[str]]]
     runs = list(runs)
     all_keys = [k for _, ks in runs for k in ks]
     df = load_frame(conn, "heuristic", all_keys).df
-    rows = {r["key"]: r for r in df.select("key", "status", "integrity", "trial_json", "response").iter_rows(named=True)}
+    rows = {r["key"]: r for r in df.select("key", "status", "integrity", "trial_json", "response", "diagnostics_json").iter_rows(named=True)}
     out = Answers([label for label, _ in runs], {}, {}, {})
     for label, ks in runs:
         truths: dict[Unit, str | None] = {}
@@ -66,8 +66,9 @@ def load_answers(conn: sqlite3.Connection, runs: Iterable[tuple[str, list[str]]]
             t = json.loads(r["trial_json"])
             item = sp.item_by_id(t["task"], t["item_id"])
             if t["level"] == "object":
+                stopped = bool(json.loads(r["diagnostics_json"] or "{}").get("stopped", False))
                 for prop in sp.properties_for(t["task"]):
-                    truths[(t["task"], prop, t["item_id"])] = sp.property_truth(prop, r["response"], item)
+                    truths[(t["task"], prop, t["item_id"])] = sp.property_truth(prop, r["response"], item, stopped)
             else:
                 preds[(t["task"], t["property"], t["item_id"])] = sp.property_parse(t["property"], r["response"], item)
         out.truths[label] = truths

@@ -31,7 +31,7 @@ from remote_introspect.experiment import self_prediction as sp
 from remote_introspect.experiment.prompts import encode_rendered, render_chat
 
 ANSWERS = ("owl", "cat", "eagle", "hippo", "zebra", "goose", "ant", "panda", "bear", "mouse")
-HIDDEN = 768
+HIDDEN = 512
 
 
 def planted_targets(
