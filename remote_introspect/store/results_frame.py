@@ -281,6 +281,7 @@ def trial_fields(t: dict[str, Any]) -> dict[str, Any]:
     gen = t.get("generation") if isinstance(t.get("generation"), dict) else {}
     return {
         "kind": _typed(t.get("kind"), str) or "introspection",
+        "condition": _typed(t.get("condition"), str),
         "concept": _typed(t.get("concept"), str),
         "layer": _typed(t.get("layer"), int),
         "strength": _typed(t.get("strength"), float),
