@@ -198,3 +198,14 @@ def test_remote_models_run_through_the_ndif_loopback_in_one_request_per_batch(pl
     assert len(remote) == 180 and all(local[k] == v for k, v in remote.items())
     with sqlite3.connect(cache / "results.sqlite") as conn:
         assert {r[0] for r in conn.execute("SELECT DISTINCT backend FROM trials")} == {"ndif"}
+
+
+def test_report_has_a_self_prediction_section(shared_cache, tmp_path) -> None:
+    from remote_introspect.reporting.report import build_report
+
+    build_report(shared_cache["cache"], tmp_path / "report")
+    md = (tmp_path / "report" / "summary.md").read_text()
+    html = (tmp_path / "report" / "index.html").read_text()
+    # One section per run recorded in the cache: (A, B) and (A with the plant removed, B).
+    assert md.count("## Self-prediction:") == 2 and html.count("<h2>Self-prediction:") == 2
+    assert "60/60 100.0%" in md and "self − best cross" in html
