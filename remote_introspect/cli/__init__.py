@@ -4,6 +4,7 @@
 - `options`: the options `replicate-lindsey` and `run` share, declared once
 - `experiments`: `replicate-lindsey`, `run`, `models`
 - `results`: the commands over the cache: `grade`, `audit`, `report`, `export`
+- `self_predict`: `self-predict` (Binder et al.'s self- vs cross-prediction)
 
 Never name an option `-v`/`--verbose`: nnsight switches into debug mode when it sees either in
 sys.argv (NDIF.md).

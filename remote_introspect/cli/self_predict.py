@@ -20,7 +20,6 @@ from remote_introspect.cli.options import (
     JobTimeoutOpt,
     MismatchOpt,
     QueueTimeoutOpt,
-    SeedOpt,
     TokOpt,
     _run_options,
 )
@@ -42,7 +41,9 @@ def self_predict(
         str | None,
         typer.Option(help="first_word,second_character,ends_with_vowel,even_odd,option (default: all that apply)."),
     ] = None,
-    seed: SeedOpt = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Which prompts are drawn per task (not in any trial key: decoding is greedy).")
+    ] = None,
     backend: BackendOpt = None,
     ndif_host: HostOpt = None,
     cache: CacheOpt = Path("cache"),
