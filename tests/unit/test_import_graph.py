@@ -32,6 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "stats",
             "stats.analysis",
             "stats.crossover",
+            "stats.comparison",
             "grading.lexicon",
             "testing",
             "testing.ndif_protected_env",
@@ -53,6 +54,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("read", ("store.results_frame", "stats.cells")),  # the one read-only frame and its statistics
+    ("knobs", ("experiment.knobs", "experiment.ladder")),  # spec diffs (knob → rubric) and ladder files
     (
         "execution",
         (
@@ -67,6 +69,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.backends.local",
             "execution.backends.ndif",
             "execution.runner",
+            "execution.ladder",
         ),
     ),
     (
@@ -79,9 +82,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.export",
             "reporting.report",
             "reporting.summary",
+            "reporting.comparison",
+            "reporting.ladder",
         ),
     ),
-    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "__main__")),
+    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "__main__")),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
 )
