@@ -172,3 +172,20 @@ def report_comparison(frame: ResultsFrame, a_ref: str, b_ref: str, judge: str) -
 def rung_experiments(frame: ResultsFrame, summary: list[dict[str, Any]]) -> list[tuple[int, str | None, Experiment]]:
     by_id = {e.id: e for e in frame.experiments}
     return [(s["index"], s["knob"], by_id[s["experiment_id"]]) for s in summary if s["experiment_id"] in by_id]
+
+
+def extras(
+    frame: ResultsFrame, tmp: Path, judge: str, compare_refs: tuple[str, str] | None
+) -> tuple[str, str]:
+    """`report`'s additions: every ladder in the cache (table, chart, adjacent comparisons) and,
+    when asked, one comparison — as markdown for summary.md and HTML for index.html."""
+    import html
+
+    md, files = report_ladders(frame, tmp, judge)
+    if compare_refs is not None:
+        md += ("\n" if md else "") + report_comparison(frame, compare_refs[0], compare_refs[1], judge)
+    if not md:
+        return "", ""
+    imgs = "".join(f'<p><img src="{html.escape(f)}" alt="{html.escape(f)}"></p>' for f in files)
+    body = f"<h2>Comparisons and ladders</h2>{imgs}<pre>{html.escape(md)}</pre>"
+    return "\n" + md, f"<section id=\"comparisons\">{body}</section>"

@@ -767,8 +767,11 @@ def _where(r: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportResult:
-    """Write the report for the cache at `root` into `out_dir` (atomically replaced)."""
+def build_report(
+    root: Path, out_dir: Path, judge: str = "heuristic", compare: tuple[str, str] | None = None
+) -> ReportResult:
+    """Write the report for the cache at `root` into `out_dir` (atomically replaced); with
+    `compare`, two experiments' comparison too. Ladders in the cache get their chart."""
     root, out_dir = Path(root), Path(out_dir)
     _check_out(out_dir)
     audit, frame = audit_with_frame(root, judge)
@@ -790,8 +793,12 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
         from remote_introspect.reporting.browser import browser_html
 
         browser = browser_html(frame.df, audit["experiments"])
-        (tmp / "index.html").write_text(_html(audit, sections, generated, browser), encoding="utf-8")
-        (tmp / "summary.md").write_text(_markdown(audit, sections, generated), encoding="utf-8")
+        from remote_introspect.reporting.ladder import extras
+
+        extra_md, extra_html = extras(frame, tmp, judge, compare)
+        html = _html(audit, sections, generated, browser).replace("</body>", extra_html + "</body>", 1)
+        (tmp / "index.html").write_text(html, encoding="utf-8")
+        (tmp / "summary.md").write_text(_markdown(audit, sections, generated) + extra_md, encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))
         _swap_into_place(tmp, out_dir)

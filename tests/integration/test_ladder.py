@@ -184,3 +184,21 @@ def test_dry_run_against_loopback_ndif_sends_nothing(tmp_path: Path, model_dir: 
         code, out, err = invoke(*args, "--ndif-host", srv.url, "--cache", tmp_path / "wet")
         assert code == 0, err
         assert srv.requests >= 2
+
+
+def test_report_gains_the_ladder_chart_and_a_comparison(ran, tmp_path: Path) -> None:
+    cache, _ = ran
+    with sqlite3.connect(cache / "results.sqlite") as c:
+        ids = dict(c.execute("SELECT name, id FROM experiments").fetchall())
+    a, b = ids["ladder-405b/rung0-from"], ids["ladder-405b/rung1-sampling"]
+    code, _, err = invoke("report", "--cache", cache, "--out", tmp_path / "r", "--compare", a, "--compare", b)
+    assert code == 0, err
+    png = tmp_path / "r" / "ladder_ladder-405b_tiny.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "r" / "summary.md").read_text()
+    ladder = md.split("## Ladder ladder-405b (tiny)")[1].split("###")[0]
+    assert len([line for line in ladder.splitlines() if re.match(r"^\| \d ", line)]) == 8
+    assert f"## Comparison: ladder-405b/rung0-from [{a[:12]}] vs ladder-405b/rung1-sampling [{b[:12]}]" in md
+    assert "ladder_ladder-405b_tiny.png" in (tmp_path / "r" / "index.html").read_text()
+    code, _, err = invoke("report", "--cache", cache, "--out", tmp_path / "r2", "--compare", a)
+    assert code == 2 and "exactly two experiments" in err and not (tmp_path / "r2").exists()
