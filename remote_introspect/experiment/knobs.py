@@ -57,7 +57,9 @@ class KnobChange:
     b: str
 
     def line(self) -> str:
-        return f"{self.knob} ({KNOB_TITLES.get(self.knob, self.knob)}): {self.a} → {self.b}"
+        title = KNOB_TITLES.get(self.knob, self.knob)
+        name = title if title.startswith(self.knob) else f"{self.knob} ({title})"
+        return f"{name}: {self.a} → {self.b}"
 
 
 def _tuple(v: Any) -> Any:

@@ -157,7 +157,7 @@ def test_cli_names_the_one_knob_and_prints_the_cells(planted) -> None:
     assert code == 0, err
     knob_lines = [line for line in out.splitlines() if re.match(r"^  \w+ \(", line)]
     assert knob_lines == [
-        "  sampling (sampling (temperature, top_p, token cap)): temperature 1, top_p 1, ≤2 tokens → "
+        "  sampling (temperature, top_p, token cap): temperature 1, top_p 1, ≤2 tokens → "
         "temperature 0.5, top_p 1, ≤2 tokens"
     ]
     # strength 2: 0/12 vs 8/12 → Fisher p; Holm over the two cells.
@@ -191,3 +191,25 @@ def test_same_trials_other_rubric_are_regraded_in_memory(tmp_path: Path) -> None
     assert c.b.regraded == len(b.trials) and c.a.regraded == 0
     assert set(c.b.rows["rubric"].to_list()) == {"merrill-405b"}
     assert set(c.a.rows["rubric"].to_list()) == {"lindsey"}
+
+
+def test_experiment_files_resolve_against_the_cache(tmp_path: Path) -> None:
+    """An experiment file names the experiment run from it (its stored spec equals the file's)."""
+    from remote_introspect.experiment.protocols import load_experiment_file
+
+    files = []
+    for t in ("1.0", "0.5"):
+        p = tmp_path / f"t{t}.toml"
+        p.write_text(
+            f'name = "t{t}"\nmodel = "tiny"\nconcepts = ["dust"]\nstrengths = [2.0]\nlayers = [2]\n'
+            f"samples = 1\ncontrols = 1\n[generation]\nmax_new_tokens = 2\ntemperature = {t}\n"
+        )
+        assert runner.run(load_experiment_file(p), RunOptions(cache_root=tmp_path / "c")).complete
+        files.append(p)
+    c = compare_cache(tmp_path / "c", str(files[0]), str(files[1]))
+    assert (c.a.exp.name, c.b.exp.name) == ("t1.0", "t0.5")
+    assert [k.knob for k in c.knobs] == ["sampling"]
+    other = tmp_path / "never.toml"
+    other.write_text('name = "never"\nmodel = "tiny"\n')
+    code, _, err = invoke("compare", str(files[0]), str(other), "--cache", tmp_path / "c")
+    assert code == 2 and "no experiment in this cache was run from that file's spec" in err
