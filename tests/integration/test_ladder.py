@@ -57,7 +57,8 @@ def test_every_rung_runs_one_row_each(ran) -> None:
     # where they were matched).
     for i, knob in enumerate(order, start=1):
         block = out.split(f"=== compare rung {i - 1} → rung {i} ({knob}) ===")[1].split("===")[0]
-        named = [line.split()[0] for line in block.split("knobs that differ (A → B):")[1].split("\n\n")[0].splitlines() if line.startswith("  ") and not line.startswith("  (")]
+        listed = block.split("knobs that differ (A → B):")[1].split("\n\n")[0].splitlines()
+        named = [m[1] for line in listed if (m := re.match(r"^  (\w+)[ :]", line))]
         assert named == ([knob, "strengths"] if knob in ("vectors", "strength_mode") else [knob])
 
 
