@@ -767,8 +767,11 @@ def _where(r: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportResult:
-    """Write the report for the cache at `root` into `out_dir` (atomically replaced)."""
+def build_report(
+    root: Path, out_dir: Path, judge: str = "heuristic", compare: tuple[str, str] | None = None
+) -> ReportResult:
+    """Write the report for the cache at `root` into `out_dir` (atomically replaced); with
+    `compare`, two experiments' comparison too. Ladders in the cache get their chart."""
     root, out_dir = Path(root), Path(out_dir)
     _check_out(out_dir)
     audit, frame = audit_with_frame(root, judge)
@@ -790,15 +793,16 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
         from remote_introspect.reporting.browser import browser_html
 
         browser = browser_html(frame.df, audit["experiments"])
+        from remote_introspect.reporting.ladder import extras
         from remote_introspect.reporting.self_prediction import report_sections
 
+        extra_md, extra_html = extras(frame, tmp, judge, compare)
         sp = report_sections(root)  # self-prediction runs: their own section each
-        page = _html(audit, sections, generated, browser)
-        sp_html = "".join(f"<h2>{_e(t)}</h2><pre>{_e(chr(10).join(lines))}</pre>" for t, lines in sp)
-        page = page.replace("<h2>Published anchors</h2>", sp_html + "<h2>Published anchors</h2>", 1)
-        (tmp / "index.html").write_text(page, encoding="utf-8")
-        sp_md = "".join(f"\n## {t}\n\n```\n" + "\n".join(lines) + "\n```\n" for t, lines in sp)
-        (tmp / "summary.md").write_text(_markdown(audit, sections, generated) + sp_md, encoding="utf-8")
+        extra_html += "".join(f"<h2>{_e(t)}</h2><pre>{_e(chr(10).join(lines))}</pre>" for t, lines in sp)
+        extra_md += "".join(f"\n## {t}\n\n```\n" + "\n".join(lines) + "\n```\n" for t, lines in sp)
+        html = _html(audit, sections, generated, browser).replace("</body>", extra_html + "</body>", 1)
+        (tmp / "index.html").write_text(html, encoding="utf-8")
+        (tmp / "summary.md").write_text(_markdown(audit, sections, generated) + extra_md, encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))
         _swap_into_place(tmp, out_dir)

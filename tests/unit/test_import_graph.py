@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "stats.crossover",
             "stats.self_prediction",
             "experiment.self_prediction_tasks",
+            "stats.comparison",
             "grading.lexicon",
             "testing",
             "testing.ndif_protected_env",
@@ -58,6 +59,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("read", ("store.results_frame", "stats.cells")),  # the one read-only frame and its statistics
+    ("knobs", ("experiment.knobs", "experiment.ladder")),  # spec diffs (knob → rubric) and ladder files
     (
         "execution",
         (
@@ -73,6 +75,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.backends.ndif",
             "execution.runner",
             "execution.self_prediction",
+            "execution.ladder",
         ),
     ),
     (
@@ -86,9 +89,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.report",
             "reporting.summary",
             "reporting.self_prediction",
+            "reporting.comparison",
+            "reporting.ladder",
         ),
     ),
-    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.self_predict", "__main__")),
+    (
+        "cli",
+        ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder",
+         "cli.self_predict", "__main__"),
+    ),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback", "testing.planted_self_model")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
 )
