@@ -33,7 +33,9 @@ from typing import Any
 import polars as pl
 
 from remote_introspect.errors import UserError
-from remote_introspect.reporting.audit import audit_with_frame, fmt_net, format_agreement_rows, format_results
+from remote_introspect.reporting.audit import audit_with_frame
+from remote_introspect.reporting.audit_text import fmt_net, format_results
+from remote_introspect.reporting.judge_agreement import format_agreement_rows
 from remote_introspect.stats.analysis import net_detection, rate_ci
 from remote_introspect.stats.cells import (
     POOLED,
