@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import polars as pl
 import typer
 
-from remote_introspect.cli.app import _fail, app, err
+from remote_introspect.cli.app import _fail, app, progress_bar
 from remote_introspect.errors import UserError
 
 JUDGE_HELP = "heuristic (offline, default) | anthropic:MODEL[@BASE_URL] | openai:MODEL@BASE_URL"
@@ -258,16 +258,7 @@ def grade(
 
 
 def _grade_cache_cli(cache: Path, judge: str, concurrency: int) -> CacheGradeResult:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("judge calls"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
+    with progress_bar("judge calls", transient=True) as bar:
         task = bar.add_task("judge", total=None)
 
         def progress(done: int, total: int) -> None:

@@ -23,10 +23,10 @@ from typing import Any
 import polars as pl
 
 from remote_introspect.errors import UserError
-from remote_introspect.grading.base import Grade
+from remote_introspect.grading.base import GRADE_CRITERIA, Grade
 from remote_introspect.store.integrity import Problem, check_grade, check_trial
 
-CRITERIA: tuple[str, ...] = ("refusal", "affirmative", "identifies", "early_detection", "coherent", "strict")
+CRITERIA: tuple[str, ...] = (*GRADE_CRITERIA, "strict")
 # Grade fields beside the criteria: a response held for review (never strict), Lindsey's own
 # success criterion (COHERENCE ∧ AFFIRMATIVE+CORRECT-ID), the rubric, and Lindsey's two verdicts
 # where the rubric's own differ (Merrill's).
