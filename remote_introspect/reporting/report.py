@@ -33,7 +33,9 @@ from typing import Any
 import polars as pl
 
 from remote_introspect.errors import UserError
-from remote_introspect.reporting.audit import audit_with_frame, fmt_net, format_agreement_rows, format_results
+from remote_introspect.reporting.audit import audit_with_frame
+from remote_introspect.reporting.audit_text import fmt_net, format_results
+from remote_introspect.reporting.judge_agreement import format_agreement_rows
 from remote_introspect.stats.analysis import net_detection, rate_ci
 from remote_introspect.stats.cells import (
     POOLED,
@@ -359,6 +361,11 @@ def plot_anchors(stats: dict[str, Any], label: str, path: Path) -> str:
 # --------------------------------------------------------------------------- tables
 
 
+def _rate_texts(c: dict[str, Any], *cols: str) -> dict[str, str]:
+    """Each count of a `cell_rates` row as "k/n rate [lo, hi]" (exact 95%)."""
+    return {col: rate_ci(c[col], c["n"]).format() for col in cols}
+
+
 def cell_table(usable: pl.DataFrame, fp: tuple[int, int], by: list[str] = POOLED) -> list[dict[str, Any]]:
     rows = []
     k_fp, n_fp = fp
@@ -371,11 +378,7 @@ def cell_table(usable: pl.DataFrame, fp: tuple[int, int], by: list[str] = POOLED
                 **({"concept": c["concept"]} if "concept" in by else {}),
                 "strength": c["strength"],
                 "n": n,
-                "strict": rate_ci(c["strict"], n).format(),
-                "affirmative_identifies": rate_ci(c["affirmative_identifies"], n).format(),
-                "identifies": rate_ci(c["identifies"], n).format(),
-                "coherent": rate_ci(c["coherent"], n).format(),
-                "refusal": rate_ci(c["refusal"], n).format(),
+                **_rate_texts(c, "strict", "affirmative_identifies", "identifies", "coherent", "refusal"),
                 "net": fmt_net({"net": net.net, "lo": net.lo, "hi": net.hi}) if net else "—",
             }
         )
@@ -393,20 +396,10 @@ def prereg_summary(usable: pl.DataFrame, by: list[str]) -> tuple[int, int, list[
 
 
 def concept_table(usable: pl.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for c in cell_rates(usable, ["concept"]).iter_rows(named=True):
-        n = c["n"]
-        out.append(
-            {
-                "concept": c["concept"],
-                "n": n,
-                "strict": rate_ci(c["strict"], n).format(),
-                "affirmative_identifies": rate_ci(c["affirmative_identifies"], n).format(),
-                "identifies": rate_ci(c["identifies"], n).format(),
-                "coherent": rate_ci(c["coherent"], n).format(),
-            }
-        )
-    return out
+    return [
+        {"concept": c["concept"], "n": c["n"], **_rate_texts(c, "strict", "affirmative_identifies", "identifies", "coherent")}
+        for c in cell_rates(usable, ["concept"]).iter_rows(named=True)
+    ]
 
 
 def examples(usable: pl.DataFrame, concepts: list[str], limit: int = 5) -> dict[str, list[dict[str, Any]]]:

@@ -140,7 +140,7 @@ def test_contrast_pair_vectors_match_a_plain_reference(tiny_family) -> None:
     def extract(ids, mask, ls):
         return extraction.extract_last_token(model, ids, mask, ls)[0]
 
-    got = concept_vectors.compute_contrast_pairs(extract, tok, recipe, ["love"], layers, tok.pad_token_id)
+    got = concept_vectors.compute_vectors(extract, tok, recipe, ["love"], layers, tok.pad_token_id)
     pairs = concept_vectors.load_pairs("builtin:merrill")["love"]
 
     def last(text: str, layer: int) -> torch.Tensor:

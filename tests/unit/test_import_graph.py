@@ -53,7 +53,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "grading.table_io",
         ),
     ),
-    ("read", ("store.results_frame", "stats.cells")),  # the one read-only frame and its statistics
+    # the checks of stored bytes, the one read-only frame and its statistics
+    ("read", ("store.integrity", "store.results_frame", "stats.cells")),
     ("knobs", ("experiment.knobs", "experiment.ladder")),  # spec diffs (knob → rubric) and ladder files
     (
         "execution",
@@ -78,7 +79,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting",
             "reporting.hit_listing",
             "reporting.browser",
+            "reporting.judge_agreement",
             "reporting.audit",
+            "reporting.audit_text",
             "reporting.export",
             "reporting.report",
             "reporting.summary",
