@@ -790,8 +790,14 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
         from remote_introspect.reporting.browser import browser_html
 
         browser = browser_html(frame.df, audit["experiments"])
-        (tmp / "index.html").write_text(_html(audit, sections, generated, browser), encoding="utf-8")
-        (tmp / "summary.md").write_text(_markdown(audit, sections, generated), encoding="utf-8")
+        from remote_introspect.reporting.localization import report_section
+
+        loc_html, loc_md, _ = report_section(frame.df, tmp)  # accuracy-vs-strength plots; "" if none
+        anchors = "<h2>Published anchors</h2>"
+        page = _html(audit, sections, generated, browser).replace(anchors, loc_html + anchors, 1)
+        (tmp / "index.html").write_text(page, encoding="utf-8")
+        md = _markdown(audit, sections, generated).replace("## Published anchors", loc_md + "## Published anchors", 1)
+        (tmp / "summary.md").write_text(md, encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))
         _swap_into_place(tmp, out_dir)

@@ -38,7 +38,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     # what an experiment is, and which model it runs on
-    ("config", ("experiment.spec", "experiment.protocols", "models.tiny", "models.loading")),
+    (
+        "config",
+        ("experiment.spec", "experiment.protocols", "experiment.localization", "models.tiny", "models.loading"),
+    ),
     ("store", ("store", "store.database", "experiment.planner")),  # keys → trials → batches, and where they are kept
     (
         "grading",
@@ -68,6 +71,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.backends.local",
             "execution.backends.ndif",
             "execution.runner",
+            "execution.localization",
         ),
     ),
     (
@@ -80,9 +84,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.export",
             "reporting.report",
             "reporting.summary",
+            "reporting.localization",
         ),
     ),
-    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "__main__")),
+    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.localize", "__main__")),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
 )
