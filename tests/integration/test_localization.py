@@ -272,3 +272,72 @@ def test_experiment_files_load_and_flags_override(tmp_path):
     bad.write_text('protocol = "localization"\nregions = "thirds"\n')
     with pytest.raises(Exception, match="regions"):
         L.build_localization_spec(bad, {})
+
+
+# --------------------------------------------------------------------------- 405B files on the loopback NDIF
+
+
+def _rows_by_cell(cache: Path) -> dict[tuple, list[float]]:
+    conn = open_readonly(cache)
+    try:
+        rows = conn.execute("SELECT trial_json, readout_json FROM trials WHERE status='done'").fetchall()
+    finally:
+        conn.close()
+    out = {}
+    for tj, rj in rows:
+        t = json.loads(tj)
+        out[(t["regions"], t["condition"], t["sample"], t["layer"], t["strength"], t["target"])] = json.loads(rj)["logprobs"]
+    return out
+
+
+@pytest.mark.parametrize("name", ["localization_405b", "position_405b"])
+def test_405b_files_run_on_the_loopback_ndif_one_request_per_batch(tmp_path, monkeypatch, name):
+    """The shipped 405B files, built offline from the preset (126 layers, shipped config) and a
+    stand-in tokenizer, run against the loopback NDIF serving a tiny stand-in with the 405B's 126
+    layers (hidden size 64) under the 405B repo id: one POST per readout batch, each batch
+    submitted once, and a rerun sends nothing."""
+    from remote_introspect.execution.backends.ndif import NDIFExecutor
+    from remote_introspect.testing.ndif_loopback import DEFAULT_API_KEY, LoopbackNDIF, model_key_for_dir, server_model_for_dir
+
+    stand_in, tok = build_model_dir(tmp_path / "models", num_layers=126)
+    tok_dir = tmp_path / "tok"
+    tok.save_pretrained(tok_dir)
+    small = {"trials": 1, "strengths": (4.0,), "concepts": ("dust",)}
+    spec = L.build_localization_spec(REPO / "experiments" / f"{name}.toml", small)
+    assert spec.model == "405b" and spec.layers == (32, 63)
+    calls: dict[str, list[int]] = {"readout": [], "extract": []}
+    real_readout, real_extract = NDIFExecutor.readout, NDIFExecutor.extract
+
+    def readout(self, batch, on_submitted):
+        calls["readout"].append(batch.input_ids.shape[0])
+        return real_readout(self, batch, on_submitted)
+
+    def extract(self, *a):
+        calls["extract"].append(1)
+        return real_extract(self, *a)
+
+    monkeypatch.setattr(NDIFExecutor, "readout", readout)
+    monkeypatch.setattr(NDIFExecutor, "extract", extract)
+    monkeypatch.setenv("NDIF_API_KEY", DEFAULT_API_KEY)
+    key = model_key_for_dir("meta-llama/Llama-3.1-405B-Instruct")
+    with LoopbackNDIF({key: lambda: server_model_for_dir(stand_in)}) as srv:
+        opts = RunOptions(
+            cache_root=tmp_path / "remote", backend="ndif", ndif_host=srv.url, tokenizer_dir=tok_dir,
+            poll_initial_s=0.01, retry=FAST_RETRY, batch_rows=8,
+        )  # fmt: skip
+        rep = loc.run_localization(spec, opts)
+        requests = srv.counters()["requests"]
+        srv.reset_counters()
+        again = loc.run_localization(spec, opts)  # cached: no request at all
+        assert srv.counters()["requests"] == 0
+    assert rep.complete and again.complete
+    n_rows = len(rep.keys)
+    assert n_rows == 2 * (5 if name == "localization_405b" else 2) * 3  # layers × regions × conditions
+    assert len(calls["readout"]) == -(-n_rows // 8)  # ceil(rows / batch size) readout calls ...
+    assert requests == len(calls["readout"]) + len(calls["extract"])  # ... each one POST
+    conn = open_readonly(opts.cache_root)
+    batches = conn.execute("SELECT attempts FROM batches WHERE status='done'").fetchall()
+    conn.close()
+    assert [a for (a,) in batches] == [1] * len(calls["readout"])  # each submitted once
+    (res,) = _results(opts.cache_root, rep.keys)
+    assert res.usable == n_rows
