@@ -86,6 +86,8 @@ def validate(spec: LocalizationSpec, opts: RunOptions) -> tuple[ModelRef, tuple[
     backend = opts.backend or ref.default_backend
     if backend not in ("local", "ndif"):
         raise UserError(f"unknown backend {backend!r}; choose local or ndif")
+    if backend == "local" and ref.preset is not None and ref.preset.backend == "ndif":
+        raise UserError(f"{ref.name} is a remote-only preset (too large for this machine); use --backend ndif")
     if opts.dtype is not None and opts.dtype not in ("fp32", "bf16", "fp16"):
         raise UserError(f"unknown dtype {opts.dtype!r}; choose one of fp32, bf16, fp16")
     if opts.batch_rows is not None and opts.batch_rows < 1:

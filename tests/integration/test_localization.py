@@ -297,7 +297,12 @@ def test_405b_files_run_on_the_loopback_ndif_one_request_per_batch(tmp_path, mon
     layers (hidden size 64) under the 405B repo id: one POST per readout batch, each batch
     submitted once, and a rerun sends nothing."""
     from remote_introspect.execution.backends.ndif import NDIFExecutor
-    from remote_introspect.testing.ndif_loopback import DEFAULT_API_KEY, LoopbackNDIF, model_key_for_dir, server_model_for_dir
+    from remote_introspect.testing.ndif_loopback import (
+        DEFAULT_API_KEY,
+        LoopbackNDIF,
+        model_key_for_dir,
+        server_model_for_dir,
+    )
 
     stand_in, tok = build_model_dir(tmp_path / "models", num_layers=126)
     tok_dir = tmp_path / "tok"
@@ -341,3 +346,19 @@ def test_405b_files_run_on_the_loopback_ndif_one_request_per_batch(tmp_path, mon
     assert [a for (a,) in batches] == [1] * len(calls["readout"])  # each submitted once
     (res,) = _results(opts.cache_root, rep.keys)
     assert res.usable == n_rows
+
+
+def test_report_gains_the_accuracy_vs_strength_plot(model_dir, tmp_path):
+    from remote_introspect.reporting.report import build_report
+
+    spec = _spec(model_dir, trials=1, strengths=(1.0, 4.0), regions="halves")
+    opts = _opts(tmp_path / "c")
+    assert loc.run_localization(spec, opts).complete
+    res = build_report(opts.cache_root, tmp_path / "report")
+    assert "localization-halves-accuracy.png" in res.files
+    png = (tmp_path / "report" / "localization-halves-accuracy.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "## Localization and position control" in md and "position control (2 halves): chance 50%" in md
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "localization-halves-accuracy.png" in html
