@@ -54,3 +54,11 @@ def test_answers_that_are_not_one_token_are_one_line(tmp_path: Path) -> None:
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code != 0 and len(lines) == 1 and "is not one token" in lines[0], err
     assert not (tmp_path / "c" / "results.sqlite").exists()
+
+
+def test_run_points_a_localization_file_to_localize(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    code, out, err = invoke("run", repo / "experiments" / "localization_405b.toml", "--cache", tmp_path / "c")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0 and len(lines) == 1 and "run `localize" in lines[0], err
+    assert not (tmp_path / "c").exists()
