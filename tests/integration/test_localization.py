@@ -95,9 +95,15 @@ def plant(hf, tok, spec: LocalizationSpec) -> list[int]:
             if prefer:
                 continue  # the planted model localizes only when asked where
             pad = ids.shape[1] - len(real)
-            energy = [h[b, pad + a : pad + e].norm(dim=-1).mean() for a, e in rendered.regions]
-            k = int(torch.stack(energy).argmax())
-            d = w[rendered.candidates[k]]
+            # Positions carrying the injection: norm-matched steering at strength 4 makes them about
+            # 4x the row's median norm. The plant answers only when they are EXACTLY one region's
+            # tokens (a span off by one token, or shifted by padding, gets no planted answer).
+            norms = h[b, pad:].norm(dim=-1)
+            hot = set((norms > 2.5 * norms.median()).nonzero().flatten().tolist())
+            match = [k for k, (a, e) in enumerate(rendered.regions) if hot == set(range(a, e))]
+            if len(match) != 1:
+                continue
+            d = w[rendered.candidates[match[0]]]
             out[b, -1] = out[b, -1] + 50.0 * d / d.norm()
             planted.append(1)
         return out
