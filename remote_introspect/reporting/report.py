@@ -767,8 +767,11 @@ def _where(r: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportResult:
-    """Write the report for the cache at `root` into `out_dir` (atomically replaced)."""
+def build_report(
+    root: Path, out_dir: Path, judge: str = "heuristic", compare: tuple[str, str] | None = None
+) -> ReportResult:
+    """Write the report for the cache at `root` into `out_dir` (atomically replaced); with
+    `compare`, two experiments' comparison too. Ladders in the cache get their chart."""
     root, out_dir = Path(root), Path(out_dir)
     _check_out(out_dir)
     audit, frame = audit_with_frame(root, judge)
@@ -790,14 +793,17 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
         from remote_introspect.reporting.browser import browser_html
 
         browser = browser_html(frame.df, audit["experiments"])
+        from remote_introspect.reporting.ladder import extras
         from remote_introspect.reporting.localization import report_section
 
+        extra_md, extra_html = extras(frame, tmp, judge, compare)
         loc_html, loc_md, _ = report_section(frame.df, tmp)  # accuracy-vs-strength plots; "" if none
         anchors = "<h2>Published anchors</h2>"
-        page = _html(audit, sections, generated, browser).replace(anchors, loc_html + anchors, 1)
-        (tmp / "index.html").write_text(page, encoding="utf-8")
+        html = _html(audit, sections, generated, browser).replace(anchors, loc_html + anchors, 1)
+        html = html.replace("</body>", extra_html + "</body>", 1)
+        (tmp / "index.html").write_text(html, encoding="utf-8")
         md = _markdown(audit, sections, generated).replace("## Published anchors", loc_md + "## Published anchors", 1)
-        (tmp / "summary.md").write_text(md, encoding="utf-8")
+        (tmp / "summary.md").write_text(md + extra_md, encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))
         _swap_into_place(tmp, out_dir)

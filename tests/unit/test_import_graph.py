@@ -32,6 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "stats",
             "stats.analysis",
             "stats.crossover",
+            "stats.comparison",
             "grading.lexicon",
             "testing",
             "testing.ndif_protected_env",
@@ -56,6 +57,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("read", ("store.results_frame", "stats.cells")),  # the one read-only frame and its statistics
+    ("knobs", ("experiment.knobs", "experiment.ladder")),  # spec diffs (knob → rubric) and ladder files
     (
         "execution",
         (
@@ -71,6 +73,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.backends.local",
             "execution.backends.ndif",
             "execution.runner",
+            "execution.ladder",
             "execution.localization",
         ),
     ),
@@ -84,10 +87,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.export",
             "reporting.report",
             "reporting.summary",
+            "reporting.comparison",
+            "reporting.ladder",
             "reporting.localization",
         ),
     ),
-    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.localize", "__main__")),
+    (
+        "cli",
+        ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.localize", "__main__"),
+    ),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
 )
