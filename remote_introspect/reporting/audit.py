@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from remote_introspect import keys
+from remote_introspect.reporting.localization import localization_json, localization_lines
 from remote_introspect.stats.analysis import kappa_bootstrap_ci, raw_agreement
 from remote_introspect.stats.cells import experiment_results
 from remote_introspect.store.database import file_sha
@@ -404,6 +405,7 @@ def _audit(
                 "failures_by_class": dict(sorted(by_class.items())),
                 "prompt_sets": sorted(set(sub["prompt_set"].drop_nulls().to_list())),
                 "results": experiment_results(usable, concepts),
+                "localization": localization_json(sub),
             }
         )
 
@@ -572,7 +574,9 @@ def format_audit(a: dict[str, Any]) -> str:
         out.append(
             f"  results over {c['usable']} usable trials (exact 95% CIs; failed/ungraded/corrupt trials excluded):"
         )
-        if not e["results"]:
+        for lines in localization_lines(e.get("localization") or []):
+            out.extend(f"    {line}" for line in lines)
+        if not e["results"] and not e.get("localization"):
             out.append("    (no usable trials)")
         for res in e["results"]:
             out.append(f"    prompt {res['prompt_set']}:")

@@ -235,3 +235,34 @@ def report_section(df: pl.DataFrame, out_dir: Path) -> tuple[str, str, list[str]
         parts_html.append(f"<pre>{html.escape(text)}</pre><figure><img src='{name}' alt='{html.escape(title)}'></figure>")
         parts_md += ["```", text, "```", "", f"![{title}]({name})", ""]
     return "\n".join(parts_html), "\n".join(parts_md), files
+
+
+def localization_json(df: pl.DataFrame) -> list[dict[str, Any]]:
+    """`audit --json`'s per-experiment `localization` entry: per region scheme, the row counts,
+    chance, and per layer × strength × condition k/n with the exact CI and the binomial p; plus the
+    summary lines `audit` prints. Empty for an experiment without localization rows."""
+    out = []
+    for res in summarize(df):
+        cells = []
+        for c in res.cells:
+            for cond, (k, n) in c.counts.items():
+                r = c.rate(cond)
+                cells.append(
+                    {
+                        "layer": c.layer, "strength": c.strength, "condition": cond, "k": k, "n": n,
+                        "lo": None if r is None else r.lo, "hi": None if r is None else r.hi,
+                        "p_above_chance": p_above_chance(k, n, res.chance),
+                    }
+                )  # fmt: skip
+        out.append(
+            {
+                "regions": res.regions, "chance": res.chance, "planned": res.planned, "usable": res.usable,
+                "failed": res.failed, "not_run": res.not_done, "excluded": res.excluded, "cells": cells,
+                "confusion": res.confusion, "lines": format_results(res),
+            }
+        )  # fmt: skip
+    return out
+
+
+def localization_lines(sub_json: list[dict[str, Any]]) -> list[list[str]]:
+    return [list(block["lines"]) for block in sub_json]

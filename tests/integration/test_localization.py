@@ -368,3 +368,20 @@ def test_report_gains_the_accuracy_vs_strength_plot(model_dir, tmp_path):
     assert "## Localization and position control" in md and "position control (2 halves): chance 50%" in md
     html = (tmp_path / "report" / "index.html").read_text()
     assert "localization-halves-accuracy.png" in html
+
+
+def test_audit_json_carries_the_localization_counts(model_dir, tmp_path):
+    import re
+
+    spec = _spec(model_dir, trials=1, regions="halves")
+    opts = _opts(tmp_path / "c")
+    assert loc.run_localization(spec, opts).complete
+    data = run_audit(opts.cache_root)
+    (block,) = data["experiments"][0]["localization"]
+    assert block["regions"] == "halves" and block["chance"] == 0.5 and block["usable"] == block["planned"] == 4
+    assert {(c["condition"], c["n"]) for c in block["cells"]} == {("injected", 2), ("prefer", 2)}
+    json.dumps(data, allow_nan=False)
+    docs = (REPO / "docs" / "audit_json.md").read_text()
+    documented = {n for span in re.findall(r"`([^`]+)`", docs) for n in re.findall(r"[a-z_0-9]+", span)}
+    fields = {k for k in block} | {k for c in block["cells"] for k in c}
+    assert fields - documented == set()
