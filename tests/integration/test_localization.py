@@ -385,3 +385,40 @@ def test_audit_json_carries_the_localization_counts(model_dir, tmp_path):
     documented = {n for span in re.findall(r"`([^`]+)`", docs) for n in re.findall(r"[a-z_0-9]+", span)}
     fields = {k for k in block} | {k for c in block["cells"] for k in c}
     assert fields - documented == set()
+
+
+def test_interrupted_remote_run_reattaches_its_job_instead_of_resubmitting(model_dir, tmp_path, monkeypatch):
+    """A run killed while waiting on a readout job (after the job id was stored) is resumed by the
+    same command: the job is collected by id, not submitted again."""
+    from remote_introspect.execution.backends.ndif import NDIFExecutor
+    from remote_introspect.testing.ndif_loopback import DEFAULT_API_KEY, LoopbackNDIF
+
+    spec = _spec(model_dir, trials=1, regions="halves")  # 4 rows
+    monkeypatch.setenv("NDIF_API_KEY", DEFAULT_API_KEY)
+    real_wait = NDIFExecutor._wait
+    state = {"kill": True}
+
+    def wait(self, backend):
+        result = real_wait(self, backend)  # the job ran; the client dies before storing it
+        if state["kill"] and "logp" in result:
+            state["kill"] = False
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(NDIFExecutor, "_wait", wait)
+    with LoopbackNDIF({str(model_dir): model_dir}, preload=True) as srv:
+        opts = RunOptions(
+            cache_root=tmp_path / "c", backend="ndif", ndif_host=srv.url, poll_initial_s=0.01,
+            retry=FAST_RETRY, batch_rows=4,
+        )  # fmt: skip
+        with pytest.raises(KeyboardInterrupt):
+            loc.run_localization(spec, opts)
+        conn = open_readonly(opts.cache_root)
+        (status, job), = conn.execute("SELECT status, job_id FROM batches").fetchall()
+        conn.close()
+        assert status == "submitted" and job
+        srv.reset_counters()
+        rep = loc.run_localization(spec, opts)
+        assert rep.complete
+        assert srv.counters()["requests"] == 0  # collected by id, nothing resubmitted
+    assert run_audit(opts.cache_root)["exit_code"] == 0
