@@ -5,6 +5,7 @@
 - `experiments`: `replicate-lindsey`, `run`, `models`
 - `results`: the commands over the cache: `grade`, `audit`, `report`, `export`
 - `compare`, `ladder`: two experiments knob by knob; a one-knob-per-rung ladder between two recipes
+- `localize`: localization and the position control (PROTOCOLS.md §5)
 
 Never name an option `-v`/`--verbose`: nnsight switches into debug mode when it sees either in
 sys.argv (NDIF.md).
@@ -18,7 +19,7 @@ import sys
 
 import typer
 
-from remote_introspect.cli import compare, experiments, ladder, results  # noqa: F401 - registers the commands on `app`
+from remote_introspect.cli import compare, experiments, ladder, localize, results  # noqa: F401 - registers the commands on `app`
 from remote_introspect.cli.app import _setup_logging, app, err, out
 
 __all__ = ["app", "err", "main", "out"]

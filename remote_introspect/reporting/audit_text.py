@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from remote_introspect.reporting.judge_agreement import format_agreement_rows
+from remote_introspect.reporting.localization import localization_lines
 
 
 def _pct(x: float | None) -> str:
@@ -97,7 +98,9 @@ def format_audit(a: dict[str, Any]) -> str:
         out.append(
             f"  results over {c['usable']} usable trials (exact 95% CIs; failed/ungraded/corrupt trials excluded):"
         )
-        if not e["results"]:
+        for lines in localization_lines(e.get("localization") or []):
+            out.extend(f"    {line}" for line in lines)
+        if not e["results"] and not e.get("localization"):
             out.append("    (no usable trials)")
         for res in e["results"]:
             out.append(f"    prompt {res['prompt_set']}:")

@@ -787,11 +787,16 @@ def build_report(
 
         browser = browser_html(frame.df, audit["experiments"])
         from remote_introspect.reporting.ladder import extras
+        from remote_introspect.reporting.localization import report_section
 
         extra_md, extra_html = extras(frame, tmp, judge, compare)
-        html = _html(audit, sections, generated, browser).replace("</body>", extra_html + "</body>", 1)
+        loc_html, loc_md, _ = report_section(frame.df, tmp)  # accuracy-vs-strength plots; "" if none
+        anchors = "<h2>Published anchors</h2>"
+        html = _html(audit, sections, generated, browser).replace(anchors, loc_html + anchors, 1)
+        html = html.replace("</body>", extra_html + "</body>", 1)
         (tmp / "index.html").write_text(html, encoding="utf-8")
-        (tmp / "summary.md").write_text(_markdown(audit, sections, generated) + extra_md, encoding="utf-8")
+        md = _markdown(audit, sections, generated).replace("## Published anchors", loc_md + "## Published anchors", 1)
+        (tmp / "summary.md").write_text(md + extra_md, encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))
         _swap_into_place(tmp, out_dir)

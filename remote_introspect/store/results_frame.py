@@ -78,6 +78,7 @@ SCHEMA: dict[str, pl.DataType] = {
     "response": pl.Utf8(),
     "response_ids": pl.List(pl.Int64()),
     "diagnostics_json": pl.Utf8(),
+    "readout_json": pl.Utf8(),  # a readout trial's floats (localization, probes); null otherwise
     **{f"diag_{k}": v for k, v in DIAGNOSTICS.items()},
     "grader": pl.Utf8(),
     "grader_version": pl.Utf8(),
@@ -314,6 +315,7 @@ def load_frame(
             "response": r["response"],
             "response_ids": parsed["response_ids"],
             "diagnostics_json": r["diagnostics_json"],
+            "readout_json": r["readout_json"] if "readout_json" in r.keys() else None,
             "grader": name if grade is not None else None,
             "grader_version": version if grade is not None else None,
             "integrity": "ok" if not trial_problems else "; ".join(p.kind for p in trial_problems),
@@ -327,7 +329,9 @@ def load_frame(
             row.update(trial_fields(trial))
         for c in (*CRITERIA, *GRADE_EXTRA):
             row[c] = getattr(grade, c) if grade is not None else None
-        row["usable"] = r["status"] == "done" and not trial_problems and grade is not None
+        # A readout trial is graded exactly by its stored floats (argmax), never by a judge.
+        readout_ok = parsed["readout"] is not None
+        row["usable"] = r["status"] == "done" and not trial_problems and (grade is not None or readout_ok)
         rows.append(row)
 
     for e in experiments:

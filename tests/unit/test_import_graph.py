@@ -39,7 +39,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     # what an experiment is, and which model it runs on
-    ("config", ("experiment.spec", "experiment.protocols", "models.tiny", "models.loading")),
+    (
+        "config",
+        ("experiment.spec", "experiment.protocols", "experiment.localization", "models.tiny", "models.loading"),
+    ),
     ("store", ("store", "store.database", "experiment.planner")),  # keys → trials → batches, and where they are kept
     (
         "grading",
@@ -64,6 +67,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.traces.hf_generation",
             "execution.traces.steered_generation",
             "execution.traces.extraction",
+            "execution.traces.readout",
             "execution.concept_vectors",
             "execution.backends",
             "execution.backends.base",
@@ -71,6 +75,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.backends.ndif",
             "execution.runner",
             "execution.ladder",
+            "execution.localization",
         ),
     ),
     (
@@ -87,9 +92,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.summary",
             "reporting.comparison",
             "reporting.ladder",
+            "reporting.localization",
         ),
     ),
-    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "__main__")),
+    (
+        "cli",
+        ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.localize", "__main__"),
+    ),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
 )
