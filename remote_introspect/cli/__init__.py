@@ -5,6 +5,7 @@
 - `experiments`: `replicate-lindsey`, `run`, `models`
 - `results`: the commands over the cache: `grade`, `audit`, `report`, `export`
 - `compare`, `ladder`: two experiments knob by knob; a one-knob-per-rung ladder between two recipes
+- `localize`: localization and the position control (PROTOCOLS.md §5)
 - `self_predict`: `self-predict` (Binder et al.'s self- vs cross-prediction)
 
 Never name an option `-v`/`--verbose`: nnsight switches into debug mode when it sees either in
@@ -19,7 +20,7 @@ import sys
 
 import typer
 
-from remote_introspect.cli import compare, experiments, ladder, results, self_predict  # noqa: F401 - registers the commands
+from remote_introspect.cli import compare, experiments, ladder, localize, results, self_predict  # noqa: F401 - registers the commands
 from remote_introspect.cli.app import _setup_logging, app, err, out
 
 __all__ = ["app", "err", "main", "out"]

@@ -43,7 +43,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # what an experiment is, and which model it runs on
     (
         "config",
-        ("experiment.spec", "experiment.protocols", "models.tiny", "models.loading", "experiment.self_prediction"),
+        (
+            "experiment.spec", "experiment.protocols", "experiment.localization", "models.tiny", "models.loading",
+            "experiment.self_prediction",
+        ),
     ),
     ("store", ("store", "store.database", "experiment.planner")),  # keys → trials → batches, and where they are kept
     (
@@ -58,7 +61,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "grading.table_io",
         ),
     ),
-    ("read", ("store.results_frame", "stats.cells")),  # the one read-only frame and its statistics
+    # the checks of stored bytes, the one read-only frame and its statistics
+    ("read", ("store.integrity", "store.results_frame", "stats.cells")),
     ("knobs", ("experiment.knobs", "experiment.ladder")),  # spec diffs (knob → rubric) and ladder files
     (
         "execution",
@@ -68,6 +72,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.traces.hf_generation",
             "execution.traces.steered_generation",
             "execution.traces.extraction",
+            "execution.traces.readout",
             "execution.concept_vectors",
             "execution.backends",
             "execution.backends.base",
@@ -76,6 +81,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.runner",
             "execution.self_prediction",
             "execution.ladder",
+            "execution.localization",
         ),
     ),
     (
@@ -84,18 +90,21 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting",
             "reporting.hit_listing",
             "reporting.browser",
+            "reporting.judge_agreement",
             "reporting.audit",
+            "reporting.audit_text",
             "reporting.export",
             "reporting.report",
             "reporting.summary",
             "reporting.self_prediction",
             "reporting.comparison",
             "reporting.ladder",
+            "reporting.localization",
         ),
     ),
     (
         "cli",
-        ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder",
+        ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.localize",
          "cli.self_predict", "__main__"),
     ),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback", "testing.planted_self_model")),
