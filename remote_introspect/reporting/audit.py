@@ -208,7 +208,8 @@ def _audit(
         }
         spec = e.spec or {}
         concepts = list(spec.get("concepts") or [])
-        usable = sub.filter(pl.col("usable") & pl.col("readout_json").is_null())
+        usable = sub.filter(pl.col("usable") & pl.col("readout_json").is_null() & (pl.col("kind") == "introspection"))
+        answers = sub.filter(pl.col("kind") == "self-predict")
         model = sub["model_repo_id"].drop_nulls().unique().sort().to_list()
         experiments.append(
             {
@@ -235,6 +236,8 @@ def _audit(
                 "prompt_sets": sorted(set(sub["prompt_set"].drop_nulls().to_list())),
                 "results": experiment_results(usable, concepts),
                 "localization": localization_json(sub),
+                # self-prediction answers are scored by `self-predict` / `report` (exact parsing)
+                "self_predict_answers": int(answers.filter(pl.col("usable")).height) if answers.height else None,
             }
         )
 

@@ -334,9 +334,10 @@ def load_frame(
             row.update(trial_fields(trial))
         for c in (*CRITERIA, *GRADE_EXTRA):
             row[c] = getattr(grade, c) if grade is not None else None
-        # A readout trial is graded exactly by its stored floats (argmax), never by a judge.
-        readout_ok = parsed["readout"] is not None
-        row["usable"] = r["status"] == "done" and not trial_problems and (grade is not None or readout_ok)
+        # A readout trial is graded exactly by its stored floats (argmax), a self-prediction answer
+        # by exact parsing: neither needs a judge's grade to be usable.
+        exact = parsed["readout"] is not None or row["kind"] == "self-predict"
+        row["usable"] = r["status"] == "done" and not trial_problems and (grade is not None or exact)
         rows.append(row)
 
     for e in experiments:

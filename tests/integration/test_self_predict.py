@@ -17,6 +17,7 @@ from remote_introspect.execution import self_prediction as run_sp
 from remote_introspect.execution.runner import RunOptions
 from remote_introspect.reporting import self_prediction as rep
 from remote_introspect.reporting.audit import run_audit
+from remote_introspect.reporting.audit_text import format_audit
 from remote_introspect.retry_policy import RetrySettings
 from remote_introspect.store.results_frame import open_readonly
 from remote_introspect.testing.planted_self_model import build_planted_model
@@ -102,6 +103,12 @@ def test_audit_counts_every_trial_and_none_is_ungraded(shared_cache) -> None:
     assert (t["trials"], t["done"], t["failed"], t["ungraded"]) == (3 * 90, 3 * 90, 0, 0)
     assert a["status"] == "clean" and a["exit_code"] == 0
     assert sorted(e["trials"]["planned"] for e in a["experiments"]) == [90, 90, 90, 90]
+    # every answer is usable (scored by exact parsing, no judge), and the text says so
+    assert t["usable"] == 3 * 90
+    assert sorted(e["self_predict_answers"] for e in a["experiments"]) == [90, 90, 90, 90]
+    text = format_audit(a)
+    assert "self-prediction answers, scored by exact parsing" in text
+    assert "(no usable trials)" not in text and "0 concept(s)" not in text
 
 
 def test_rerun_does_no_model_work_and_prints_the_same_table(planted, shared_cache, count_generate) -> None:
