@@ -4,6 +4,7 @@
 - `options`: the options `replicate-lindsey` and `run` share, declared once
 - `experiments`: `replicate-lindsey`, `run`, `models`
 - `results`: the commands over the cache: `grade`, `audit`, `report`, `export`
+- `scale`: one experiment across models, a table and a scaling plot
 
 Never name an option `-v`/`--verbose`: nnsight switches into debug mode when it sees either in
 sys.argv (NDIF.md).
@@ -17,7 +18,11 @@ import sys
 
 import typer
 
-from remote_introspect.cli import experiments, results  # noqa: F401 - registers the commands on `app`
+from remote_introspect.cli import (  # noqa: F401 - registers the commands on `app`
+    experiments,
+    results,
+    scale,  # noqa: F401 - registers `scale`
+)
 from remote_introspect.cli.app import _setup_logging, app, err, out
 
 __all__ = ["app", "err", "main", "out"]

@@ -615,7 +615,9 @@ def _anchor_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, browser: str = "") -> str:
+def _html(
+    audit: dict[str, Any], sections: list[PromptSection], generated: str, browser: str = "", scaling: str = ""
+) -> str:
     a = audit
     status_cls = "ok" if a["status"] == "clean" else "bad"
     t = a["totals"]
@@ -703,6 +705,7 @@ def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, 
                 parts.append(f"<p>{_e(label)}: {len(rows)} shown</p>")
                 if rows:
                     parts.append(_table(rows, ("key", "concept", "response")))
+    parts.append(scaling)  # net detection vs parameters, when the cache holds one experiment on several models
     parts.append(browser)
     parts.append("<h2>Published anchors</h2>" + _table(_anchor_rows(), ("source", "measure", "where")))
     parts.append(
@@ -716,7 +719,7 @@ def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, 
     return "\n".join(parts)
 
 
-def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: str) -> str:
+def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: str, scaling: str = "") -> str:
     a, t = audit, audit["totals"]
     lines = [
         "# remote_introspect report",
@@ -753,6 +756,7 @@ def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: s
                 f"- `{r['key']}` {_where(r)}: {json.dumps(r['response'], ensure_ascii=False)}"
                 for r in rows
             ]
+    lines += [scaling] if scaling else []
     lines += ["", "## Published anchors", "", _md_table(_anchor_rows())]
     return "\n".join(lines) + "\n"
 
@@ -788,10 +792,14 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
         sections = [s for e in audit["experiments"] for s in _sections(frame, e, tmp)]
         generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         from remote_introspect.reporting.browser import browser_html
+        from remote_introspect.reporting.scaling import scaling_sections, section_html, section_markdown
 
         browser = browser_html(frame.df, audit["experiments"])
-        (tmp / "index.html").write_text(_html(audit, sections, generated, browser), encoding="utf-8")
-        (tmp / "summary.md").write_text(_markdown(audit, sections, generated), encoding="utf-8")
+        scaling = scaling_sections(frame, tmp)  # scaling-<id>.png per set of experiments across models
+        scaling_html = "".join(section_html(x) for x in scaling)
+        scaling_md = "\n".join(line for x in scaling for line in section_markdown(x))
+        (tmp / "index.html").write_text(_html(audit, sections, generated, browser, scaling_html), encoding="utf-8")
+        (tmp / "summary.md").write_text(_markdown(audit, sections, generated, scaling_md), encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))
         _swap_into_place(tmp, out_dir)

@@ -38,7 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     # what an experiment is, and which model it runs on
-    ("config", ("experiment.spec", "experiment.protocols", "models.tiny", "models.loading")),
+    ("config", ("experiment.spec", "experiment.protocols", "models.tiny", "models.loading", "models.parameters")),
     ("store", ("store", "store.database", "experiment.planner")),  # keys → trials → batches, and where they are kept
     (
         "grading",
@@ -52,7 +52,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "grading.table_io",
         ),
     ),
-    ("read", ("store.results_frame", "stats.cells")),  # the one read-only frame and its statistics
+    ("read", ("store.results_frame", "stats.cells", "stats.scaling")),  # the one read-only frame and its statistics
     (
         "execution",
         (
@@ -67,6 +67,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.backends.local",
             "execution.backends.ndif",
             "execution.runner",
+            "execution.scale",
         ),
     ),
     (
@@ -79,9 +80,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.export",
             "reporting.report",
             "reporting.summary",
+            "reporting.scaling",
         ),
     ),
-    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "__main__")),
+    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.scale", "__main__")),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
 )
