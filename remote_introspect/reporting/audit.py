@@ -360,7 +360,8 @@ def _audit(
         registered = len(set(e.keys))
         corrupt = int(sub.filter(pl.col("key").is_in(list(bad_trials))).height)
         done_ok = sub.filter((pl.col("status") == "done") & (pl.col("integrity") == "ok"))
-        ungraded = int(done_ok.filter(pl.col("strict").is_null()).height)
+        # Readout trials (localization, probes) are graded by their stored floats, not a judge.
+        ungraded = int(done_ok.filter(pl.col("strict").is_null() & pl.col("readout_json").is_null()).height)
         failed = sub.filter(pl.col("status") == "failed")
         by_class = dict(Counter(c or "unknown" for c in failed["error_class"].to_list()))
         missing_rows = registered - sub.height
@@ -377,7 +378,7 @@ def _audit(
         }
         spec = e.spec or {}
         concepts = list(spec.get("concepts") or [])
-        usable = sub.filter(pl.col("usable"))
+        usable = sub.filter(pl.col("usable") & pl.col("readout_json").is_null())
         model = sub["model_repo_id"].drop_nulls().unique().sort().to_list()
         experiments.append(
             {
@@ -419,7 +420,7 @@ def _audit(
         "failed": st_all["failed"],
         "in_flight": st_all["submitted"],
         "never_run": st_all["planned"],
-        "ungraded": int(done_ok_all.filter(pl.col("strict").is_null()).height),
+        "ungraded": int(done_ok_all.filter(pl.col("strict").is_null() & pl.col("readout_json").is_null()).height),
         "corrupt": len(bad_trials),
         "usable": int(df["usable"].sum()) if df.height else 0,
         "experiments": len(frame.experiments),

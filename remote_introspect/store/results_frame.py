@@ -86,6 +86,7 @@ SCHEMA: dict[str, pl.DataType] = {
     "response": pl.Utf8(),
     "response_ids": pl.List(pl.Int64()),
     "diagnostics_json": pl.Utf8(),
+    "readout_json": pl.Utf8(),  # a readout trial's floats (localization, probes); null otherwise
     **{f"diag_{k}": v for k, v in DIAGNOSTICS.items()},
     "grader": pl.Utf8(),
     "grader_version": pl.Utf8(),
@@ -227,7 +228,8 @@ def check_trial(row: sqlite3.Row) -> tuple[dict[str, Any] | None, dict[str, Any]
                     f"trial JSON hashes to {recomputed[:16]}…, not its key: the trial row was edited",
                 )
             )
-    parsed: dict[str, Any] = {"response_ids": None, "diagnostics": None}
+    parsed: dict[str, Any] = {"response_ids": None, "diagnostics": None, "readout": None}
+    readout_text = row["readout_json"] if "readout_json" in row.keys() else None
     if row["status"] == "done":
         missing = [
             c for c in ("response_ids", "response", "diagnostics_json", "result_sha") if row[c] is None
@@ -244,11 +246,14 @@ def check_trial(row: sqlite3.Row) -> tuple[dict[str, Any] | None, dict[str, Any]
                     raise ValueError("response_ids is not a list of integers")
                 if not isinstance(diag, dict):
                     raise ValueError("diagnostics is not an object")
+                readout = _loads(readout_text)
+                if readout is not None and not isinstance(readout, dict):
+                    raise ValueError("readout is not an object")
             except ValueError as err:
                 problems.append(Problem("result_unreadable", "trial", key, str(err).splitlines()[0][:200]))
             else:
-                parsed = {"response_ids": ids, "diagnostics": diag}
-                if result_sha(key, ids, row["response"], diag) != row["result_sha"]:
+                parsed = {"response_ids": ids, "diagnostics": diag, "readout": readout}
+                if result_sha(key, ids, row["response"], diag, readout) != row["result_sha"]:
                     problems.append(
                         Problem(
                             "result_sha_mismatch",
@@ -453,6 +458,7 @@ def load_frame(
             "response": r["response"],
             "response_ids": parsed["response_ids"],
             "diagnostics_json": r["diagnostics_json"],
+            "readout_json": r["readout_json"] if "readout_json" in r.keys() else None,
             "grader": name if grade is not None else None,
             "grader_version": version if grade is not None else None,
             "integrity": "ok" if not trial_problems else "; ".join(p.kind for p in trial_problems),
@@ -466,7 +472,9 @@ def load_frame(
             row.update(trial_fields(trial))
         for c in (*CRITERIA, *GRADE_EXTRA):
             row[c] = getattr(grade, c) if grade is not None else None
-        row["usable"] = r["status"] == "done" and not trial_problems and grade is not None
+        # A readout trial is graded exactly by its stored floats (argmax), never by a judge.
+        readout_ok = parsed["readout"] is not None
+        row["usable"] = r["status"] == "done" and not trial_problems and (grade is not None or readout_ok)
         rows.append(row)
 
     for e in experiments:

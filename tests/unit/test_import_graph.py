@@ -61,6 +61,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.traces.hf_generation",
             "execution.traces.steered_generation",
             "execution.traces.extraction",
+            "execution.traces.readout",
             "execution.concept_vectors",
             "execution.backends",
             "execution.backends.base",
