@@ -5,6 +5,7 @@
 - `experiments`: `replicate-lindsey`, `run`, `models`
 - `results`: the commands over the cache: `grade`, `audit`, `report`, `export`
 - `scale`: one experiment across models, a table and a scaling plot
+- `probe_report`: probe–report coupling (Martorell & Bianchi)
 
 Never name an option `-v`/`--verbose`: nnsight switches into debug mode when it sees either in
 sys.argv (NDIF.md).
@@ -18,11 +19,7 @@ import sys
 
 import typer
 
-from remote_introspect.cli import (  # noqa: F401 - registers the commands on `app`
-    experiments,
-    results,
-    scale,  # noqa: F401 - registers `scale`
-)
+from remote_introspect.cli import experiments, probe_report, results, scale  # noqa: F401 - registers the commands on `app`  # noqa: F401 - registers `probe-report`, `scale`
 from remote_introspect.cli.app import _setup_logging, app, err, out
 
 __all__ = ["app", "err", "main", "out"]

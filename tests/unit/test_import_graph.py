@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "retry_policy",
             "experiment",
             "experiment.prompts",
+            "experiment.probe_prompts",
             "models",
             "models.presets",
             "execution",
@@ -32,13 +33,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "stats",
             "stats.analysis",
             "stats.crossover",
+            "stats.coupling",
             "grading.lexicon",
             "testing",
             "testing.ndif_protected_env",
         ),
     ),
     # what an experiment is, and which model it runs on
-    ("config", ("experiment.spec", "experiment.protocols", "models.tiny", "models.loading", "models.parameters")),
+    ("config", ("experiment.spec", "experiment.protocols", "models.tiny", "models.loading", "models.parameters", "experiment.probe_spec")),
     ("store", ("store", "store.database", "experiment.planner")),  # keys → trials → batches, and where they are kept
     (
         "grading",
@@ -69,6 +71,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.backends.ndif",
             "execution.runner",
             "execution.scale",
+            "execution.probe_report",
         ),
     ),
     (
@@ -82,9 +85,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.report",
             "reporting.summary",
             "reporting.scaling",
+            "reporting.probe_report",
         ),
     ),
-    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.scale", "__main__")),
+    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.scale", "cli.probe_report", "__main__")),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
 )
