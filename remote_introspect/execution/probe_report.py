@@ -199,7 +199,7 @@ def fit_probes(
     acc: dict[tuple[int, str], float] = {}
     for layer, concept in missing:
         idx = [i for i, ex in enumerate(examples) if ex.concept == concept]
-        x = acts[layers.index(layer), idx].double().numpy()
+        x = acts[layers.index(layer), idx].detach().double().numpy()
         try:
             probe = fit_probe(x, [examples[i].pole for i in idx], spec.l2)
         except ValueError as err:
@@ -257,9 +257,11 @@ def _results(
 ) -> tuple[dict[str, tuple[list[int], str, dict[str, Any], dict[str, Any]]], list[str]]:
     results: dict[str, tuple[list[int], str, dict[str, Any], dict[str, Any]]] = {}
     bad: list[str] = []
+    logprobs = out.logprobs.detach().float().cpu()
+    projections = out.projections.detach().float().cpu()
     for i, t in enumerate(trials):
-        lp = [float(x) for x in out.logprobs[i].tolist()]
-        proj = float(out.projections[i, cols[i]])
+        lp = [float(x) for x in logprobs[i].tolist()]
+        proj = float(projections[i, cols[i]])
         if bool(out.nonfinite[i]) or not all(map(_finite, [*lp, proj])):
             bad.append(t.key)
             continue
