@@ -6,6 +6,7 @@
 - `results`: the commands over the cache: `grade`, `audit`, `report`, `export`
 - `scale`: one experiment across models, a table and a scaling plot
 - `probe_report`: probe–report coupling (Martorell & Bianchi)
+- `compare`, `ladder`: two experiments knob by knob; a one-knob-per-rung ladder between two recipes
 
 Never name an option `-v`/`--verbose`: nnsight switches into debug mode when it sees either in
 sys.argv (NDIF.md).
@@ -19,7 +20,14 @@ import sys
 
 import typer
 
-from remote_introspect.cli import experiments, probe_report, results, scale  # noqa: F401 - registers the commands on `app`  # noqa: F401 - registers `probe-report`, `scale`
+from remote_introspect.cli import (  # noqa: F401 - registers the commands on `app`
+    compare,
+    experiments,
+    ladder,
+    probe_report,
+    results,
+    scale,
+)
 from remote_introspect.cli.app import _setup_logging, app, err, out
 
 __all__ = ["app", "err", "main", "out"]

@@ -771,8 +771,11 @@ def _where(r: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportResult:
-    """Write the report for the cache at `root` into `out_dir` (atomically replaced)."""
+def build_report(
+    root: Path, out_dir: Path, judge: str = "heuristic", compare: tuple[str, str] | None = None
+) -> ReportResult:
+    """Write the report for the cache at `root` into `out_dir` (atomically replaced); with
+    `compare`, two experiments' comparison too. Ladders in the cache get their chart."""
     root, out_dir = Path(root), Path(out_dir)
     _check_out(out_dir)
     audit, frame = audit_with_frame(root, judge)
@@ -795,11 +798,15 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
         from remote_introspect.reporting.scaling import scaling_sections, section_html, section_markdown
 
         browser = browser_html(frame.df, audit["experiments"])
+        from remote_introspect.reporting.ladder import extras
+
+        extra_md, extra_html = extras(frame, tmp, judge, compare)
         scaling = scaling_sections(frame, tmp)  # scaling-<id>.png per set of experiments across models
         scaling_html = "".join(section_html(x) for x in scaling)
         scaling_md = "\n".join(line for x in scaling for line in section_markdown(x))
-        (tmp / "index.html").write_text(_html(audit, sections, generated, browser, scaling_html), encoding="utf-8")
-        (tmp / "summary.md").write_text(_markdown(audit, sections, generated, scaling_md), encoding="utf-8")
+        html = _html(audit, sections, generated, browser, scaling_html).replace("</body>", extra_html + "</body>", 1)
+        (tmp / "index.html").write_text(html, encoding="utf-8")
+        (tmp / "summary.md").write_text(_markdown(audit, sections, generated, scaling_md) + extra_md, encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))
         _swap_into_place(tmp, out_dir)

@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "stats.analysis",
             "stats.crossover",
             "stats.coupling",
+            "stats.comparison",
             "grading.lexicon",
             "testing",
             "testing.ndif_protected_env",
@@ -55,6 +56,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("read", ("store.results_frame", "stats.cells", "stats.scaling")),  # the one read-only frame and its statistics
+    ("knobs", ("experiment.knobs", "experiment.ladder")),  # spec diffs (knob → rubric) and ladder files
     (
         "execution",
         (
@@ -72,6 +74,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.runner",
             "execution.scale",
             "execution.probe_report",
+            "execution.ladder",
         ),
     ),
     (
@@ -86,9 +89,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.summary",
             "reporting.scaling",
             "reporting.probe_report",
+            "reporting.comparison",
+            "reporting.ladder",
         ),
     ),
-    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.scale", "cli.probe_report", "__main__")),
+    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.scale",
+             "cli.probe_report", "__main__")),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
 )
