@@ -206,6 +206,8 @@ def scaling_sections(frame: ResultsFrame, out_dir: Path) -> list[ScalingSection]
             row = scaling_row(rows) if rows.height else None
             backends = sorted(set(rows["backend"].drop_nulls().to_list())) if rows.height else []
             points.append(ScalePoint(model, _params_of(model), ",".join(backends) or "—", row))
+        if not any(p.row is not None and p.row.n_injected for p in points):
+            continue  # no injected trials anywhere (readout experiments: probes, localization)
         name = f"scaling-{sig}.png"
         label = f"{specs[sig].get('name', 'experiment')} [{sig}], prompt {prompts[0]}"
         title = plot_scaling(points, out_dir / name, label)

@@ -190,6 +190,13 @@ def test_cli_rerun_does_no_work_and_audit_is_clean(
     assert code == 0, audit_out + err
     with sqlite3.connect(tmp_path / "c" / "results.sqlite") as c:
         assert c.execute("SELECT COUNT(*) FROM trials WHERE status='done'").fetchone()[0] == 2 * 8 * 3
+    # The same knobs on a second model: `report` works, and draws no scaling plot for readout trials.
+    args[2] = "tiny"
+    code, _, err = invoke(*args)
+    assert code == 0, err
+    code, _, err = invoke("report", "--cache", tmp_path / "c", "--out", tmp_path / "report")
+    assert code == 0, err
+    assert (tmp_path / "report" / "index.html").is_file() and not list((tmp_path / "report").glob("scaling*"))
 
 
 def test_remote_on_the_loopback_server_equals_local(
