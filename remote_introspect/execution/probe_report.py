@@ -269,17 +269,24 @@ def _results(
         report, mass = report_from_logprobs(lp)
         bias = float(probes[(t.layer, t.example.concept)][-1])
         top = max(range(10), key=lambda d: lp[d])
+        # Nine significant digits, not fixed decimals: a probe's readout is on the scale of its
+        # weights (tiny for a model with residual norms in the thousands), and rounding it to a
+        # fixed number of decimals would turn distinct readouts into ties.
         readout = {
-            "digit_logprobs": [round(x, 6) for x in lp],
-            "report": round(report, 6),
-            "digit_mass": round(mass, 6),
-            "probe_projection": round(proj, 6),
-            "probe_bias": round(bias, 6),
-            "probe_readout": round(proj + bias, 6),
+            "digit_logprobs": [_sig(x) for x in lp],
+            "report": _sig(report),
+            "digit_mass": _sig(mass),
+            "probe_projection": _sig(proj),
+            "probe_bias": _sig(bias),
+            "probe_readout": _sig(proj + bias),
         }
         diag = {"prompt_len": len(r.input_ids), "start": r.span_start}
         results[t.key] = ([r.candidates[top]], str(top), diag, readout)
     return results, bad
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.9g}")
 
 
 def _finite(x: float) -> bool:
