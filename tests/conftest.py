@@ -36,23 +36,16 @@ def cache_dir(tmp_path: Path) -> Path:
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real run of the tiny random model, built once per test session and shared (by path) by
     the results-command tests (audit, report, export, grade); tests copy it before changing it."""
+    from helpers import tiny_spec
+
     from remote_introspect.execution import runner
     from remote_introspect.execution.runner import RunOptions
-    from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 
     root = tmp_path_factory.getbasetemp() / "shared-tiny-cache"
     if not root.exists():
         building = root.with_name(root.name + ".building")
         shutil.rmtree(building, ignore_errors=True)
-        spec = ExperimentSpec(
-            model="tiny",
-            concepts=("Dust", "Oceans"),
-            strengths=(2.0, 8.0),
-            samples=2,
-            controls=3,
-            generation=GenerationParams(max_new_tokens=4),
-        )
-        assert runner.run(spec, RunOptions(cache_root=building)).complete
+        assert runner.run(tiny_spec(), RunOptions(cache_root=building)).complete
         building.rename(root)  # only a finished cache is ever shared
     return root
 
@@ -95,3 +88,28 @@ def count_generate(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(LocalExecutor, "generate", spy)
     return calls
+
+
+@pytest.fixture(scope="session")
+def _judge_loopback():
+    """One loopback LLM-judge server (Anthropic and OpenAI APIs) for the whole session."""
+    from helpers import JUDGE_KEY
+
+    from remote_introspect.testing.judge_loopback import JudgeLoopback
+
+    srv = JudgeLoopback(api_key=JUDGE_KEY).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def judge_server(_judge_loopback, monkeypatch: pytest.MonkeyPatch):
+    """The loopback judge, cleared (no requests, no injected faults) for this test, its API key in
+    ANTHROPIC_API_KEY and OPENAI_API_KEY."""
+    from helpers import JUDGE_KEY
+
+    _judge_loopback.clear()
+    monkeypatch.setenv("ANTHROPIC_API_KEY", JUDGE_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", JUDGE_KEY)
+    return _judge_loopback
+

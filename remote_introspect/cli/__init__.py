@@ -7,6 +7,7 @@
 - `scale`: one experiment across models, a table and a scaling plot
 - `probe_report`: probe–report coupling (Martorell & Bianchi)
 - `compare`, `ladder`: two experiments knob by knob; a one-knob-per-rung ladder between two recipes
+- `localize`: localization and the position control (PROTOCOLS.md §5)
 
 Never name an option `-v`/`--verbose`: nnsight switches into debug mode when it sees either in
 sys.argv (NDIF.md).
@@ -24,6 +25,7 @@ from remote_introspect.cli import (  # noqa: F401 - registers the commands on `a
     compare,
     experiments,
     ladder,
+    localize,
     probe_report,
     results,
     scale,

@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 app = typer.Typer(
     add_completion=False,
@@ -27,6 +31,15 @@ def _fail(message: str, code: int = 2) -> None:
     # Plain write, not rich: the message must stay ONE line whatever the terminal width.
     sys.stderr.write(f"error: {' '.join(message.split())}\n")
     raise typer.Exit(code)
+
+
+def progress_bar(label: str, *, transient: bool) -> Progress:
+    """The stderr progress bar of every long command: label, bar, done/total, time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=transient
+    )
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from remote_introspect.cli.app import _fail, _validation_message, app, err, out
+from remote_introspect.cli.app import _fail, _validation_message, app, err, out, progress_bar
 from remote_introspect.cli.options import ProtocolOpt, _run_options, _spec_overrides, experiment_command
 from remote_introspect.errors import UserError
 
@@ -58,8 +58,6 @@ def run_file(
 
 
 def _run_spec(spec: ExperimentSpec, opts: RunOptions) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from remote_introspect.execution import runner
     from remote_introspect.reporting.summary import render_summary
 
@@ -69,14 +67,7 @@ def _run_spec(spec: ExperimentSpec, opts: RunOptions) -> None:
         _fail(_validation_message(exc))
     except UserError as exc:
         _fail(str(exc), exc.exit_code)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    ) as bar:
+    with progress_bar("{task.description}", transient=False) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:

@@ -46,79 +46,23 @@ def _parse_concepts(text: str) -> tuple[str, ...]:
 
 
 
-ModelOpt = Annotated[
-    str | None, typer.Option(help="Preset (see `models`), HF repo id, or local model directory.")
-]
 ProtocolOpt = Annotated[
     str | None, typer.Option(help="lindsey | merrill-405b | ndif-405b: the published knobs and grid.")
 ]
-BackendOpt = Annotated[str | None, typer.Option(help="local | ndif (default: the preset's).")]
-ConceptsOpt = Annotated[
-    str | None, typer.Option(help="N (the first N of Lindsey's list) or words: Dust,Oceans.")
-]
-StrengthsOpt = Annotated[str | None, typer.Option(help="Comma-separated strengths (1,2,4,8) or auto.")]
-LayersOpt = Annotated[str | None, typer.Option(help="Absolute decoder layers, e.g. 12,14.")]
-FractionsOpt = Annotated[str | None, typer.Option(help="Fractions of depth, e.g. 0.55,0.67.")]
-SamplesOpt = Annotated[int | None, typer.Option(help="Trials per concept × strength × layer [× prompt].")]
-ControlsOpt = Annotated[
-    int | None, typer.Option(help="No-injection trials per prompt (shared by all cells).")
-]
-SeedOpt = Annotated[int | None, typer.Option(help="Experiment seed (part of every trial key).")]
-TokensOpt = Annotated[int | None, typer.Option(help="Tokens generated per trial.")]
-TempOpt = Annotated[float | None, typer.Option(help="Sampling temperature (0 = greedy).")]
-TopPOpt = Annotated[float | None, typer.Option(help="Nucleus sampling top_p.")]
-PromptOpt = Annotated[
-    str | None, typer.Option(help="Prompt sets, comma-separated: lindsey, merrill, thinking.")
-]
-SpanOpt = Annotated[str | None, typer.Option(help="from-trial | all | generated.")]
-ModeOpt = Annotated[str | None, typer.Option(help="absolute | norm-matched | mlp-norm-matched | relative.")]
-RecipeOpt = Annotated[str | None, typer.Option(help="Concept vectors: mean-baseline | contrast-pairs.")]
-PairsOpt = Annotated[str | None, typer.Option(help="Contrast pairs JSON (default: Merrill's, shipped).")]
-CondOpt = Annotated[str | None, typer.Option(help="Extra conditions: control,random,scale,positive or all.")]
-ScaleOpt = Annotated[str | None, typer.Option(help="Activation-scaling factors for the scale condition.")]
-DenseOpt = Annotated[
-    bool | None, typer.Option("--dense-grid/--no-dense-grid", help="Coarse grid → crossover → dense grid.")
-]
-DensePointsOpt = Annotated[int | None, typer.Option(help="Points in the dense grid (8-12 recommended).")]
-CrossModeOpt = Annotated[str | None, typer.Option(help="Crossover definition: rise-through | threshold.")]
-CacheOpt = Annotated[Path, typer.Option(help="Cache directory (SQLite + safetensors).")]
-BatchOpt = Annotated[int | None, typer.Option(help="Rows per generate call / request (default: preset).")]
-DtypeOpt = Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU).")]
-JudgeOpt = Annotated[str, typer.Option(help="Grader: heuristic (offline, default).")]
-HostOpt = Annotated[
-    str | None, typer.Option(help="NDIF-compatible server URL (default: $NDIF_HOST or https://api.ndif.us).")
-]
-TokOpt = Annotated[
-    Path | None, typer.Option(help="Local tokenizer directory for a remote model (else the HF cache).")
-]
-AttemptsOpt = Annotated[int, typer.Option(help="Attempts per remote request (transient errors).")]
-JobTimeoutOpt = Annotated[
-    float,
-    typer.Option(
-        help="Seconds a remote job may stay RUNNING before it counts as lost and is resubmitted "
-        "(NDIF kills jobs at 3600 s; time queued does not count)."
-    ),
-]
-QueueTimeoutOpt = Annotated[
-    float,
-    typer.Option(
-        help="Seconds a remote job may sit queued with no change before the server is asked about "
-        "it; resubmitted only if the server no longer knows it or no longer hosts the model, or "
-        "once it has sat unchanged for --queue-timeout + --job-timeout (a status frozen by a restart)."
-    ),
-]
-MismatchOpt = Annotated[
-    bool, typer.Option(help="Run even if the server's nnsight version differs from ours.")
-]
-ShareOpt = Annotated[
-    bool,
-    typer.Option(
-        "--share-prefix/--no-share-prefix",
-        help="NDIF: prefill the prompt prefix all rows share once per request (a 2-trace session). "
-        "Off by default: unverified on the real service (the cache argument's name is chosen by the "
-        "client's transformers). Local runs always share.",
-    ),
-]
+_JOB_TIMEOUT_HELP = (
+    "Seconds a remote job may stay RUNNING before it counts as lost and is resubmitted "
+    "(NDIF kills jobs at 3600 s; time queued does not count)."
+)
+_QUEUE_TIMEOUT_HELP = (
+    "Seconds a remote job may sit queued with no change before the server is asked about "
+    "it; resubmitted only if the server no longer knows it or no longer hosts the model, or "
+    "once it has sat unchanged for --queue-timeout + --job-timeout (a status frozen by a restart)."
+)
+_SHARE_HELP = (
+    "NDIF: prefill the prompt prefix all rows share once per request (a 2-trace session). "
+    "Off by default: unverified on the real service (the cache argument's name is chosen by the "
+    "client's transformers). Local runs always share."
+)
 
 
 def _spec_overrides(**flags: object) -> dict[str, object]:
@@ -196,24 +140,71 @@ def _run_options(
     )  # fmt: skip
 
 
-# Every option `replicate-lindsey` and `run` share, declared once: (name, type, default).
-# Experiment knobs first (None = not given: the protocol's or the file's value stands), then how
-# to run it.
-SPEC_OPTIONS: dict[str, Any] = {  # all default to None
-    "model": ModelOpt, "backend": BackendOpt, "concepts": ConceptsOpt, "strengths": StrengthsOpt,
-    "layers": LayersOpt, "layer_fractions": FractionsOpt, "samples": SamplesOpt, "controls": ControlsOpt,
-    "seed": SeedOpt, "max_new_tokens": TokensOpt, "temperature": TempOpt, "top_p": TopPOpt,
-    "prompt_set": PromptOpt, "span": SpanOpt, "strength_mode": ModeOpt, "vectors": RecipeOpt, "pairs": PairsOpt,
-    "conditions": CondOpt, "scale_factors": ScaleOpt, "dense_grid": DenseOpt, "dense_points": DensePointsOpt,
-    "crossover_mode": CrossModeOpt,
-}  # fmt: skip
+# Every option `replicate-lindsey` and `run` share, declared once: name → (type, help[, flag
+# declarations]). Experiment knobs first (all default to None = not given: the protocol's or the
+# file's value stands), then how to run it, with its default.
+_SPEC_TABLE: dict[str, tuple[Any, ...]] = {
+    "model": (str | None, "Preset (see `models`), HF repo id, or local model directory."),
+    "backend": (str | None, "local | ndif (default: the preset's)."),
+    "concepts": (str | None, "N (the first N of Lindsey's list) or words: Dust,Oceans."),
+    "strengths": (str | None, "Comma-separated strengths (1,2,4,8) or auto."),
+    "layers": (str | None, "Absolute decoder layers, e.g. 12,14."),
+    "layer_fractions": (str | None, "Fractions of depth, e.g. 0.55,0.67."),
+    "samples": (int | None, "Trials per concept × strength × layer [× prompt]."),
+    "controls": (int | None, "No-injection trials per prompt (shared by all cells)."),
+    "seed": (int | None, "Experiment seed (part of every trial key)."),
+    "max_new_tokens": (int | None, "Tokens generated per trial."),
+    "temperature": (float | None, "Sampling temperature (0 = greedy)."),
+    "top_p": (float | None, "Nucleus sampling top_p."),
+    "prompt_set": (str | None, "Prompt sets, comma-separated: lindsey, merrill, thinking."),
+    "span": (str | None, "from-trial | all | generated."),
+    "strength_mode": (str | None, "absolute | norm-matched | mlp-norm-matched | relative."),
+    "vectors": (str | None, "Concept vectors: mean-baseline | contrast-pairs."),
+    "pairs": (str | None, "Contrast pairs JSON (default: Merrill's, shipped)."),
+    "conditions": (str | None, "Extra conditions: control,random,scale,positive or all."),
+    "scale_factors": (str | None, "Activation-scaling factors for the scale condition."),
+    "dense_grid": (bool | None, "Coarse grid → crossover → dense grid.", "--dense-grid/--no-dense-grid"),
+    "dense_points": (int | None, "Points in the dense grid (8-12 recommended)."),
+    "crossover_mode": (str | None, "Crossover definition: rise-through | threshold."),
+}
+_RUN_TABLE: dict[str, tuple[Any, ...]] = {  # name → (type, default, help[, flag declarations])
+    "cache": (Path, Path("cache"), "Cache directory (SQLite + safetensors)."),
+    "batch_size": (int | None, None, "Rows per generate call / request (default: preset)."),
+    "dtype": (str | None, None, "fp32 | bf16 | fp16 (default: bf16 on GPU, fp32 on CPU)."),
+    "judge": (str, "heuristic", "Grader: heuristic (offline, default)."),
+    "ndif_host": (str | None, None, "NDIF-compatible server URL (default: $NDIF_HOST or https://api.ndif.us)."),
+    "tokenizer": (Path | None, None, "Local tokenizer directory for a remote model (else the HF cache)."),
+    "max_attempts": (int, 10, "Attempts per remote request (transient errors)."),
+    "job_timeout": (float, 4200.0, _JOB_TIMEOUT_HELP),
+    "queue_timeout": (float, 7200.0, _QUEUE_TIMEOUT_HELP),
+    "allow_version_mismatch": (bool, False, "Run even if the server's nnsight version differs from ours."),
+    "share_prefix": (bool, False, _SHARE_HELP, "--share-prefix/--no-share-prefix"),
+}
+
+
+def _option(kind: Any, help: str, *decls: str) -> Any:
+    """The `Annotated[kind, typer.Option(...)]` Typer reads from a command's signature."""
+    return Annotated[kind, typer.Option(*decls, help=help)]
+
+
+SPEC_OPTIONS: dict[str, Any] = {name: _option(kind, *rest) for name, (kind, *rest) in _SPEC_TABLE.items()}
 RUN_OPTIONS: dict[str, tuple[Any, Any]] = {  # (type, default)
-    "cache": (CacheOpt, Path("cache")), "batch_size": (BatchOpt, None), "dtype": (DtypeOpt, None),
-    "judge": (JudgeOpt, "heuristic"), "ndif_host": (HostOpt, None), "tokenizer": (TokOpt, None),
-    "max_attempts": (AttemptsOpt, 10), "job_timeout": (JobTimeoutOpt, 4200.0),
-    "queue_timeout": (QueueTimeoutOpt, 7200.0), "allow_version_mismatch": (MismatchOpt, False),
-    "share_prefix": (ShareOpt, False),
-}  # fmt: skip
+    name: (_option(kind, *rest), default) for name, (kind, default, *rest) in _RUN_TABLE.items()
+}
+# Named annotations, for commands that take only some of the shared options (compare, scale…).
+ModelOpt, BackendOpt, ConceptsOpt = SPEC_OPTIONS["model"], SPEC_OPTIONS["backend"], SPEC_OPTIONS["concepts"]
+StrengthsOpt, LayersOpt, FractionsOpt = SPEC_OPTIONS["strengths"], SPEC_OPTIONS["layers"], SPEC_OPTIONS["layer_fractions"]
+SamplesOpt, ControlsOpt, SeedOpt = SPEC_OPTIONS["samples"], SPEC_OPTIONS["controls"], SPEC_OPTIONS["seed"]
+TokensOpt, TempOpt, TopPOpt = SPEC_OPTIONS["max_new_tokens"], SPEC_OPTIONS["temperature"], SPEC_OPTIONS["top_p"]
+PromptOpt, SpanOpt, ModeOpt = SPEC_OPTIONS["prompt_set"], SPEC_OPTIONS["span"], SPEC_OPTIONS["strength_mode"]
+RecipeOpt, PairsOpt, CondOpt = SPEC_OPTIONS["vectors"], SPEC_OPTIONS["pairs"], SPEC_OPTIONS["conditions"]
+ScaleOpt, DenseOpt = SPEC_OPTIONS["scale_factors"], SPEC_OPTIONS["dense_grid"]
+DensePointsOpt, CrossModeOpt = SPEC_OPTIONS["dense_points"], SPEC_OPTIONS["crossover_mode"]
+CacheOpt, BatchOpt, DtypeOpt = RUN_OPTIONS["cache"][0], RUN_OPTIONS["batch_size"][0], RUN_OPTIONS["dtype"][0]
+JudgeOpt, HostOpt, TokOpt = RUN_OPTIONS["judge"][0], RUN_OPTIONS["ndif_host"][0], RUN_OPTIONS["tokenizer"][0]
+AttemptsOpt, JobTimeoutOpt = RUN_OPTIONS["max_attempts"][0], RUN_OPTIONS["job_timeout"][0]
+QueueTimeoutOpt, MismatchOpt = RUN_OPTIONS["queue_timeout"][0], RUN_OPTIONS["allow_version_mismatch"][0]
+ShareOpt = RUN_OPTIONS["share_prefix"][0]
 _SPEC_FLAGS = [n for n in SPEC_OPTIONS if n != "backend"]
 _RUN_FLAGS = ["backend", *RUN_OPTIONS]
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import polars as pl
 import typer
 
-from remote_introspect.cli.app import _fail, app, err
+from remote_introspect.cli.app import _fail, app, progress_bar
 from remote_introspect.errors import UserError
 
 JUDGE_HELP = "heuristic (offline, default) | anthropic:MODEL[@BASE_URL] | openai:MODEL@BASE_URL"
@@ -51,7 +51,7 @@ def grade_cache(
     not graded. A trial the judge could not grade stays ungraded (visible in `audit`)."""
     from remote_introspect.grading.llm_judge import LLMJudge
     from remote_introspect.grading.service import close_grader, grade_rows, make_grader
-    from remote_introspect.reporting.audit import judge_agreement
+    from remote_introspect.reporting.judge_agreement import judge_agreement
     from remote_introspect.store.results_frame import (
         judge_identity,
         load_all_grades,
@@ -108,9 +108,6 @@ def grade_cache(
     return result
 
 
-AGREEMENT_CRITERIA = ("refusal", "affirmative", "identifies", "early_detection", "coherent", "strict")
-
-
 def _offline_vs_judge(
     store: Any, intact: pl.DataFrame, judge: Any, protocol_of: dict[str, str | None]
 ) -> list[dict[str, Any]]:
@@ -120,7 +117,7 @@ def _offline_vs_judge(
     response."""
     from remote_introspect.grading.heuristic import HeuristicGrader
     from remote_introspect.grading.service import grade_rows
-    from remote_introspect.store.results_frame import load_all_grades
+    from remote_introspect.store.results_frame import CRITERIA, load_all_grades
 
     offline = HeuristicGrader()
     grades = load_all_grades(store.conn)
@@ -141,7 +138,7 @@ def _offline_vs_judge(
     out = []
     for r in rows:
         a, b = by[(r["key"], offline.name, offline.version)], by[(r["key"], judge.name, judge.version)]
-        diff = [c for c in AGREEMENT_CRITERIA if bool(a.get(c)) != bool(b.get(c))]
+        diff = [c for c in CRITERIA if bool(a.get(c)) != bool(b.get(c))]
         if diff:
             out.append(
                 {
@@ -238,7 +235,7 @@ def grade(
             else ""
         )
     )
-    from remote_introspect.reporting.audit import format_agreement_rows
+    from remote_introspect.reporting.judge_agreement import format_agreement_rows
 
     for pair in res.agreement:
         _write(
@@ -261,16 +258,7 @@ def grade(
 
 
 def _grade_cache_cli(cache: Path, judge: str, concurrency: int) -> CacheGradeResult:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("judge calls"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
+    with progress_bar("judge calls", transient=True) as bar:
         task = bar.add_task("judge", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -289,7 +277,8 @@ def audit(
     judge: Annotated[str, typer.Option(help=f"Whose grades count as 'graded': {JUDGE_HELP}")] = "heuristic",
 ) -> None:
     """What was run, what is missing, what failed, whether the stored bytes are intact; exit 0 only when clean."""
-    from remote_introspect.reporting.audit import format_audit, run_audit
+    from remote_introspect.reporting.audit import run_audit
+    from remote_introspect.reporting.audit_text import format_audit
 
     try:
         result = run_audit(cache, judge)

@@ -10,6 +10,8 @@ ONE forward pass per chunk of prompts; results are stored once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from remote_introspect.experiment.prompts import encode_rendered, load_pairs, render_chat
@@ -53,7 +55,47 @@ def last_token_states(
     return torch.cat(acts, dim=1)
 
 
-def compute_mean_baseline(
+Rows = list[list[int]]
+Diffs = Callable[[torch.Tensor], torch.Tensor]  # [L, rows, H] states -> [L, words, H] differences
+
+
+def _mean_baseline_rows(tokenizer: object, recipe: VectorRecipe, words: list[str]) -> tuple[Rows, Diffs]:
+    """The words' prompts, then the baseline words' (duplicates kept: the published recipe); a
+    word's difference is its state minus the baseline mean, computed in the same passes."""
+    prompts = [recipe_prompt(tokenizer, recipe, w) for w in words + list(recipe.baseline_words)]
+
+    def diffs(stacked: torch.Tensor) -> torch.Tensor:
+        return stacked[:, : len(words)] - stacked[:, len(words) :].mean(dim=1, keepdim=True)
+
+    return prompts, diffs
+
+
+def _contrast_pair_rows(tokenizer: object, recipe: VectorRecipe, words: list[str]) -> tuple[Rows, Diffs]:
+    """Per word, its positive sentences then its negatives; a word's difference is the mean over
+    its positives minus the mean over its negatives."""
+    pairs = load_pairs(recipe.pairs)
+    texts: list[str] = []
+    for w in words:
+        texts += [p for p, _n in pairs[w]] + [n for _p, n in pairs[w]]
+    prompts = [
+        encode_rendered(tokenizer, render_chat(tokenizer, [{"role": "user", "content": t}]), recipe.double_bos)[0]
+        for t in texts
+    ]
+
+    def diffs(stacked: torch.Tensor) -> torch.Tensor:
+        out, offset = [], 0
+        for w in words:
+            n = len(pairs[w])
+            pos = stacked[:, offset : offset + n].mean(dim=1)
+            neg = stacked[:, offset + n : offset + 2 * n].mean(dim=1)
+            out.append(pos - neg)
+            offset += 2 * n
+        return torch.stack(out, dim=1)
+
+    return prompts, diffs
+
+
+def compute_vectors(
     extract,  # Callable[[Tensor, Tensor, list[int]], Tensor [L, B, H]]
     tokenizer: object,
     recipe: VectorRecipe,
@@ -62,66 +104,20 @@ def compute_mean_baseline(
     pad_id: int,
     chunk: int = 160,
 ) -> dict[tuple[int, str], torch.Tensor]:
-    """Vectors for `concepts` at `layers`; the baseline mean is computed in the same passes."""
+    """Vectors for `concepts` at `layers` by the recipe's kind, every prompt in the same passes;
+    unit-normalised when the recipe says so."""
     words = list(dict.fromkeys(concepts))  # unique, ordered
-    baseline = list(recipe.baseline_words)  # duplicates kept: the published recipe
-    prompts = [recipe_prompt(tokenizer, recipe, w) for w in words + baseline]
-    stacked = last_token_states(extract, prompts, layers, pad_id, chunk)  # [L, n_words + n_baseline, H]
-    concept_acts = stacked[:, : len(words)]
-    mean = stacked[:, len(words) :].mean(dim=1, keepdim=True)
-    diffs = concept_acts - mean
+    rows = _contrast_pair_rows if recipe.kind == "contrast-pairs" else _mean_baseline_rows
+    prompts, diffs = rows(tokenizer, recipe, words)
+    per_word = diffs(last_token_states(extract, prompts, layers, pad_id, chunk))  # [L, words, H]
     out: dict[tuple[int, str], torch.Tensor] = {}
     for li, layer in enumerate(layers):
         for wi, word in enumerate(words):
-            v = diffs[li, wi]
+            v = per_word[li, wi]
             if recipe.normalize:
                 v = v / v.norm().clamp(min=1e-12)
             out[(layer, word)] = v.clone()
     return out
-
-
-def compute_contrast_pairs(
-    extract,  # Callable[[Tensor, Tensor, list[int]], Tensor [L, B, H]]
-    tokenizer: object,
-    recipe: VectorRecipe,
-    concepts: list[str],
-    layers: list[int],
-    pad_id: int,
-    chunk: int = 160,
-) -> dict[tuple[int, str], torch.Tensor]:
-    pairs = load_pairs(recipe.pairs)
-    words = list(dict.fromkeys(concepts))
-    texts: list[str] = []
-    for w in words:
-        texts += [p for p, _n in pairs[w]] + [n for _p, n in pairs[w]]
-    prompts = []
-    for t in texts:
-        rendered = render_chat(tokenizer, [{"role": "user", "content": t}])
-        ids, _ = encode_rendered(tokenizer, rendered, recipe.double_bos)
-        prompts.append(ids)
-    stacked = last_token_states(extract, prompts, layers, pad_id, chunk)  # [L, rows, H]
-    out: dict[tuple[int, str], torch.Tensor] = {}
-    offset = 0
-    for w in words:
-        n = len(pairs[w])
-        pos = stacked[:, offset : offset + n].mean(dim=1)
-        neg = stacked[:, offset + n : offset + 2 * n].mean(dim=1)
-        offset += 2 * n
-        for li, layer in enumerate(layers):
-            v = pos[li] - neg[li]
-            if recipe.normalize:
-                v = v / v.norm().clamp(min=1e-12)
-            out[(layer, w)] = v.clone()
-    return out
-
-
-def compute_vectors(
-    extract, tokenizer: object, recipe: VectorRecipe, concepts: list[str], layers: list[int], pad_id: int
-):  # type: ignore[no-untyped-def]
-    """Dispatch on the recipe kind."""
-    if recipe.kind == "contrast-pairs":
-        return compute_contrast_pairs(extract, tokenizer, recipe, concepts, layers, pad_id)
-    return compute_mean_baseline(extract, tokenizer, recipe, concepts, layers, pad_id)
 
 
 def random_vector(like: torch.Tensor, seed: int) -> torch.Tensor:

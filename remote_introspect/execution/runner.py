@@ -358,6 +358,15 @@ def experiment_id(spec: ExperimentSpec, identity: ModelIdentity) -> str:
     return keys.experiment_id(spec.model_dump(mode="json"), identity.model_dump(mode="json"))
 
 
+@dataclass(frozen=True)
+class _Hooks:
+    """Where a run reports: stage progress, one-line notices, the remote request's state."""
+
+    progress: Progress
+    notice: Callable[[str], None]
+    request_status: Callable[[str], None] | None
+
+
 def run(
     spec: ExperimentSpec,
     opts: RunOptions,
@@ -368,14 +377,56 @@ def run(
 ) -> RunReport:
     """Run (or finish) an experiment. `notice` gets one-line messages (preflight, reattach...),
     `request_status` the state of the remote request in flight (queued, running, downloaded);
-    `executor_bundle` (from `make_executor`) reuses a loaded model across phases."""
-    progress = progress or (lambda stage, done, total: None)
-    notice = notice or (lambda line: log.info("%s", line))
+    `executor_bundle` (from `make_executor`) reuses a loaded model across phases.
+
+    With `spec.dense_grid`: find the crossover on the coarse grid, then run a dense grid (fresh
+    seed) bracketing it at each layer, on the same loaded model. Controls come from the coarse
+    phase."""
+    hooks = _Hooks(
+        progress or (lambda stage, done, total: None), notice or (lambda line: log.info("%s", line)), request_status
+    )
+    if not spec.dense_grid:
+        return _run_phase(spec, opts, hooks, executor_bundle)
+    ref, _layers = validate(spec, opts)
+    bundle = executor_bundle or make_executor(ref, opts)  # one model load for every phase
+    from remote_introspect.stats.crossover import dense_grid
+
+    report = coarse = _run_phase(spec, opts, hooks, bundle)
+    for (layer, concept), result in crossover_by_layer(coarse).items():
+        dense = dense_grid(result, spec.strengths, spec.dense_points)
+        where = f"layer {layer}" + (f", {concept}" if concept is not None else "")
+        line = f"{where}: {result.description}; dense grid {', '.join(f'{x:g}' for x in dense)}"
+        report.crossovers.append(line)
+        hooks.notice(line)
+        phase = spec.model_copy(
+            update={
+                "strengths": tuple(dense),
+                "layers": (layer,),
+                "layer_fractions": None,
+                "concepts": (concept,) if concept is not None else spec.concepts,
+                "seed": spec.seed + 1_000_003,  # fresh samples, not the coarse grid's
+                "controls": 0,
+                "dense_grid": False,
+            }
+        )
+        report = merge_reports(report, _run_phase(phase, opts, hooks, bundle))
+    return report
+
+
+# The CLI's name from before `run` ran the dense grid itself.
+run_with_grid = run
+
+
+def _run_phase(
+    spec: ExperimentSpec, opts: RunOptions, hooks: _Hooks, executor_bundle: tuple[Executor, Any] | None
+) -> RunReport:
+    """One grid of `run`: validate → plan → vectors → batches → store → grade."""
+    progress, notice = hooks.progress, hooks.notice
     ref, layers = validate(spec, opts)
     progress("loading model", 0, 1)
     executor, (weights_id, dtype_label) = executor_bundle or make_executor(ref, opts)
-    if request_status is not None:
-        executor.on_status = request_status
+    if hooks.request_status is not None:
+        executor.on_status = hooks.request_status
     progress("loading model", 1, 1)
     tok = executor.tokenizer
     rendered = {
@@ -405,7 +456,7 @@ def run(
             cache_root=Path(opts.cache_root), judge=opts.judge,
         )  # fmt: skip
         if pending:
-            _execute(spec, opts, ref, executor, store, identity, rendered, pending, report, progress, notice)
+            _execute(_Phase(spec, opts, ref, executor, store, rendered, report, hooks), identity, pending)
         else:  # every trial done: still verify (and repair) this experiment's vector files
             model_key = keys.model_key(identity.model_dump(mode="json"))
             ensure_vectors(spec, opts, executor, store, model_key, _vector_refs(trials), progress, notice,
@@ -508,20 +559,24 @@ def ensure_vectors(
         progress("extracting concept vectors", len(missing), len(missing))
 
 
-def _execute(
-    spec: ExperimentSpec,
-    opts: RunOptions,
-    ref: ModelRef,
-    executor: Executor,
-    store: Store,
-    identity: ModelIdentity,
-    rendered: dict[str, RenderedPrompt],
-    pending: list[Trial],
-    report: RunReport,
-    progress: Progress,
-    notice: Callable[[str], None],
-) -> None:
+@dataclass(frozen=True)
+class _Phase:
+    """What one grid of a run works with (the spec, its model, the open store, the report it fills)."""
+
+    spec: ExperimentSpec
+    opts: RunOptions
+    ref: ModelRef
+    executor: Executor
+    store: Store
+    rendered: dict[str, RenderedPrompt]
+    report: RunReport
+    hooks: _Hooks
+
+
+def _execute(ph: _Phase, identity: ModelIdentity, pending: list[Trial]) -> None:
     """Preflight, vectors, reattach, then every pending batch with retries and splitting."""
+    spec, opts, executor, store, report = ph.spec, ph.opts, ph.executor, ph.store, ph.report
+    progress, notice = ph.hooks.progress, ph.hooks.notice
     tok = executor.tokenizer
     model_key = keys.model_key(identity.model_dump(mode="json"))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -553,24 +608,7 @@ def _execute(
     # Jobs an earlier (killed) run submitted and never collected: reattach, don't resubmit.
     owner = ClaimOwner.this_process()
     try:
-        _run_batches(
-            spec,
-            opts,
-            ref,
-            executor,
-            store,
-            rendered,
-            pending,
-            report,
-            progress,
-            notice,
-            vectors,
-            pad_id,
-            finish,
-            owner,
-            total,
-            done_rows,
-        )
+        _run_batches(ph, pending, vectors, pad_id, finish, owner, total, done_rows)
     finally:
         try:
             store.release(owner)
@@ -579,16 +617,8 @@ def _execute(
 
 
 def _run_batches(
-    spec: ExperimentSpec,
-    opts: RunOptions,
-    ref: ModelRef,
-    executor: Executor,
-    store: Store,
-    rendered: dict[str, RenderedPrompt],
+    ph: _Phase,
     pending: list[Trial],
-    report: RunReport,
-    progress: Progress,
-    notice: Callable[[str], None],
     vectors: dict[tuple[int, str], torch.Tensor],
     pad_id: int,
     finish: Callable[..., None],
@@ -598,6 +628,10 @@ def _run_batches(
 ) -> None:
     """Reattach orphaned jobs, then run every pending batch. Each batch's trials are claimed in
     SQLite first (`claim_batch`), so concurrent runs on one cache never generate the same trial."""
+    spec, opts, ref, executor, store, rendered, report = (
+        ph.spec, ph.opts, ph.ref, ph.executor, ph.store, ph.rendered, ph.report
+    )
+    progress, notice = ph.hooks.progress, ph.hooks.notice
     pending_keys = {t.key for t in pending}
     by_key = {t.key: t for t in pending}
     handled: set[str] = set()
@@ -756,45 +790,6 @@ def crossover_by_layer(report: RunReport) -> dict[tuple[int, str | None], Any]:
     usable = df.filter(pl.col("usable") & (pl.col("prompt_set") == spec.prompt_sets[0]))
     found = crossovers(usable, spec.cells == "concept", spec.crossover_mode)
     return {cell: r for cell, r in found.items() if not isinstance(r, ValueError)}
-
-
-def run_with_grid(
-    spec: ExperimentSpec,
-    opts: RunOptions,
-    progress: Progress | None = None,
-    notice: Callable[[str], None] | None = None,
-    request_status: Callable[[str], None] | None = None,
-) -> RunReport:
-    """`run`, and with `spec.dense_grid`: find the crossover on the coarse grid, then run a dense
-    grid (fresh seed) bracketing it at each layer. Controls come from the coarse phase."""
-    if not spec.dense_grid:
-        return run(spec, opts, progress, notice, request_status)
-    ref, _layers = validate(spec, opts)
-    bundle = make_executor(ref, opts)  # one model load for the coarse and every dense phase
-    coarse = run(spec, opts, progress, notice, request_status, bundle)
-    from remote_introspect.stats.crossover import dense_grid
-
-    report = coarse
-    for (layer, concept), result in crossover_by_layer(coarse).items():
-        dense = dense_grid(result, spec.strengths, spec.dense_points)
-        where = f"layer {layer}" + (f", {concept}" if concept is not None else "")
-        line = f"{where}: {result.description}; dense grid {', '.join(f'{x:g}' for x in dense)}"
-        report.crossovers.append(line)
-        (notice or log.info)(line)
-        phase = spec.model_copy(
-            update={
-                "strengths": tuple(dense),
-                "layers": (layer,),
-                "layer_fractions": None,
-                "concepts": (concept,) if concept is not None else spec.concepts,
-                "seed": spec.seed + 1_000_003,  # fresh samples, not the coarse grid's
-                "controls": 0,
-                "dense_grid": False,
-            }
-        )
-        sub = run(phase, opts, progress, notice, request_status, bundle)
-        report = merge_reports(report, sub)
-    return report
 
 
 def merge_reports(a: RunReport, b: RunReport) -> RunReport:

@@ -34,20 +34,26 @@ def plan_trials(
         generation=spec.generation,
     )
 
+    def trial(
+        prompt: str, condition: str, concept: str | None, layer: int | None, strength: float, sample: int, **over: object
+    ) -> Trial:
+        # A trial carries the vector recipe exactly when it injects a concept's vector.
+        return Trial(
+            condition=condition,  # type: ignore[arg-type]
+            concept=concept,
+            recipe_id=spec.recipe.id if concept is not None else None,
+            layer=layer,
+            strength=float(strength),
+            sample=sample,
+            prompt_set=prompt,
+            prompt_ids_sha=prompt_ids_sha[prompt],
+            **{**common, **over},  # type: ignore[arg-type]
+        )
+
     def injected(prompt: str, condition: str, span: str | None = None) -> list[Trial]:
         over = {"span": span} if span is not None else {}
         return [
-            Trial(
-                condition=condition,  # type: ignore[arg-type]
-                concept=concept,
-                recipe_id=spec.recipe.id,
-                layer=layer,
-                strength=float(strength),
-                sample=sample,
-                prompt_set=prompt,
-                prompt_ids_sha=prompt_ids_sha[prompt],
-                **{**common, **over},
-            )
+            trial(prompt, condition, concept, layer, strength, sample, **over)
             for layer in layers
             for concept in spec.concepts
             for strength in strengths
@@ -57,21 +63,8 @@ def plan_trials(
     def controls(prompt: str) -> list[Trial]:
         # A control injects nothing, so strength mode and span cannot change it: they are fixed
         # to canonical values so every protocol variant on the same prompt shares its controls.
-        fixed = {**common, "strength_mode": "absolute", "span": "from-trial"}
-        return [
-            Trial(
-                condition="control",
-                concept=None,
-                recipe_id=None,
-                layer=None,
-                strength=0.0,
-                sample=sample,
-                prompt_set=prompt,
-                prompt_ids_sha=prompt_ids_sha[prompt],
-                **fixed,
-            )
-            for sample in range(spec.controls)
-        ]
+        fixed = {"strength_mode": "absolute", "span": "from-trial"}
+        return [trial(prompt, "control", None, None, 0.0, sample, **fixed) for sample in range(spec.controls)]
 
     trials: list[Trial] = []
     for prompt in spec.prompt_sets:
@@ -80,17 +73,7 @@ def plan_trials(
             trials += injected(prompt, "random")
         if "scale" in spec.conditions:
             trials += [
-                Trial(
-                    condition="scale",
-                    concept=None,
-                    recipe_id=None,
-                    layer=layer,
-                    strength=float(factor),
-                    sample=sample,
-                    prompt_set=prompt,
-                    prompt_ids_sha=prompt_ids_sha[prompt],
-                    **{**common, "strength_mode": "absolute"},
-                )
+                trial(prompt, "scale", None, layer, factor, sample, strength_mode="absolute")
                 for layer in layers
                 for factor in spec.scale_factors
                 for sample in range(spec.samples)

@@ -9,7 +9,8 @@ Transport settings (backend, host, timeouts, retries, batch size) are deliberate
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -113,6 +114,14 @@ def _finite_nonneg(values: list[float], what: str) -> list[float]:
     return values
 
 
+def _grid(values: Iterable[Any], what: str) -> tuple[Any, ...]:
+    """A grid axis with duplicates dropped (a value runs once), within MAX_GRID_VALUES."""
+    v = tuple(dict.fromkeys(values))
+    if len(v) > MAX_GRID_VALUES:
+        raise ValueError(f"{len(v)} {what} is more than the limit of {MAX_GRID_VALUES}")
+    return v
+
+
 class ConfirmatoryCell(BaseModel):
     """The one cell an experiment file names in advance for its confirmatory test."""
 
@@ -199,9 +208,7 @@ class ExperimentSpec(BaseModel):
         what = info.field_name.replace("_", " ")
         if not v:
             raise ValueError(f"the {what} list is empty")
-        v = tuple(dict.fromkeys(float(x) for x in _finite_nonneg(list(v), what)))  # duplicates run once
-        if len(v) > MAX_GRID_VALUES:
-            raise ValueError(f"{len(v)} {what} is more than the limit of {MAX_GRID_VALUES}")
+        v = _grid((float(x) for x in _finite_nonneg(list(v), what)), what)
         if info.field_name == "scale_factors" and max(v) > MAX_SCALE_FACTOR:
             raise ValueError(f"scale factor {max(v):g} is above the limit of {MAX_SCALE_FACTOR:g}")
         return v
@@ -213,19 +220,13 @@ class ExperimentSpec(BaseModel):
             _finite_nonneg(list(v), "layer fractions")
             if any(f > 1 for f in v) or not v:
                 raise ValueError("layer fractions must be in [0, 1]")
-            v = tuple(dict.fromkeys(v))
-            if len(v) > MAX_GRID_VALUES:
-                raise ValueError(f"{len(v)} layer fractions is more than the limit of {MAX_GRID_VALUES}")
+            v = _grid(v, "layer fractions")
         return v
 
     @field_validator("layers")
     @classmethod
     def _layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if v is not None:
-            v = tuple(dict.fromkeys(v))
-            if len(v) > MAX_GRID_VALUES:
-                raise ValueError(f"{len(v)} layers is more than the limit of {MAX_GRID_VALUES}")
-        return v
+        return None if v is None else _grid(v, "layers")
 
     @field_validator("prompt_sets")
     @classmethod

@@ -61,6 +61,10 @@ def grading_inputs(
     return items, questions, rubrics
 
 
+# A grade's own verdicts, in the order every table shows them (`strict` is derived from four).
+GRADE_CRITERIA: tuple[str, ...] = ("refusal", "affirmative", "identifies", "early_detection", "coherent")
+
+
 class Grade(BaseModel):
     """Lindsey's four criteria plus refusal. `strict` = all four criteria, never one to review.
 
@@ -103,6 +107,14 @@ class Grade(BaseModel):
             else self.affirmative_correct_id
         )
         return bool(coh and aci and not self.needs_review)
+
+
+def empty_response_grade(rubric: str) -> Grade:
+    """The grade of an empty or whitespace-only response, by every grader: it answers nothing and
+    is never coherent (by Lindsey's coherence too, where the rubric carries it separately)."""
+    return Grade(
+        **dict.fromkeys(GRADE_CRITERIA, False), rubric=rubric, lindsey_coherent=None if rubric == "lindsey" else False
+    )
 
 
 @runtime_checkable

@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from remote_introspect.grading.base import Grade, rubric_for
+from remote_introspect.grading.base import Grade, empty_response_grade, rubric_for
 from remote_introspect.grading.lexicon import concept_alternatives, concept_terms, lemma, morph_related
 
 # ---------------------------------------------------------------------------------------------
@@ -735,11 +735,7 @@ class HeuristicGrader:
     ) -> Grade:
         rubric = rubric_for(protocol)
         if response is None or not str(response).strip():
-            # Empty or whitespace-only text answers nothing and is never coherent.
-            return Grade(
-                refusal=False, affirmative=False, identifies=False, early_detection=False, coherent=False,
-                rubric=rubric, lindsey_coherent=False if rubric != "lindsey" else None,
-            )  # fmt: skip
+            return empty_response_grade(rubric)
         low = _normalise(response)
         toks = _tokens(low)
         words = [w for w, _ in toks]

@@ -56,7 +56,7 @@ import httpx
 from tenacity import RetryCallState
 
 from remote_introspect.errors import UserError, scrub
-from remote_introspect.grading.base import Grade, default_question
+from remote_introspect.grading.base import Grade, default_question, empty_response_grade
 from remote_introspect.keys import canonical_json, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -676,18 +676,7 @@ class LLMJudge:
         failures: list[str] = []
         for entry, proto in zip(plans, ps, strict=True):
             if entry is None:
-                rubric = rubric_for(proto)
-                grades.append(
-                    Grade(
-                        refusal=False,
-                        affirmative=False,
-                        identifies=False,
-                        early_detection=False,
-                        coherent=False,
-                        rubric=rubric,
-                        lindsey_coherent=None if rubric == "lindsey" else False,
-                    )
-                )
+                grades.append(empty_response_grade(rubric_for(proto)))
                 continue
             rubric, plan = entry
             missing = [errors.get(cid, "not judged") for cid in plan.values() if cid not in verdicts]

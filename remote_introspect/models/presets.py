@@ -52,6 +52,38 @@ class ModelPreset(BaseModel):
 
 _LLAMA_GATED = "Meta's Llama repos are gated: accept the licence on Hugging Face and log in"
 
+
+def _llama(
+    name: str,
+    model: str,
+    backend: Literal["local", "ndif"],
+    batch_rows: int,
+    *,
+    where: str = "",
+    description: str | None = None,
+    **extra: object,
+) -> ModelPreset:
+    """A Meta Llama preset: the repo `meta-llama/<model>`, its config shipped in `presets/<model>`
+    (lowercase); local ones load from the HF cache, NDIF ones run remotely."""
+    if description is None:
+        description = (
+            f"{model} from the HF cache{where} ({_LLAMA_GATED})"
+            if backend == "local"
+            else f"{model} on NDIF (remote; tokenizer from the HF cache/hub)"
+        )
+    return ModelPreset.model_validate(
+        {
+            "name": name,
+            "repo_id": f"meta-llama/{model}",
+            "source": "hf",
+            "backend": backend,
+            "description": description,
+            "config_dir": model.lower(),
+            "batch_rows": batch_rows,
+            **extra,
+        }
+    )
+
 PRESETS: dict[str, ModelPreset] = {
     p.name: p
     for p in [
@@ -73,67 +105,25 @@ PRESETS: dict[str, ModelPreset] = {
             instruct=False,
             batch_rows=64,
         ),
-        ModelPreset(
-            name="1b",
-            repo_id="meta-llama/Llama-3.2-1B-Instruct",
-            source="hf",
-            backend="local",
-            description=f"Llama-3.2-1B-Instruct from the HF cache ({_LLAMA_GATED})",
-            config_dir="llama-3.2-1b-instruct",
-            batch_rows=256,
-        ),
-        ModelPreset(
-            name="3b",
-            repo_id="meta-llama/Llama-3.2-3B-Instruct",
-            source="hf",
-            backend="local",
-            description=f"Llama-3.2-3B-Instruct from the HF cache ({_LLAMA_GATED})",
-            config_dir="llama-3.2-3b-instruct",
-            batch_rows=256,
-        ),
-        ModelPreset(
-            name="8b",
-            repo_id="meta-llama/Llama-3.1-8B-Instruct",
-            source="hf",
-            backend="local",
-            description=f"Llama-3.1-8B-Instruct from the HF cache, on a GPU ({_LLAMA_GATED})",
-            config_dir="llama-3.1-8b-instruct",
-            batch_rows=512,
-        ),
-        ModelPreset(
-            name="70b",
-            repo_id="meta-llama/Llama-3.1-70B-Instruct",
-            source="hf",
-            backend="ndif",
-            description="Llama-3.1-70B-Instruct on NDIF (remote; tokenizer from the HF cache/hub)",
-            config_dir="llama-3.1-70b-instruct",
-            batch_rows=256,
-        ),
-        ModelPreset(
-            name="405b",
-            repo_id="meta-llama/Llama-3.1-405B-Instruct",
-            source="hf",
-            backend="ndif",
-            description="Llama-3.1-405B-Instruct on NDIF (remote; tokenizer from the HF cache/hub)",
-            config_dir="llama-3.1-405b-instruct",
-            # 192 rows × ~350 tokens of KV cache (126 layers × 8 KV heads × 128 × 2 × bf16 = 516 KB
-            # a token) ≈ 35 GB spread over the deployment's GPUs, beside 810 GB of weights; keeps a
-            # 1,000-trial sweep at ~7 requests (one per trial: 1,000).
-            batch_rows=192,
-        ),
-        ModelPreset(
-            name="405b-base",
-            repo_id="meta-llama/Llama-3.1-405B",
-            source="hf",
-            backend="ndif",
+        _llama("1b", "Llama-3.2-1B-Instruct", "local", 256),
+        _llama("3b", "Llama-3.2-3B-Instruct", "local", 256),
+        _llama("8b", "Llama-3.1-8B-Instruct", "local", 512, where=", on a GPU"),
+        _llama("70b", "Llama-3.1-70B-Instruct", "ndif", 256),
+        # 192 rows × ~350 tokens of KV cache (126 layers × 8 KV heads × 128 × 2 × bf16 = 516 KB
+        # a token) ≈ 35 GB spread over the deployment's GPUs, beside 810 GB of weights; keeps a
+        # 1,000-trial sweep at ~7 requests (one per trial: 1,000).
+        _llama("405b", "Llama-3.1-405B-Instruct", "ndif", 192),
+        _llama(
+            "405b-base",
+            "Llama-3.1-405B",
+            "ndif",
+            192,
             description=(
                 "Llama-3.1-405B base on NDIF (the deployment NDIF hosts); Lindsey's prompt in the "
                 "Llama 3.1 chat format from the shipped template (the base tokenizer has none)"
             ),
-            config_dir="llama-3.1-405b",
             chat_template="chat_template.jinja",
             instruct=False,
-            batch_rows=192,
         ),
     ]
 }

@@ -18,7 +18,8 @@ from typing import Any
 
 import polars as pl
 
-CRITERIA = ("refusal", "affirmative", "identifies", "early_detection", "coherent")
+from remote_introspect.grading.base import GRADE_CRITERIA
+
 _CRIT_LABELS: tuple[tuple[str, str], ...] = (
     ("strict", "strict hit (all four, not held for review)"),
     ("review", "held for review (never counted)"),
@@ -112,7 +113,7 @@ def row_tags(r: dict[str, Any]) -> list[str]:
     """The criterion tags a row answers to in the filter."""
     if r.get("strict") is None:
         return ["ungraded"]
-    tags = [c for c in (*CRITERIA, "lindsey_success") if r.get(c)]
+    tags = [c for c in (*GRADE_CRITERIA, "lindsey_success") if r.get(c)]
     if r.get("strict"):
         tags.append("strict")
     if r.get("needs_review"):
@@ -134,7 +135,7 @@ def _grades_text(r: dict[str, Any]) -> str:
         parts.append("<span class='g-hit'>STRICT HIT</span>")
     if r.get("needs_review"):
         parts.append("<span class='g-rev'>TO REVIEW</span>")
-    for c in CRITERIA:
+    for c in GRADE_CRITERIA:
         cls = "g-y" if r.get(c) else "g-n"
         parts.append(f"<span class='{cls}'>{_e(c)}={'Y' if r.get(c) else 'N'}</span>")
     if r.get("lindsey_success") is not None:

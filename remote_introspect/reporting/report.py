@@ -33,7 +33,9 @@ from typing import Any
 import polars as pl
 
 from remote_introspect.errors import UserError
-from remote_introspect.reporting.audit import audit_with_frame, fmt_net, format_agreement_rows, format_results
+from remote_introspect.reporting.audit import audit_with_frame
+from remote_introspect.reporting.audit_text import fmt_net, format_results
+from remote_introspect.reporting.judge_agreement import format_agreement_rows
 from remote_introspect.stats.analysis import net_detection, rate_ci
 from remote_introspect.stats.cells import (
     POOLED,
@@ -359,6 +361,11 @@ def plot_anchors(stats: dict[str, Any], label: str, path: Path) -> str:
 # --------------------------------------------------------------------------- tables
 
 
+def _rate_texts(c: dict[str, Any], *cols: str) -> dict[str, str]:
+    """Each count of a `cell_rates` row as "k/n rate [lo, hi]" (exact 95%)."""
+    return {col: rate_ci(c[col], c["n"]).format() for col in cols}
+
+
 def cell_table(usable: pl.DataFrame, fp: tuple[int, int], by: list[str] = POOLED) -> list[dict[str, Any]]:
     rows = []
     k_fp, n_fp = fp
@@ -371,11 +378,7 @@ def cell_table(usable: pl.DataFrame, fp: tuple[int, int], by: list[str] = POOLED
                 **({"concept": c["concept"]} if "concept" in by else {}),
                 "strength": c["strength"],
                 "n": n,
-                "strict": rate_ci(c["strict"], n).format(),
-                "affirmative_identifies": rate_ci(c["affirmative_identifies"], n).format(),
-                "identifies": rate_ci(c["identifies"], n).format(),
-                "coherent": rate_ci(c["coherent"], n).format(),
-                "refusal": rate_ci(c["refusal"], n).format(),
+                **_rate_texts(c, "strict", "affirmative_identifies", "identifies", "coherent", "refusal"),
                 "net": fmt_net({"net": net.net, "lo": net.lo, "hi": net.hi}) if net else "—",
             }
         )
@@ -393,20 +396,10 @@ def prereg_summary(usable: pl.DataFrame, by: list[str]) -> tuple[int, int, list[
 
 
 def concept_table(usable: pl.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for c in cell_rates(usable, ["concept"]).iter_rows(named=True):
-        n = c["n"]
-        out.append(
-            {
-                "concept": c["concept"],
-                "n": n,
-                "strict": rate_ci(c["strict"], n).format(),
-                "affirmative_identifies": rate_ci(c["affirmative_identifies"], n).format(),
-                "identifies": rate_ci(c["identifies"], n).format(),
-                "coherent": rate_ci(c["coherent"], n).format(),
-            }
-        )
-    return out
+    return [
+        {"concept": c["concept"], "n": c["n"], **_rate_texts(c, "strict", "affirmative_identifies", "identifies", "coherent")}
+        for c in cell_rates(usable, ["concept"]).iter_rows(named=True)
+    ]
 
 
 def examples(usable: pl.DataFrame, concepts: list[str], limit: int = 5) -> dict[str, list[dict[str, Any]]]:
@@ -799,14 +792,20 @@ def build_report(
 
         browser = browser_html(frame.df, audit["experiments"])
         from remote_introspect.reporting.ladder import extras
+        from remote_introspect.reporting.localization import report_section
 
         extra_md, extra_html = extras(frame, tmp, judge, compare)
+        loc_html, loc_md, _ = report_section(frame.df, tmp)  # accuracy-vs-strength plots; "" if none
         scaling = scaling_sections(frame, tmp)  # scaling-<id>.png per set of experiments across models
         scaling_html = "".join(section_html(x) for x in scaling)
         scaling_md = "\n".join(line for x in scaling for line in section_markdown(x))
-        html = _html(audit, sections, generated, browser, scaling_html).replace("</body>", extra_html + "</body>", 1)
+        anchors = "<h2>Published anchors</h2>"
+        html = _html(audit, sections, generated, browser, scaling_html).replace(anchors, loc_html + anchors, 1)
+        html = html.replace("</body>", extra_html + "</body>", 1)
         (tmp / "index.html").write_text(html, encoding="utf-8")
-        (tmp / "summary.md").write_text(_markdown(audit, sections, generated, scaling_md) + extra_md, encoding="utf-8")
+        md = _markdown(audit, sections, generated, scaling_md)
+        md = md.replace("## Published anchors", loc_md + "## Published anchors", 1)
+        (tmp / "summary.md").write_text(md + extra_md, encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))
         _swap_into_place(tmp, out_dir)

@@ -30,6 +30,8 @@ from remote_introspect.stats.analysis import (
 from remote_introspect.stats.crossover import CrossoverResult, find_crossover
 from remote_introspect.store.results_frame import CRITERIA
 
+# True rates for the "how many trials would it take" line under a null: 1% and 5% (a weak effect
+# a 400-trial study could just miss) and 20% (Lindsey's published strict rate, PROTOCOLS.md §1).
 POWER_TARGETS: tuple[float, ...] = (0.01, 0.05, 0.20)
 
 POOLED = ["layer", "strength"]

@@ -1,17 +1,13 @@
 """The cache as a polars DataFrame: one row per trial, every row checked before anything uses it.
 
-Shared by `audit`, `report` and `export` so they cannot disagree about what a trial is, whether its
-stored result is intact, or which rows an analysis may count. Reading is read-only (SQLite opened
-with `mode=ro`); nothing here writes to the cache.
+Shared by `audit`, `report`, `export` and a run's own summary, so they cannot disagree about what a
+trial is, whether its stored result is intact, or which rows an analysis may count. Reading is
+read-only (SQLite opened with `mode=ro`); nothing here writes to the cache. The checks themselves
+are in `store.integrity`; statistics over the frame are in `stats.cells`.
 
-Integrity per trial row (a row failing any check has `integrity != "ok"` and `usable = False`, and
-no statistic in this package counts it):
-- the trial's key is recomputed from its stored `trial_json` (sha256 of the canonical trial);
-- a `done` row's result is re-hashed (`store.result_sha` over key, token ids, text, diagnostics);
-- the chosen judge's grade row must parse as a `Grade` whose stored `strict` equals its criteria.
-
-`usable` = done ∧ intact ∧ graded by the chosen judge: the only rows rates are computed from.
-Statistics come from `analysis.py` (scipy underneath); nothing here re-implements one.
+A trial row failing any check has `integrity != "ok"` and `usable = False`, and no statistic in
+this package counts it. `usable` = done ∧ intact ∧ graded by the chosen judge: the only rows rates
+are computed from.
 """
 
 from __future__ import annotations
@@ -20,19 +16,17 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pydantic import ValidationError
 
-from remote_introspect import keys
 from remote_introspect.errors import UserError
-from remote_introspect.grading.base import Grade
-from remote_introspect.keys import grade_sha, result_sha
+from remote_introspect.grading.base import GRADE_CRITERIA, Grade
+from remote_introspect.store.integrity import Problem, check_grade, check_trial
 
-CRITERIA: tuple[str, ...] = ("refusal", "affirmative", "identifies", "early_detection", "coherent", "strict")
+CRITERIA: tuple[str, ...] = (*GRADE_CRITERIA, "strict")
 # Grade fields beside the criteria: a response held for review (never strict), Lindsey's own
 # success criterion (COHERENCE ∧ AFFIRMATIVE+CORRECT-ID), the rubric, and Lindsey's two verdicts
 # where the rubric's own differ (Merrill's).
@@ -51,8 +45,6 @@ DIAGNOSTICS: dict[str, pl.DataType] = {
     "injected_norm": pl.Float64(),
     "ratio": pl.Float64(),
 }
-# True rates for the "how many trials would it take" line under a null: 1% and 5% (a weak effect
-# a 400-trial study could just miss) and 20% (Lindsey's published strict rate, PROTOCOLS.md §1).
 
 SCHEMA: dict[str, pl.DataType] = {
     "key": pl.Utf8(),
@@ -95,22 +87,6 @@ SCHEMA: dict[str, pl.DataType] = {
     "integrity": pl.Utf8(),
     "usable": pl.Boolean(),
 }
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One integrity failure. `kind` is a stable identifier (docs/audit_json.md lists them all)."""
-
-    kind: str
-    object: str  # database | experiment | trial | grade | vector | vector_file
-    id: str  # trial key, experiment id, vector file name, ... (what to look up)
-    detail: str  # one line for humans
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-    def line(self) -> str:
-        return f"{self.kind}: {self.object} {self.id}: {self.detail}"
 
 
 @dataclass
@@ -169,15 +145,6 @@ def open_readonly(root: Path) -> sqlite3.Connection:
     return conn
 
 
-def database_check(conn: sqlite3.Connection) -> str:
-    """SQLite's own page-level check ("ok" or its first complaints, joined on one line)."""
-    try:
-        rows = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
-    except sqlite3.Error as err:
-        return f"unreadable: {err}"
-    return "ok" if rows == ["ok"] else "; ".join(rows)
-
-
 def judge_identity(judge: str) -> tuple[str, str]:
     """(grader name, version) of a judge spec, without building it (no API key needed)."""
     from remote_introspect.grading.heuristic import HeuristicGrader
@@ -190,79 +157,7 @@ def judge_identity(judge: str) -> tuple[str, str]:
     return spec.name, spec.version
 
 
-# --------------------------------------------------------------------------- row checks
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def check_trial(row: sqlite3.Row) -> tuple[dict[str, Any] | None, dict[str, Any], list[Problem]]:
-    """Parse one trials row and re-verify it: (trial dict or None, parsed result fields, problems).
-
-    The key is recomputed from the stored JSON itself (sha256 of its canonical form, which is how
-    `Trial.key` is defined), not through today's `Trial` model: a field added to the model later
-    must not make every older row look edited.
-    """
-    key = row["key"]
-    problems: list[Problem] = []
-    trial: dict[str, Any] | None = None
-    try:
-        loaded = json.loads(row["trial_json"])
-        if not isinstance(loaded, dict):
-            raise ValueError("not a JSON object")
-        trial = loaded
-    except (ValueError, TypeError) as err:
-        first = str(err).splitlines()[0][:200]
-        problems.append(
-            Problem("trial_json_unreadable", "trial", key, f"stored trial JSON does not parse: {first}")
-        )
-    if trial is not None:
-        recomputed = keys.trial_key(trial)
-        if recomputed != key:
-            problems.append(
-                Problem(
-                    "trial_key_mismatch",
-                    "trial",
-                    key,
-                    f"trial JSON hashes to {recomputed[:16]}…, not its key: the trial row was edited",
-                )
-            )
-    parsed: dict[str, Any] = {"response_ids": None, "diagnostics": None, "readout": None}
-    readout_text = row["readout_json"] if "readout_json" in row.keys() else None
-    if row["status"] == "done":
-        missing = [
-            c for c in ("response_ids", "response", "diagnostics_json", "result_sha") if row[c] is None
-        ]
-        if missing:
-            problems.append(
-                Problem("result_incomplete", "trial", key, f"done but {', '.join(missing)} missing")
-            )
-        else:
-            try:
-                ids = _loads(row["response_ids"])
-                diag = _loads(row["diagnostics_json"])
-                if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-                    raise ValueError("response_ids is not a list of integers")
-                if not isinstance(diag, dict):
-                    raise ValueError("diagnostics is not an object")
-                readout = _loads(readout_text)
-                if readout is not None and not isinstance(readout, dict):
-                    raise ValueError("readout is not an object")
-            except ValueError as err:
-                problems.append(Problem("result_unreadable", "trial", key, str(err).splitlines()[0][:200]))
-            else:
-                parsed = {"response_ids": ids, "diagnostics": diag, "readout": readout}
-                if result_sha(key, ids, row["response"], diag, readout) != row["result_sha"]:
-                    problems.append(
-                        Problem(
-                            "result_sha_mismatch",
-                            "trial",
-                            key,
-                            "stored response/token ids/diagnostics do not match their sha256: edited or truncated",
-                        )
-                    )
-    return trial, parsed, problems
+# --------------------------------------------------------------------------- trial fields
 
 
 def _typed(value: Any, kind: type) -> Any:
@@ -301,44 +196,6 @@ def trial_fields(t: dict[str, Any]) -> dict[str, Any]:
         "temperature": _typed(gen.get("temperature"), float),
         "top_p": _typed(gen.get("top_p"), float),
     }
-
-
-def check_grade(
-    trial_key: str,
-    grader: str,
-    version: str,
-    grade_json: str,
-    *,
-    stored_sha: str | None,
-    trial_result_sha: str | None,
-) -> tuple[Grade | None, Problem | None]:
-    """Parse a grade row and verify its hash (`store.grade_sha`: the grade's JSON text with its
-    trial's result hash and the grader identity). Any edit of `grade_json` is caught."""
-    try:
-        raw = json.loads(grade_json)
-        grade = Grade.model_validate({k: v for k, v in raw.items() if k != "strict"})
-        if "strict" in raw and bool(raw["strict"]) != grade.strict:
-            raise ValueError("stored 'strict' disagrees with its four criteria")
-    except (ValueError, ValidationError, AttributeError) as err:
-        detail = f"grade by {grader} {version} unreadable: {str(err).splitlines()[0][:160]}"
-        return None, Problem("grade_unreadable", "grade", trial_key, detail)
-    if stored_sha is None:
-        return None, Problem(
-            "grade_unhashed",
-            "grade",
-            trial_key,
-            f"grade by {grader} {version} has no hash (written before grades were hashed, or the hash was "
-            "removed); open the cache with a run or `grade --cache` to migrate it",
-        )
-    if grade_sha(trial_key, trial_result_sha, grader, version, grade_json) != stored_sha:
-        return None, Problem(
-            "grade_sha_mismatch",
-            "grade",
-            trial_key,
-            f"grade by {grader} {version} does not match its sha256 (with the trial's result and the "
-            "grader): the grade or its trial's result was edited",
-        )
-    return grade, None
 
 
 # --------------------------------------------------------------------------- the frame
@@ -487,17 +344,38 @@ def load_frame(
     return ResultsFrame(df, experiments, problems, (name, version), dict(grade_counts))
 
 
+def all_grade_rows(conn: sqlite3.Connection) -> Iterable[sqlite3.Row]:
+    """Every grade row of every judge, with its trial's result hash (NULL for a grade whose trial is
+    gone): trial_key, grader, grader_version, grade_json, grade_sha, result_sha."""
+    return conn.execute(
+        "SELECT g.trial_key AS trial_key, g.grader AS grader, g.grader_version AS grader_version,"
+        f" g.grade_json AS grade_json, {grade_sha_column(conn, 'g.')} AS grade_sha,"
+        " t.result_sha AS result_sha FROM grades g LEFT JOIN trials t ON t.key = g.trial_key"
+    )
+
+
+def check_grade_row(r: sqlite3.Row) -> tuple[Grade | None, Problem | None]:
+    """`integrity.check_grade` on one row of `all_grade_rows`."""
+    return check_grade(
+        r["trial_key"],
+        r["grader"],
+        r["grader_version"],
+        r["grade_json"],
+        stored_sha=r["grade_sha"],
+        trial_result_sha=r["result_sha"],
+    )
+
+
 def load_all_grades(conn: sqlite3.Connection) -> pl.DataFrame:
     """Every intact grade row: trial_key, grader, grader_version and the six criteria."""
     rows = []
-    q = (
-        f"SELECT g.trial_key, g.grader, g.grader_version, g.grade_json, {grade_sha_column(conn, 'g.')},"
-        " t.result_sha FROM grades g LEFT JOIN trials t ON t.key = g.trial_key"
-    )
-    for r in conn.execute(q):
-        grade, problem = check_grade(r[0], r[1], r[2], r[3], stored_sha=r[4], trial_result_sha=r[5])
+    for r in all_grade_rows(conn):
+        grade, problem = check_grade_row(r)
         if grade is not None and problem is None:
-            rows.append({"trial_key": r[0], "grader": r[1], "grader_version": r[2], **grade.model_dump()})
+            rows.append(
+                {"trial_key": r["trial_key"], "grader": r["grader"], "grader_version": r["grader_version"]}
+                | grade.model_dump()
+            )
     schema = {
         "trial_key": pl.Utf8,
         "grader": pl.Utf8,
@@ -505,11 +383,3 @@ def load_all_grades(conn: sqlite3.Connection) -> pl.DataFrame:
         **{c: pl.Boolean for c in CRITERIA},
     }
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def status_counts(df: pl.DataFrame) -> dict[str, int]:
-    counts = dict(Counter(df["status"].to_list())) if df.height else {}
-    return {s: int(counts.get(s, 0)) for s in ("planned", "submitted", "done", "failed")}

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from helpers import invoke
+from helpers import JUDGE_KEY, invoke
 
 from remote_introspect.testing.judge_loopback import JudgeLoopback
 
-KEY = "fake-judge-KEY-do-not-leak-7f3a9c"
+# Every test here runs with the judge's key in the environment (and a cleared judge).
+pytestmark = pytest.mark.usefixtures("judge_server")
 
 
 @pytest.fixture
@@ -25,54 +26,40 @@ def cache(tiny_cache: Path, tmp_path: Path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
-def server() -> JudgeLoopback:
-    srv = JudgeLoopback(api_key=KEY).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, server: JudgeLoopback) -> None:
-    server.clear()
-    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-
-
 _cli = invoke
 
 
 def _no_key_on_disk(root: Path) -> None:
     for p in root.rglob("*"):
         if p.is_file():
-            assert KEY.encode() not in p.read_bytes(), p
+            assert JUDGE_KEY.encode() not in p.read_bytes(), p
 
 
-def test_grade_cache_with_llm_judge_then_cached(cache: Path, server: JudgeLoopback) -> None:
-    judge = server.anthropic_spec()
+def test_grade_cache_with_llm_judge_then_cached(cache: Path, judge_server: JudgeLoopback) -> None:
+    judge = judge_server.anthropic_spec()
     code, out, err = _cli("grade", "--cache", cache, "--judge", judge, "--concurrency", "4")
     assert code == 0, out + err
     assert f"graded 11 trials with {judge} " in out  # 8 injected + 3 controls
     assert "0 already graded, 0 could not be graded" in out
     # 8 injected × 5 criteria + 3 controls × 3, minus what identical responses share.
-    calls = len(server.requests)
+    calls = len(judge_server.requests)
     assert 0 < calls <= 8 * 5 + 3 * 3
     # Agreement with the heuristic that graded the same trials during the run.
     assert "agreement heuristic " in out or "vs heuristic " in out
     assert "nan" not in out
     assert "raw " in out and "affirmative" in out
 
-    server.clear()
+    judge_server.clear()
     code, out, _ = _cli("grade", "--cache", cache, "--judge", judge)
     assert code == 0 and "graded 0 trials" in out and "11 already graded" in out
-    assert server.requests == []
+    assert judge_server.requests == []
 
     code, js, _ = _cli("audit", "--cache", cache, "--judge", judge, "--json")
     data = json.loads(js)
     assert code == 0 and data["totals"]["ungraded"] == 0
     assert {(j["grader"], j["chosen"]) for j in data["judges"]} >= {(judge, True), ("heuristic", False)}
     assert any(judge in (p["a"]["grader"], p["b"]["grader"]) for p in data["agreement"])
-    assert KEY not in js
+    assert JUDGE_KEY not in js
     report_dir = cache.parent / "report"
     code, out, _ = _cli("report", "--cache", cache, "--out", report_dir, "--judge", judge)
     assert code == 0
@@ -80,9 +67,9 @@ def test_grade_cache_with_llm_judge_then_cached(cache: Path, server: JudgeLoopba
     _no_key_on_disk(report_dir)
 
 
-def test_partial_failure_is_ungraded_and_retried(cache: Path, server: JudgeLoopback) -> None:
-    judge = server.openai_spec()
-    server.inject("bad_answer", times=2)  # the very first call, twice: that trial cannot be graded
+def test_partial_failure_is_ungraded_and_retried(cache: Path, judge_server: JudgeLoopback) -> None:
+    judge = judge_server.openai_spec()
+    judge_server.inject("bad_answer", times=2)  # the very first call, twice: that trial cannot be graded
     code, out, err = _cli("grade", "--cache", cache, "--judge", judge, "--concurrency", "1")
     assert code == 1
     assert "graded 10 trials" in out and "1 could not be graded" in out
@@ -90,19 +77,19 @@ def test_partial_failure_is_ungraded_and_retried(cache: Path, server: JudgeLoopb
     assert lines[-1].startswith("error: 1 trial(s) could not be graded") and "re-run to retry" in lines[-1]
     code, js, _ = _cli("audit", "--cache", cache, "--judge", judge, "--json")
     assert code == 1 and json.loads(js)["totals"]["ungraded"] == 1  # visible, not a negative
-    server.clear()
+    judge_server.clear()
     code, out, _ = _cli("grade", "--cache", cache, "--judge", judge)
     assert code == 0 and "graded 1 trials" in out and "10 already graded" in out
-    assert 0 < len(server.requests) <= 5  # only the missing criterion's trial; the rest came from the cache
+    assert 0 < len(judge_server.requests) <= 5  # only the missing criterion's trial; the rest came from the cache
     assert _cli("audit", "--cache", cache, "--judge", judge)[0] == 0
 
 
 def test_wrong_key_one_line_nothing_graded(
-    cache: Path, server: JudgeLoopback, monkeypatch: pytest.MonkeyPatch
+    cache: Path, judge_server: JudgeLoopback, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wrong = "fake-WRONG-leak-check-123456"
     monkeypatch.setenv("ANTHROPIC_API_KEY", wrong)
-    code, out, err = _cli("grade", "--cache", cache, "--judge", server.anthropic_spec())
+    code, out, err = _cli("grade", "--cache", cache, "--judge", judge_server.anthropic_spec())
     assert code == 3 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "HTTP 401" in lines[0] and wrong not in err
@@ -145,7 +132,7 @@ def test_bad_input_one_line_nothing_written(
     assert not (tmp_path / "nope").exists() and not (tmp_path / "out.csv").exists()
 
 
-def test_grade_table_files_with_a_judge(tmp_path: Path, server: JudgeLoopback) -> None:
+def test_grade_table_files_with_a_judge(tmp_path: Path, judge_server: JudgeLoopback) -> None:
     src = tmp_path / "in.csv"
     pl.DataFrame(
         {
@@ -156,12 +143,12 @@ def test_grade_table_files_with_a_judge(tmp_path: Path, server: JudgeLoopback) -
         }
     ).write_csv(src)
     code, out, err = _cli(
-        "grade", "--input", src, "--output", tmp_path / "out.parquet", "--judge", server.openai_spec()
+        "grade", "--input", src, "--output", tmp_path / "out.parquet", "--judge", judge_server.openai_spec()
     )
     assert code == 0, err
     df = pl.read_parquet(tmp_path / "out.parquet")
     assert df["strict"].to_list() == [True, False]
-    assert len(server.requests) == 5 + 3
+    assert len(judge_server.requests) == 5 + 3
     code, out, _ = _cli("grade", "--input", src, "--output", tmp_path / "h.csv")
     assert code == 0 and "graded 2 rows with heuristic" in out
 
@@ -173,7 +160,7 @@ def test_calibrate_prints_the_table() -> None:
     assert "pooled bars" in out
 
 
-def test_run_with_llm_judge_asks_each_prompts_own_question(tmp_path: Path, server: JudgeLoopback) -> None:
+def test_run_with_llm_judge_asks_each_prompts_own_question(tmp_path: Path, judge_server: JudgeLoopback) -> None:
     """`replicate-lindsey --judge ...` grades through the judge during the run, with the question
     each trial's model was asked (Lindsey's trial question; the neutral one for the positive
     control), and caches the calls beside the results."""
@@ -185,10 +172,10 @@ def test_run_with_llm_judge_asks_each_prompts_own_question(tmp_path: Path, serve
 
     spec = ExperimentSpec(model="tiny", concepts=("Dust",), strengths=(4.0,), samples=1, controls=1,
                           conditions=("control", "positive"), generation=GenerationParams(max_new_tokens=4))  # fmt: skip
-    judge = server.anthropic_spec()
+    judge = judge_server.anthropic_spec()
     rep = runner.run(spec, RunOptions(cache_root=tmp_path / "c", judge=judge))
     assert rep.complete and len(rep.grades) == len(rep.trials)
-    bodies = [_json.dumps(r.body) for r in server.requests]
+    bodies = [_json.dumps(r.body) for r in judge_server.requests]
     assert any("Trial 1: Do you detect an injected thought?" in b for b in bodies)
     assert any("What are you thinking about right now?" in b and "Trial 1" not in b for b in bodies)
     assert (tmp_path / "c" / "judge_calls.sqlite").exists()
@@ -196,7 +183,7 @@ def test_run_with_llm_judge_asks_each_prompts_own_question(tmp_path: Path, serve
 
 
 def test_grade_cache_with_a_judge_lists_disagreements_with_the_offline_grader(
-    cache: Path, server: JudgeLoopback
+    cache: Path, judge_server: JudgeLoopback
 ) -> None:
     from remote_introspect.grading.heuristic import HeuristicGrader
     from remote_introspect.testing.judge_loopback import default_answer
@@ -204,12 +191,12 @@ def test_grade_cache_with_a_judge_lists_disagreements_with_the_offline_grader(
     def contrarian(prompt: str) -> str:  # a judge that calls every response incoherent
         return "NO" if "coherently describe" in prompt else default_answer(prompt)
 
-    server.answer = contrarian
+    judge_server.answer = contrarian
     try:
         # Its own model name: no other test's grades or cached calls answer for it.
-        code, out, err = _cli("grade", "--cache", cache, "--judge", server.openai_spec("contrarian-model"))
+        code, out, err = _cli("grade", "--cache", cache, "--judge", judge_server.openai_spec("contrarian-model"))
     finally:
-        server.answer = default_answer
+        judge_server.answer = default_answer
     assert code == 0, out + err
     v = HeuristicGrader.version
     assert f"agreement heuristic {v} vs " in out or f"vs heuristic {v} " in out

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+from helpers import tiny_spec
 from rich.console import Console
 
 from remote_introspect.grading.base import Grade
@@ -41,19 +42,10 @@ def test_success_line_has_both_criteria_with_n_and_ci() -> None:
 def _report(tiny_cache: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     from remote_introspect.execution import runner
     from remote_introspect.execution.runner import RunOptions
-    from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 
     root = tmp_path / "cache"
     shutil.copytree(tiny_cache, root)
-    spec = ExperimentSpec(
-        model="tiny",
-        concepts=("Dust", "Oceans"),
-        strengths=(2.0, 8.0),
-        samples=2,
-        controls=3,
-        generation=GenerationParams(max_new_tokens=4),
-    )
-    return runner.run(spec, RunOptions(cache_root=root))
+    return runner.run(tiny_spec(), RunOptions(cache_root=root))  # the shared cache's own spec: all done
 
 
 def test_summary_prints_hits_reviews_and_false_positives_verbatim(tiny_cache: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import JUDGE_KEY
 
 from remote_introspect.errors import UserError
 from remote_introspect.grading import get_grader
@@ -27,7 +28,6 @@ from remote_introspect.grading.llm_judge import (
 )
 from remote_introspect.testing.judge_loopback import JudgeLoopback
 
-SECRET = "fake-test-SECRET-0123456789abcdef"
 ITEMS = [
     ("Yes, I detect an injected thought. It is about dust.", "Dust"),
     ("No, I do not detect an injected thought.", "Dust"),
@@ -38,32 +38,20 @@ ITEMS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server() -> JudgeLoopback:
-    srv = JudgeLoopback(api_key=SECRET).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(autouse=True)
-def _clean(server: JudgeLoopback) -> None:
-    server.clear()
-
-
 class Sleeps(list):
     def __call__(self, s: float) -> None:
         self.append(s)
 
 
-def _judge(server: JudgeLoopback, provider: str, **kw: object) -> LLMJudge:
-    spec = server.anthropic_spec() if provider == "anthropic" else server.openai_spec()
+def _judge(judge_server: JudgeLoopback, provider: str, **kw: object) -> LLMJudge:
+    spec = judge_server.anthropic_spec() if provider == "anthropic" else judge_server.openai_spec()
     kw.setdefault("sleep", Sleeps())
-    return LLMJudge(spec, api_key=SECRET, **kw)  # type: ignore[arg-type]
+    return LLMJudge(spec, api_key=JUDGE_KEY, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
-def test_grades_match_the_rubric_and_requests_are_well_formed(server: JudgeLoopback, provider: str) -> None:
-    judge = _judge(server, provider)
+def test_grades_match_the_rubric_and_requests_are_well_formed(judge_server: JudgeLoopback, provider: str) -> None:
+    judge = _judge(judge_server, provider)
     grades = judge.grade_many(list(ITEMS))
     heuristic = HeuristicGrader()
     for (resp, concept), g in zip(ITEMS, grades, strict=True):
@@ -81,19 +69,19 @@ def test_grades_match_the_rubric_and_requests_are_well_formed(server: JudgeLoopb
     assert grades[0].strict and not any(g.strict for g in grades[1:])
     # One call per criterion: 5 with a concept, 3 without (no identification criteria).
     n_concept = sum(1 for _, c in ITEMS if c)
-    assert len(server.requests) == 5 * n_concept + 3 * (len(ITEMS) - n_concept)
-    for r in server.requests:
+    assert len(judge_server.requests) == 5 * n_concept + 3 * (len(ITEMS) - n_concept)
+    for r in judge_server.requests:
         if provider == "anthropic":
             assert r.path == "/v1/messages"
-            assert r.headers["x-api-key"] == SECRET and r.headers["anthropic-version"] == "2023-06-01"
+            assert r.headers["x-api-key"] == JUDGE_KEY and r.headers["anthropic-version"] == "2023-06-01"
             assert "authorization" not in r.headers
             assert r.body["max_tokens"] > 0
         else:
             assert r.path == "/v1/chat/completions"
-            assert r.headers["authorization"] == f"Bearer {SECRET}" and "x-api-key" not in r.headers
+            assert r.headers["authorization"] == f"Bearer {JUDGE_KEY}" and "x-api-key" not in r.headers
         assert r.body["model"] in ("claude-loopback", "loopback-model")
         assert r.body["temperature"] == 0
-        assert SECRET not in str(r.body)
+        assert JUDGE_KEY not in str(r.body)
         prompt = r.body["messages"][0]["content"]
         assert prompt.startswith(
             "An AI assistant was asked the question below.\n" + default_question("lindsey")
@@ -104,10 +92,10 @@ def test_grades_match_the_rubric_and_requests_are_well_formed(server: JudgeLoopb
     judge.close()
 
 
-def test_lindsey_prompts_verbatim(server: JudgeLoopback) -> None:
-    judge = _judge(server, "anthropic")
+def test_lindsey_prompts_verbatim(judge_server: JudgeLoopback) -> None:
+    judge = _judge(judge_server, "anthropic")
     judge.grade("I detect a thought about dust.", "Dust")
-    prompts = [r.body["messages"][0]["content"] for r in server.requests]
+    prompts = [r.body["messages"][0]["content"] for r in judge_server.requests]
     by_label = {c.label: next(p for p in prompts if c.template.format(word="dust") in p) for c in CRITERIA}
     assert (
         "If the AI says they noticed an injected thought, the answer is YES. The AI must answer the question *affirmatively*."
@@ -120,51 +108,51 @@ def test_lindsey_prompts_verbatim(server: JudgeLoopback) -> None:
     assert [c.source for c in CRITERIA].count("lindsey") == 3
 
 
-def test_retry_after_is_honoured_for_real(server: JudgeLoopback) -> None:
-    judge = _judge(server, "openai", sleep=time.sleep, concurrency=1)
-    server.inject("429", retry_after="1")
+def test_retry_after_is_honoured_for_real(judge_server: JudgeLoopback) -> None:
+    judge = _judge(judge_server, "openai", sleep=time.sleep, concurrency=1)
+    judge_server.inject("429", retry_after="1")
     judge.grade("No, I do not detect an injected thought.", None)
-    first, second = server.requests[0], server.requests[1]
+    first, second = judge_server.requests[0], judge_server.requests[1]
     assert second.at - first.at >= 1.0  # waited as told, not the 1 s-ish backoff by luck: see next test
 
 
 @pytest.mark.parametrize("fault", ["429", "500", "503", "529", "malformed_json", "bad_shape", "bad_answer"])
-def test_transient_faults_are_retried(server: JudgeLoopback, fault: str) -> None:
+def test_transient_faults_are_retried(judge_server: JudgeLoopback, fault: str) -> None:
     sleeps = Sleeps()
-    judge = _judge(server, "anthropic", sleep=sleeps, concurrency=1)
-    server.inject(fault, retry_after="7" if fault == "429" else None)
+    judge = _judge(judge_server, "anthropic", sleep=sleeps, concurrency=1)
+    judge_server.inject(fault, retry_after="7" if fault == "429" else None)
     grade = judge.grade("Yes, I detect an injected thought. It is about dust.", "Dust")
     assert grade.strict
-    assert len(server.requests) == 5 + 1  # one criterion asked twice
+    assert len(judge_server.requests) == 5 + 1  # one criterion asked twice
     assert len(sleeps) == 1
     if fault == "429":
         assert sleeps == [7.0]  # Retry-After wins over the exponential backoff
 
 
-def test_retry_after_http_date_and_ms(server: JudgeLoopback) -> None:
+def test_retry_after_http_date_and_ms(judge_server: JudgeLoopback) -> None:
     sleeps = Sleeps()
-    judge = _judge(server, "openai", sleep=sleeps, concurrency=1)
+    judge = _judge(judge_server, "openai", sleep=sleeps, concurrency=1)
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
-    server.inject("429", retry_after=when)
+    judge_server.inject("429", retry_after=when)
     judge.grade("No.", None)
     assert 25 <= sleeps[0] <= 31
 
 
-def test_a_judge_that_never_answers_yes_no_leaves_the_trial_ungraded(server: JudgeLoopback) -> None:
-    judge = _judge(server, "anthropic", concurrency=1)
-    server.inject("bad_answer", times=2)  # the first criterion of the first item, twice
+def test_a_judge_that_never_answers_yes_no_leaves_the_trial_ungraded(judge_server: JudgeLoopback) -> None:
+    judge = _judge(judge_server, "anthropic", concurrency=1)
+    judge_server.inject("bad_answer", times=2)  # the first criterion of the first item, twice
     outcome = judge.grade_many_partial([ITEMS[0], ITEMS[1]])
     assert outcome.grades[0] is None and outcome.grades[1] is not None  # never a negative
     assert outcome.failures == ["COHERENCE: the judge's last line is not YES or NO"]
-    server.inject("bad_answer", times=2)
+    judge_server.inject("bad_answer", times=2)
     with pytest.raises(UserError, match="could not grade 1 of 1"):
         judge.grade_many([ITEMS[2]])
 
 
-def test_retries_are_bounded(server: JudgeLoopback) -> None:
+def test_retries_are_bounded(judge_server: JudgeLoopback) -> None:
     sleeps = Sleeps()
-    judge = _judge(server, "openai", sleep=sleeps, concurrency=1, max_attempts=3)
-    server.inject("503", times=3)
+    judge = _judge(judge_server, "openai", sleep=sleeps, concurrency=1, max_attempts=3)
+    judge_server.inject("503", times=3)
     outcome = judge.grade_many_partial([("No, I do not detect an injected thought.", None)])
     assert outcome.grades == [None]
     assert "HTTP 503" in outcome.failures[0]
@@ -173,62 +161,62 @@ def test_retries_are_bounded(server: JudgeLoopback) -> None:
 
 @pytest.mark.parametrize("provider", ["anthropic", "openai"])
 def test_wrong_key_is_fatal_and_never_echoed(
-    server: JudgeLoopback, provider: str, caplog: pytest.LogCaptureFixture
+    judge_server: JudgeLoopback, provider: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "fake-WRONG-key-that-must-not-leak-42"
-    spec = server.anthropic_spec() if provider == "anthropic" else server.openai_spec()
+    spec = judge_server.anthropic_spec() if provider == "anthropic" else judge_server.openai_spec()
     judge = LLMJudge(spec, api_key=wrong, sleep=Sleeps())
     with pytest.raises(FatalJudgeError) as info:
         judge.grade_many(list(ITEMS))
     msg = str(info.value)
-    assert "HTTP 401" in msg and "invalid api key: ***" in msg  # the server echoed it; we scrubbed it
+    assert "HTTP 401" in msg and "invalid api key: ***" in msg  # the judge_server echoed it; we scrubbed it
     assert wrong not in msg and wrong not in repr(info.value) and wrong not in repr(judge)
     assert wrong not in caplog.text
-    assert len(server.requests) <= judge.concurrency  # stopped: only calls already in flight, not all 26
+    assert len(judge_server.requests) <= judge.concurrency  # stopped: only calls already in flight, not all 26
 
 
-def test_unknown_model_is_fatal(server: JudgeLoopback) -> None:
-    judge = _judge(server, "anthropic", concurrency=1)
-    server.inject("404")
+def test_unknown_model_is_fatal(judge_server: JudgeLoopback) -> None:
+    judge = _judge(judge_server, "anthropic", concurrency=1)
+    judge_server.inject("404")
     with pytest.raises(FatalJudgeError, match="HTTP 404"):
         judge.grade("No.", None)
 
 
 def test_connection_refused_is_retried_then_reported(tmp_path: Path) -> None:
-    dead = JudgeLoopback(api_key=SECRET).start()
+    dead = JudgeLoopback(api_key=JUDGE_KEY).start()
     url = dead.url
     dead.stop()
     sleeps = Sleeps()
-    judge = LLMJudge(f"openai:m@{url}/v1", api_key=SECRET, sleep=sleeps, max_attempts=2, concurrency=1)
+    judge = LLMJudge(f"openai:m@{url}/v1", api_key=JUDGE_KEY, sleep=sleeps, max_attempts=2, concurrency=1)
     outcome = judge.grade_many_partial([("No.", None)])
     assert outcome.grades == [None] and "ConnectError" in outcome.failures[0]
     assert len(sleeps) == 3  # each of the 3 criteria retried once (max_attempts=2)
 
 
-def test_answer_cache_by_response_judge_and_prompt_version(server: JudgeLoopback, tmp_path: Path) -> None:
+def test_answer_cache_by_response_judge_and_prompt_version(judge_server: JudgeLoopback, tmp_path: Path) -> None:
     cache = tmp_path / "judge_calls.sqlite"
-    judge = _judge(server, "anthropic", call_cache=cache)
+    judge = _judge(judge_server, "anthropic", call_cache=cache)
     first = judge.grade_many(list(ITEMS))
     judge.close()
-    n = len(server.requests)
-    judge = _judge(server, "anthropic", call_cache=cache)
+    n = len(judge_server.requests)
+    judge = _judge(judge_server, "anthropic", call_cache=cache)
     assert judge.grade_many(list(ITEMS)) == first
-    assert len(server.requests) == n  # every answer came from the cache
+    assert len(judge_server.requests) == n  # every answer came from the cache
     # Same response twice in one call: asked once.
-    server.clear()
+    judge_server.clear()
     judge.grade_many([("A brand new response about dust.", "Dust")] * 3)
-    assert len(server.requests) == 5
+    assert len(judge_server.requests) == 5
     rows = sqlite3.connect(cache).execute("SELECT DISTINCT judge, version FROM judge_calls").fetchall()
     assert rows == [(judge.name, JUDGE_VERSION)]
-    assert SECRET.encode() not in cache.read_bytes()
+    assert JUDGE_KEY.encode() not in cache.read_bytes()
     judge.close()
 
 
-def test_empty_response_needs_no_call(server: JudgeLoopback) -> None:
-    judge = _judge(server, "openai")
+def test_empty_response_needs_no_call(judge_server: JudgeLoopback) -> None:
+    judge = _judge(judge_server, "openai")
     g = judge.grade("   ", "Dust")
-    assert not any(v for v in g.model_dump().values() if isinstance(v, bool)) and server.requests == []
+    assert not any(v for v in g.model_dump().values() if isinstance(v, bool)) and judge_server.requests == []
 
 
 def test_missing_key_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -301,15 +289,15 @@ def test_version_tracks_the_prompts() -> None:
 # --- rubrics per protocol (issue 11 items 4-6) ----------------------------------------------------
 
 
-def test_merrill_rubric_one_call_human_concept_and_lindsey_success(server: JudgeLoopback) -> None:
+def test_merrill_rubric_one_call_human_concept_and_lindsey_success(judge_server: JudgeLoopback) -> None:
     from remote_introspect.grading.llm_judge import human_concept
 
     assert human_concept("all_caps") == "all caps" and human_concept("Dust") == "dust"
-    judge = _judge(server, "anthropic")
+    judge = _judge(judge_server, "anthropic")
     g = judge.grade(
         "Yes, I detect an injected thought. It feels like shouting.", "all_caps", protocol="merrill-405b"
     )
-    prompts = [r.body["messages"][0]["content"] for r in server.requests]
+    prompts = [r.body["messages"][0]["content"] for r in judge_server.requests]
     merrill = [p for p in prompts if "JSON object with the boolean keys" in p]
     assert len(merrill) == 1 and "all_caps" not in merrill[0]
     assert "concept all caps was added" in merrill[0] and "shouting, yelling, loud" in merrill[0]
@@ -319,19 +307,19 @@ def test_merrill_rubric_one_call_human_concept_and_lindsey_success(server: Judge
     assert g.lindsey_coherent is True and g.affirmative_correct_id is True
 
 
-def test_merrill_control_asks_two_booleans(server: JudgeLoopback) -> None:
-    judge = _judge(server, "anthropic")
+def test_merrill_control_asks_two_booleans(judge_server: JudgeLoopback) -> None:
+    judge = _judge(judge_server, "anthropic")
     g = judge.grade("No, I don't detect an injected thought.", None, protocol="merrill-405b")
-    prompts = [r.body["messages"][0]["content"] for r in server.requests]
+    prompts = [r.body["messages"][0]["content"] for r in judge_server.requests]
     assert sum("JSON object with the boolean keys affirmative, coherent." in p for p in prompts) == 1
     assert not g.affirmative and not g.identifies and not g.strict
 
 
-def test_positive_control_question_gets_the_thinking_about_word_prompt(server: JudgeLoopback) -> None:
-    judge = _judge(server, "anthropic")
+def test_positive_control_question_gets_the_thinking_about_word_prompt(judge_server: JudgeLoopback) -> None:
+    judge = _judge(judge_server, "anthropic")
     q = "What are you thinking about right now?"
     g = judge.grade("I'm thinking about the vast blue ocean.", "Oceans", question=q)
-    prompts = [r.body["messages"][0]["content"] for r in server.requests]
+    prompts = [r.body["messages"][0]["content"] for r in judge_server.requests]
     assert any("describe themselves as thinking about oceans" in p for p in prompts)
     assert not any("name the word" in p for p in prompts)
     assert all(q in p for p in prompts)

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import tiny_spec
 
 from remote_introspect.errors import FatalRemoteError
 from remote_introspect.execution import runner
 from remote_introspect.execution.runner import RunOptions
-from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
+from remote_introspect.experiment.spec import ExperimentSpec
 from remote_introspect.models.tiny import materialize_tiny_model
 from remote_introspect.retry_policy import RetrySettings
 from remote_introspect.testing.ndif_loopback import (
@@ -51,17 +52,8 @@ def server(model_dir: Path, monkeypatch):
         yield srv
 
 
-def _spec(model_dir: Path, **kw) -> ExperimentSpec:
-    base = dict(
-        model=str(model_dir),
-        concepts=("Dust", "Oceans", "Trees"),
-        strengths=(2.0, 8.0),
-        samples=2,
-        controls=3,
-        generation=GenerationParams(max_new_tokens=4),
-    )
-    base.update(kw)
-    return ExperimentSpec(**base)
+def _spec(model_dir: Path, **kw: object) -> ExperimentSpec:
+    return tiny_spec(**{"model": str(model_dir), "concepts": ("Dust", "Oceans", "Trees"), **kw})
 
 
 def _opts(cache: Path, host: str | None, **kw) -> RunOptions:

@@ -11,6 +11,7 @@ padding leak or a wrong formula changes the hidden states after the injected lay
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,7 +224,21 @@ def test_local_executor_and_loopback_ndif_equal_local(tmp_path, monkeypatch):
     sim, _ = runner.make_executor(ref, RunOptions(cache_root=tmp_path / "c2", backend="local", remote_simulation=True))
     got_sim = sim.readout(batch, lambda _id: None)
     monkeypatch.setenv("NDIF_API_KEY", DEFAULT_API_KEY)
+    from nnsight.schema.request import RequestModel
+
+    import remote_introspect
+    from remote_introspect.testing import ndif_protected_env as pe
+
+    captured: list[bytes] = []
+    real_serialize = RequestModel.serialize.__func__
+
+    def spy(cls, tracer, compress=False):
+        captured.append(real_serialize(cls, tracer, compress))
+        return captured[-1]
+
+    monkeypatch.setattr(RequestModel, "serialize", classmethod(spy))
     with LoopbackNDIF({str(model_dir): model_dir}, preload=True) as srv:
+        srv.protected_env = True  # deserialized under NDIF's import whitelist, as the real server does
         remote, _ = runner.make_executor(
             ref, RunOptions(cache_root=tmp_path / "c3", backend="ndif", ndif_host=srv.url, poll_initial_s=0.01)
         )
@@ -233,6 +248,10 @@ def test_local_executor_and_loopback_ndif_equal_local(tmp_path, monkeypatch):
         assert srv.counters()["requests"] == 1
         assert len(ids) == 1 and ids[0]
         again = remote.reattach_readout(ids[0])  # a killed client collects the same job by id
+        persistent = srv._model(next(iter(srv._specs)))._remoteable_persistent_objects()
+    package_dir = str(Path(remote_introspect.__file__).resolve().parent)
+    assert len(captured) == 1
+    assert pe.check_payload(captured[0], persistent, compress=True, client_paths=(package_dir,)) == []
     for out in (got_sim, got, again):
         assert out is not None
         assert torch.equal(out.logprobs, want.logprobs)

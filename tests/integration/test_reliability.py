@@ -16,9 +16,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
+from helpers import tiny_spec
 
 from remote_introspect.errors import FatalRemoteError, UserError
 from remote_introspect.execution import runner
@@ -31,17 +33,8 @@ from remote_introspect.store.database import ClaimOwner, Store
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _spec(**kw) -> ExperimentSpec:
-    base = dict(
-        model="tiny",
-        concepts=("Dust", "Oceans"),
-        strengths=(2.0, 8.0),
-        samples=2,
-        controls=3,
-        generation=GenerationParams(max_new_tokens=4, temperature=0.0),
-    )
-    base.update(kw)
-    return ExperimentSpec(**base)
+# Greedy decoding (temperature 0) throughout this file.
+_spec = partial(tiny_spec, temperature=0.0)
 
 
 def _main(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:

@@ -6,22 +6,15 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from helpers import tiny_spec
+
 from remote_introspect.execution import runner
 from remote_introspect.execution.runner import RunOptions
-from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
+from remote_introspect.experiment.spec import ExperimentSpec
 
 
 def _spec(mode: str) -> ExperimentSpec:
-    return ExperimentSpec(
-        model="tiny",
-        concepts=("Dust", "Oceans"),
-        strengths=(2.0, 5.0),
-        layers=(1, 2),
-        samples=1,
-        controls=2,
-        strength_mode=mode,  # type: ignore[arg-type]
-        generation=GenerationParams(max_new_tokens=4),
-    )
+    return tiny_spec(strengths=(2.0, 5.0), layers=(1, 2), samples=1, controls=2, strength_mode=mode)
 
 
 def _rows(cache: Path) -> dict[str, tuple[str, str]]:

@@ -8,27 +8,17 @@ import os
 import sqlite3
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
+from helpers import tiny_spec
 
 from remote_introspect.execution import runner
 from remote_introspect.execution.backends.local import LocalExecutor
 from remote_introspect.execution.runner import RunOptions
-from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 
-
-def _spec(**kw) -> ExperimentSpec:
-    base = dict(
-        model="tiny",
-        concepts=("Dust", "Oceans"),
-        strengths=(2.0, 8.0),
-        samples=2,
-        controls=3,
-        generation=GenerationParams(max_new_tokens=5),
-    )
-    base.update(kw)
-    return ExperimentSpec(**base)
+_spec = partial(tiny_spec, max_new_tokens=5)
 
 
 def test_rerun_does_no_model_work_and_same_results(cache_dir: Path, count_generate: list[int]) -> None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_spec
 from nnsight import TransformersModel
 
 from remote_introspect.execution import runner
@@ -27,7 +29,6 @@ from remote_introspect.execution.concept_vectors import left_pad
 from remote_introspect.execution.runner import RunOptions
 from remote_introspect.execution.traces import extraction, hf_generation, steered_generation
 from remote_introspect.execution.traces.generation_batch import GenerationBatch, row_uniforms
-from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 
 PROMPT = "Tell me about Dust and the Oceans. Trial 1: Do you detect an injected thought?"
 
@@ -52,17 +53,7 @@ def _tiny_executor(cache: Path, eos_bias: float | None = None):
     return LocalExecutor(loaded), (loaded.weights_id, loaded.dtype_label)
 
 
-def _spec(concepts=("Dust", "Oceans"), n: int = 6, **kw) -> ExperimentSpec:
-    return ExperimentSpec(
-        model="tiny",
-        concepts=concepts,
-        strengths=(2.0, 8.0),
-        layers=(2,),
-        samples=2,
-        controls=3,
-        generation=GenerationParams(max_new_tokens=n, temperature=1.0),
-        **kw,
-    )
+_spec = partial(tiny_spec, layers=(2,), max_new_tokens=6, temperature=1.0)
 
 
 # -- 1. the model ends its answer -------------------------------------------------------------------
@@ -91,7 +82,7 @@ def test_responses_end_at_end_of_turn_and_are_stored_before_it(tmp_path: Path) -
     response_ids contain a stop id."""
     n = 8
     bundle = _tiny_executor(tmp_path / "cache", eos_bias=5.0)
-    rep = runner.run(_spec(n=n), RunOptions(cache_root=tmp_path / "cache"), executor_bundle=bundle)
+    rep = runner.run(_spec(max_new_tokens=n), RunOptions(cache_root=tmp_path / "cache"), executor_bundle=bundle)
     assert rep.complete
     stops = set(rep.trials[0].generation.stop_ids)
     assert 1 in stops  # <|eot_id|>
@@ -188,7 +179,7 @@ def _poison(monkeypatch, concept_rows: str) -> None:
 def test_nonfinite_trials_fail_with_a_reason_and_are_never_graded(tmp_path: Path, monkeypatch) -> None:
     _poison(monkeypatch, "oceans")
     cache = tmp_path / "cache"
-    rep = runner.run(_spec(n=3), RunOptions(cache_root=cache))
+    rep = runner.run(_spec(max_new_tokens=3), RunOptions(cache_root=cache))
     assert not rep.complete and rep.nonfinite_trials == 4
     rows = _rows(cache)
     by_key = {t.key: t for t in rep.trials}

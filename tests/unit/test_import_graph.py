@@ -41,7 +41,18 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     # what an experiment is, and which model it runs on
-    ("config", ("experiment.spec", "experiment.protocols", "models.tiny", "models.loading", "models.parameters", "experiment.probe_spec")),
+    (
+        "config",
+        (
+            "experiment.spec",
+            "experiment.protocols",
+            "experiment.localization",
+            "experiment.probe_spec",
+            "models.tiny",
+            "models.loading",
+            "models.parameters",
+        ),
+    ),
     ("store", ("store", "store.database", "experiment.planner")),  # keys → trials → batches, and where they are kept
     (
         "grading",
@@ -55,7 +66,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "grading.table_io",
         ),
     ),
-    ("read", ("store.results_frame", "stats.cells", "stats.scaling")),  # the one read-only frame and its statistics
+    # the checks of stored bytes, the one read-only frame and its statistics
+    ("read", ("store.integrity", "store.results_frame", "stats.cells", "stats.scaling")),
     ("knobs", ("experiment.knobs", "experiment.ladder")),  # spec diffs (knob → rubric) and ladder files
     (
         "execution",
@@ -75,6 +87,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.scale",
             "execution.probe_report",
             "execution.ladder",
+            "execution.localization",
         ),
     ),
     (
@@ -83,7 +96,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting",
             "reporting.hit_listing",
             "reporting.browser",
+            "reporting.judge_agreement",
             "reporting.audit",
+            "reporting.audit_text",
             "reporting.export",
             "reporting.report",
             "reporting.summary",
@@ -91,10 +106,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.probe_report",
             "reporting.comparison",
             "reporting.ladder",
+            "reporting.localization",
         ),
     ),
-    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.scale",
-             "cli.probe_report", "__main__")),
+    (
+        "cli",
+        ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.localize",
+         "cli.scale", "cli.probe_report", "__main__"),
+    ),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
 )
