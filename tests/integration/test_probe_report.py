@@ -123,7 +123,9 @@ def test_planted_coupling_is_recovered_and_its_removal_is_not(
     assert row0.report_range[1] - row0.report_range[0] > 0.2  # the report does vary, by context
 
 
-def test_stored_trial_equals_a_plain_torch_reference(base_dir: Path, base_run: tuple[Path, torch.Tensor]) -> None:
+def test_stored_trial_equals_a_plain_torch_reference(
+    base_dir: Path, base_run: tuple[Path, torch.Tensor]
+) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache, probe = base_run

@@ -76,17 +76,23 @@ def _trials(coupled: bool, seed: int = 0) -> dict[str, list[float]]:
 
 def test_coupling_on_planted_and_absent_relations() -> None:
     t = _trials(coupled=True)
-    r = coupling("wellbeing", 3, t["probe"], t["report"], t["strength"], t["context"], t["pole"], t["mass"], n_boot=500)
+    r = coupling(
+        "wellbeing", 3, t["probe"], t["report"], t["strength"], t["context"], t["pole"], t["mass"], n_boot=500
+    )
     assert r.rho.value > 0.9 and r.r2.value > 0.9 and r.sign == "valid" and r.heldout_accuracy == 1.0
     assert r.contexts == 8 and r.n == 40
     t = _trials(coupled=False)
-    r0 = coupling("wellbeing", 3, t["probe"], t["report"], t["strength"], t["context"], t["pole"], t["mass"], n_boot=500)
+    r0 = coupling(
+        "wellbeing", 3, t["probe"], t["report"], t["strength"], t["context"], t["pole"], t["mass"], n_boot=500
+    )
     assert r0.rho.lo <= 0.0 <= r0.rho.hi and r0.sign == "unclear"
     assert mean_validated_r2([r, r0]) == pytest.approx(r.r2.value)
     # a report that falls as the steering raises the probe: the paper's invalid sign
     t = _trials(coupled=True)
     flipped = [9.0 - y for y in t["report"]]
-    ri = coupling("focus", 3, t["probe"], flipped, t["strength"], t["context"], t["pole"], t["mass"], n_boot=500)
+    ri = coupling(
+        "focus", 3, t["probe"], flipped, t["strength"], t["context"], t["pole"], t["mass"], n_boot=500
+    )
     assert ri.sign == "invalid" and mean_validated_r2([ri]) is None
 
 
