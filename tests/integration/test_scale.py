@@ -15,6 +15,7 @@ from PIL import Image
 from remote_introspect.models.tiny import materialize_tiny_model
 from remote_introspect.testing.ndif_loopback import DEFAULT_API_KEY, LoopbackNDIF
 
+REPO = Path(__file__).resolve().parents[2]
 GRID = ["--concepts", "Dust,Oceans", "--strengths", "8", "--samples", "2", "--controls", "3",
         "--max-new-tokens", "4", "--conditions", "control"]  # fmt: skip
 
@@ -129,12 +130,29 @@ def test_missing_api_key_is_a_row_not_an_abort(
         (["--models", ","], "--models is empty"),
         (["--models", "tiny", "--model", "tiny"], "scale takes --models"),
         (["--models", "tiny", "--strengths", "nan"], "strengths"),
+        (["--models", "tiny", "--plot", "/nonexistent-dir/p.png"], "--plot: directory"),
+        (["experiments/scaling_llama.toml", "--models", "tiny", "--protocol", "lindsey"], "not both"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
     cache = tmp_path / "cache"
+    args = [str(REPO / a) if a.endswith(".toml") else a for a in args]
     code, out, err = invoke("scale", "--cache", cache, *args)
     assert code != 0 and out == ""
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
     assert not cache.exists()
+
+
+def test_the_scaling_file_serves_any_depth(tmp_path: Path) -> None:
+    """experiments/scaling_llama.toml gives layers as fractions: on the 4-layer tiny model 0.60,
+    0.67, 0.75 of depth are layers 2, 3, 3 → 2 layers; its 4 concepts × 1 strength × 1 sample."""
+    plot = tmp_path / "my-scaling.png"
+    code, out, err = invoke(
+        "scale", REPO / "experiments" / "scaling_llama.toml", "--models", "tiny", "--samples", "1",
+        "--controls", "2", "--strengths", "8", "--max-new-tokens", "4", "--cache", tmp_path / "c", "--plot", plot,
+    )  # fmt: skip
+    assert code == 0, err
+    assert (
+        " 8/2 " in _row(out, "tiny") and out.startswith("scaling-llama, prompt 'lindsey'") and plot.is_file()
+    )
