@@ -8,6 +8,7 @@
 - `probe_report`: probe–report coupling (Martorell & Bianchi)
 - `compare`, `ladder`: two experiments knob by knob; a one-knob-per-rung ladder between two recipes
 - `localize`: localization and the position control (PROTOCOLS.md §5)
+- `self_predict`: `self-predict` (Binder et al.'s self- vs cross-prediction)
 
 Never name an option `-v`/`--verbose`: nnsight switches into debug mode when it sees either in
 sys.argv (NDIF.md).
@@ -29,6 +30,7 @@ from remote_introspect.cli import (  # noqa: F401 - registers the commands on `a
     probe_report,
     results,
     scale,
+    self_predict,
 )
 from remote_introspect.cli.app import _setup_logging, app, err, out
 

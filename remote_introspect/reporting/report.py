@@ -793,12 +793,16 @@ def build_report(
         browser = browser_html(frame.df, audit["experiments"])
         from remote_introspect.reporting.ladder import extras
         from remote_introspect.reporting.localization import report_section
+        from remote_introspect.reporting.self_prediction import report_sections
 
         extra_md, extra_html = extras(frame, tmp, judge, compare)
         loc_html, loc_md, _ = report_section(frame.df, tmp)  # accuracy-vs-strength plots; "" if none
         scaling = scaling_sections(frame, tmp)  # scaling-<id>.png per set of experiments across models
         scaling_html = "".join(section_html(x) for x in scaling)
         scaling_md = "\n".join(line for x in scaling for line in section_markdown(x))
+        sp = report_sections(root)  # self-prediction runs: their own section each
+        extra_html += "".join(f"<h2>{_e(t)}</h2><pre>{_e(chr(10).join(lines))}</pre>" for t, lines in sp)
+        extra_md += "".join(f"\n## {t}\n\n```\n" + "\n".join(lines) + "\n```\n" for t, lines in sp)
         anchors = "<h2>Published anchors</h2>"
         html = _html(audit, sections, generated, browser, scaling_html).replace(anchors, loc_html + anchors, 1)
         html = html.replace("</body>", extra_html + "</body>", 1)

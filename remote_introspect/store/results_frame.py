@@ -50,6 +50,9 @@ SCHEMA: dict[str, pl.DataType] = {
     "key": pl.Utf8(),
     "experiments": pl.List(pl.Utf8()),
     "trial_json": pl.Utf8(),
+    # "introspection" (the graded trials) or another trial kind's name ("self-predict": scored by
+    # exact parsing, never by a judge, so never "ungraded").
+    "kind": pl.Utf8(),
     "status": pl.Utf8(),
     "condition": pl.Utf8(),
     "concept": pl.Utf8(),
@@ -177,6 +180,7 @@ def trial_fields(t: dict[str, Any]) -> dict[str, Any]:
     model = t.get("model") if isinstance(t.get("model"), dict) else {}
     gen = t.get("generation") if isinstance(t.get("generation"), dict) else {}
     return {
+        "kind": _typed(t.get("kind"), str) or "introspection",
         "condition": _typed(t.get("condition"), str),
         "concept": _typed(t.get("concept"), str),
         "layer": _typed(t.get("layer"), int),
@@ -325,6 +329,7 @@ def load_frame(
             row[f"diag_{k}"] = (
                 (int(v) if dtype == pl.Int64() else float(v)) if isinstance(v, int | float) else None
             )
+        row["kind"] = "introspection"
         if trial is not None:
             row.update(trial_fields(trial))
         for c in (*CRITERIA, *GRADE_EXTRA):

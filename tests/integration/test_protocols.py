@@ -58,6 +58,13 @@ def test_every_experiment_file_validates() -> None:
 
             build_localization_spec(f, {})  # `localize` files (issue 15)
             continue
+        if "order" in tomllib.loads(f.read_text()):
+            from remote_introspect.experiment.ladder import load_ladder
+
+            load_ladder(f)  # `ladder` files (issue 17)
+            with pytest.raises(UserError, match="is a ladder: run `ladder"):
+                load_experiment_file(f)
+            continue
         load_experiment_file(f)
 
 

@@ -34,6 +34,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "stats.analysis",
             "stats.crossover",
             "stats.coupling",
+            "stats.self_prediction",
+            "experiment.self_prediction_tasks",
             "stats.comparison",
             "grading.lexicon",
             "testing",
@@ -51,6 +53,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "models.tiny",
             "models.loading",
             "models.parameters",
+            "experiment.self_prediction",
         ),
     ),
     ("store", ("store", "store.database", "experiment.planner")),  # keys → trials → batches, and where they are kept
@@ -86,6 +89,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.runner",
             "execution.scale",
             "execution.probe_report",
+            "execution.self_prediction",
             "execution.ladder",
             "execution.localization",
         ),
@@ -104,6 +108,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.summary",
             "reporting.scaling",
             "reporting.probe_report",
+            "reporting.self_prediction",
             "reporting.comparison",
             "reporting.ladder",
             "reporting.localization",
@@ -112,9 +117,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "cli",
         ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.localize",
-         "cli.scale", "cli.probe_report", "__main__"),
+         "cli.scale", "cli.probe_report", "cli.self_predict", "__main__"),
     ),
-    ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
+    ("testing", ("testing.judge_loopback", "testing.ndif_loopback", "testing.planted_self_model")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
 )
 
