@@ -608,7 +608,9 @@ def _anchor_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, browser: str = "") -> str:
+def _html(
+    audit: dict[str, Any], sections: list[PromptSection], generated: str, browser: str = "", scaling: str = ""
+) -> str:
     a = audit
     status_cls = "ok" if a["status"] == "clean" else "bad"
     t = a["totals"]
@@ -696,6 +698,7 @@ def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, 
                 parts.append(f"<p>{_e(label)}: {len(rows)} shown</p>")
                 if rows:
                     parts.append(_table(rows, ("key", "concept", "response")))
+    parts.append(scaling)  # net detection vs parameters, when the cache holds one experiment on several models
     parts.append(browser)
     parts.append("<h2>Published anchors</h2>" + _table(_anchor_rows(), ("source", "measure", "where")))
     parts.append(
@@ -709,7 +712,7 @@ def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, 
     return "\n".join(parts)
 
 
-def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: str) -> str:
+def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: str, scaling: str = "") -> str:
     a, t = audit, audit["totals"]
     lines = [
         "# remote_introspect report",
@@ -746,6 +749,7 @@ def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: s
                 f"- `{r['key']}` {_where(r)}: {json.dumps(r['response'], ensure_ascii=False)}"
                 for r in rows
             ]
+    lines += [scaling] if scaling else []
     lines += ["", "## Published anchors", "", _md_table(_anchor_rows())]
     return "\n".join(lines) + "\n"
 
@@ -784,6 +788,7 @@ def build_report(
         sections = [s for e in audit["experiments"] for s in _sections(frame, e, tmp)]
         generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         from remote_introspect.reporting.browser import browser_html
+        from remote_introspect.reporting.scaling import scaling_sections, section_html, section_markdown
 
         browser = browser_html(frame.df, audit["experiments"])
         from remote_introspect.reporting.ladder import extras
@@ -792,14 +797,18 @@ def build_report(
 
         extra_md, extra_html = extras(frame, tmp, judge, compare)
         loc_html, loc_md, _ = report_section(frame.df, tmp)  # accuracy-vs-strength plots; "" if none
+        scaling = scaling_sections(frame, tmp)  # scaling-<id>.png per set of experiments across models
+        scaling_html = "".join(section_html(x) for x in scaling)
+        scaling_md = "\n".join(line for x in scaling for line in section_markdown(x))
         sp = report_sections(root)  # self-prediction runs: their own section each
         extra_html += "".join(f"<h2>{_e(t)}</h2><pre>{_e(chr(10).join(lines))}</pre>" for t, lines in sp)
         extra_md += "".join(f"\n## {t}\n\n```\n" + "\n".join(lines) + "\n```\n" for t, lines in sp)
         anchors = "<h2>Published anchors</h2>"
-        html = _html(audit, sections, generated, browser).replace(anchors, loc_html + anchors, 1)
+        html = _html(audit, sections, generated, browser, scaling_html).replace(anchors, loc_html + anchors, 1)
         html = html.replace("</body>", extra_html + "</body>", 1)
         (tmp / "index.html").write_text(html, encoding="utf-8")
-        md = _markdown(audit, sections, generated).replace("## Published anchors", loc_md + "## Published anchors", 1)
+        md = _markdown(audit, sections, generated, scaling_md)
+        md = md.replace("## Published anchors", loc_md + "## Published anchors", 1)
         (tmp / "summary.md").write_text(md + extra_md, encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))

@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "retry_policy",
             "experiment",
             "experiment.prompts",
+            "experiment.probe_prompts",
             "models",
             "models.presets",
             "execution",
@@ -32,6 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "stats",
             "stats.analysis",
             "stats.crossover",
+            "stats.coupling",
             "stats.self_prediction",
             "experiment.self_prediction_tasks",
             "stats.comparison",
@@ -44,7 +46,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "config",
         (
-            "experiment.spec", "experiment.protocols", "experiment.localization", "models.tiny", "models.loading",
+            "experiment.spec",
+            "experiment.protocols",
+            "experiment.localization",
+            "experiment.probe_spec",
+            "models.tiny",
+            "models.loading",
+            "models.parameters",
             "experiment.self_prediction",
         ),
     ),
@@ -62,7 +70,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     # the checks of stored bytes, the one read-only frame and its statistics
-    ("read", ("store.integrity", "store.results_frame", "stats.cells")),
+    ("read", ("store.integrity", "store.results_frame", "stats.cells", "stats.scaling")),
     ("knobs", ("experiment.knobs", "experiment.ladder")),  # spec diffs (knob → rubric) and ladder files
     (
         "execution",
@@ -79,6 +87,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.backends.local",
             "execution.backends.ndif",
             "execution.runner",
+            "execution.scale",
+            "execution.probe_report",
             "execution.self_prediction",
             "execution.ladder",
             "execution.localization",
@@ -96,6 +106,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.export",
             "reporting.report",
             "reporting.summary",
+            "reporting.scaling",
+            "reporting.probe_report",
             "reporting.self_prediction",
             "reporting.comparison",
             "reporting.ladder",
@@ -105,7 +117,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "cli",
         ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.localize",
-         "cli.self_predict", "__main__"),
+         "cli.scale", "cli.probe_report", "cli.self_predict", "__main__"),
     ),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback", "testing.planted_self_model")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
