@@ -32,7 +32,7 @@ def compare_command(
     from remote_introspect.reporting.comparison import compare_cache, format_comparison
 
     try:
-        result = compare_cache(cache, a, b, judge, metric, test)  # type: ignore[arg-type]
+        result = compare_cache(cache, a, b, judge=judge, metric=metric, test=test)  # type: ignore[typeddict-item]
     except UserError as exc:
         _fail(str(exc), exc.exit_code)
     typer.echo("\n".join(format_comparison(result)))

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from remote_introspect.cli.app import _fail, _validation_message, app, err, out, progress_bar
+from remote_introspect.cli.app import _fail, app, out
 from remote_introspect.cli.options import ProtocolOpt, _run_options, _spec_overrides, experiment_command
+from remote_introspect.cli.running import finish, one_line_errors, run_with_progress
 from remote_introspect.errors import UserError
 
 if TYPE_CHECKING:
@@ -61,61 +59,24 @@ def _run_spec(spec: ExperimentSpec, opts: RunOptions) -> None:
     from remote_introspect.execution import runner
     from remote_introspect.reporting.summary import render_summary
 
-    try:
+    with one_line_errors(opts.cache_root):
         runner.validate(spec, opts)  # reject bad input before any display or write
-    except ValidationError as exc:
-        _fail(_validation_message(exc))
-    except UserError as exc:
-        _fail(str(exc), exc.exit_code)
-    with progress_bar("{task.description}", transient=False) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=max(total, 1))
-            bar.update(tasks[stage], completed=done, total=max(total, 1))
-
-        request_task: list[int] = []
-
-        def request_status(state: str) -> None:
-            if not request_task:
-                request_task.append(bar.add_task("remote request", total=None))
-            bar.update(request_task[0], description=f"remote request: {state}")
-
-        def notice(line: str) -> None:
-            bar.console.print(line, highlight=False, markup=False)
-
-        try:
-            report = runner.run_with_grid(spec, opts, progress, notice, request_status)
-        except ValidationError as exc:
-            _fail(_validation_message(exc))
-        except UserError as exc:
-            _fail(str(exc), exc.exit_code)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            # Disk full, damaged pages, permissions: one line, never a traceback.
-            from remote_introspect.store.database import cache_error
-
-            line = cache_error(exc, opts.cache_root)
-            _fail(str(line), line.exit_code)
+    report = run_with_progress(
+        lambda progress, notice, status: runner.run_with_grid(spec, opts, progress, notice, status), opts.cache_root
+    )
     render_summary(report, out)
-    if report.nonfinite_trials:
-        sys.stderr.write(
-            f"error: {report.nonfinite_trials} trial(s) failed with non-finite activations/logits "
-            "(NaN/inf after steering: lower the strength); they are recorded failed, never graded\n"
-        )
-    if report.excluded:
-        _fail(
-            f"{len(report.excluded)} integrity problem(s) in this run's trials: they were excluded from every "
-            "count above (run `audit` for details)",
-            4,
-        )
-    if not report.complete:
-        for msg in sorted(set(report.errors))[:5]:
-            err.print(f"[red]failed batch:[/] {msg}", highlight=False)
-        err.print(
-            "[bold red]incomplete:[/] some trials failed or did not run; re-run the same command to retry them."
-        )
-        raise typer.Exit(1)
+    excluded = len(report.excluded)
+    finish(
+        nonfinite=report.nonfinite_trials,
+        integrity=(
+            f"{excluded} integrity problem(s) in this run's trials: they were excluded from every count above "
+            "(run `audit` for details)"
+            if excluded
+            else ""
+        ),
+        complete=report.complete,
+        errors=report.errors,
+    )
 
 
 @app.command("models")

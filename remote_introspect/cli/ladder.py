@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from remote_introspect.cli.app import _fail, _validation_message, app, err
+from remote_introspect.cli.app import _fail, app
 from remote_introspect.cli.options import _run_options, _spec_overrides, experiment_command
+from remote_introspect.cli.running import finish, run_with_progress
 from remote_introspect.errors import UserError
+
+if TYPE_CHECKING:
+    from remote_introspect.execution.runner import RunOptions
 
 
 @app.command("ladder")
@@ -44,35 +46,14 @@ def ladder_command(
     _run(ladder, opts)
 
 
-def _run(ladder: Any, opts: Any) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
+def _run(ladder: Any, opts: RunOptions) -> None:
     from remote_introspect.execution.ladder import run_ladder, rung_summary
     from remote_introspect.reporting.ladder import format_ladder, ladder_rows, rung_experiments
     from remote_introspect.store.results_frame import load_frame, open_readonly
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=max(total, 1))
-            bar.update(tasks[stage], completed=done, total=max(total, 1))
-
-        def notice(line: str) -> None:
-            bar.console.print(line, highlight=False, markup=False)
-
-        try:
-            result = run_ladder(ladder, opts, progress, notice)
-        except ValidationError as exc:
-            _fail(_validation_message(exc))
-        except UserError as exc:
-            _fail(str(exc), exc.exit_code)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            from remote_introspect.store.database import cache_error
-
-            line = cache_error(exc, opts.cache_root)
-            _fail(str(line), line.exit_code)
+    result = run_with_progress(
+        lambda progress, notice, status: run_ladder(ladder, opts, progress, notice, status), opts.cache_root
+    )
     summary = rung_summary(result)
     for s in summary:
         if s["matching"]:
@@ -85,10 +66,9 @@ def _run(ladder: Any, opts: Any) -> None:
         conn.close()
     rows, comps = ladder_rows(frame, rung_experiments(frame, summary), opts.judge)
     typer.echo("\n".join(format_ladder(rows, comps)))
-    excluded = [p for r in result.runs for p in r.report.excluded]
-    if excluded:
-        _fail(f"{len(excluded)} integrity problem(s) in the ladder's trials were excluded (run `audit`)", 4)
-    if not result.complete:
+    excluded = sum(len(r.report.excluded) for r in result.runs)
+    finish(integrity=f"{excluded} integrity problem(s) in the ladder's trials were excluded (run `audit`)" if excluded else "")
+    if not result.complete:  # its own line: the ladder stops at the first unfinished rung
         sys.stderr.write(
             f"error: the ladder stopped after {len(result.runs)} of {len(ladder.rungs)} rung(s): some trials failed "
             "or did not run; re-run the same command to resume\n"

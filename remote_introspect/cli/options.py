@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -209,32 +208,78 @@ _SPEC_FLAGS = [n for n in SPEC_OPTIONS if n != "backend"]
 _RUN_FLAGS = ["backend", *RUN_OPTIONS]
 
 
-def experiment_command(fn: Callable[..., None]) -> Callable[..., None]:
-    """Give a run command every shared option. `fn(own args..., spec_flags=..., run_flags=...)`
-    receives its own parameters as declared (its options listed after --model), plus the shared ones split into spec overrides
-    (`_spec_overrides`) and run options (`_run_options`). Typer reads the combined signature."""
-    own = [p for p in inspect.signature(fn).parameters.values() if p.name not in ("spec_flags", "run_flags")]
-    hints = typing.get_type_hints(fn, include_extras=True)
-    shared = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-        for name, (kind, default) in (
-            *((n, (t, None)) for n, t in SPEC_OPTIONS.items()),
-            *RUN_OPTIONS.items(),
-        )
+_PACKED = ("spec_flags", "run_flags", "opts")  # what `_with_shared` passes in place of the shared options
+_RUN_ONLY_FLAGS = ["backend", *(n for n in RUN_OPTIONS if n not in ("judge", "share_prefix"))]
+
+
+def _resolve(annotation: Any, fn: Callable[..., None]) -> Any:
+    """A string annotation (`from __future__ import annotations`) as the object it names in `fn`'s module."""
+    if not isinstance(annotation, str):
+        return annotation
+    return eval(annotation, fn.__globals__)  # noqa: S307 -- our own source text, as typing.get_type_hints does
+
+
+def _with_shared(
+    fn: Callable[..., None],
+    shared: list[inspect.Parameter],
+    after_args: int,
+    pack: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Callable[..., None]:
+    """`fn` with the `shared` options added to the signature Typer reads: `fn`'s arguments, the
+    first `after_args` shared options, `fn`'s own options, the rest. `pack` turns the shared
+    options' values into the keyword arguments `fn` receives in their place."""
+    names = [p.name for p in shared]
+    # Resolve only the command's own annotations: the packed ones (`opts: RunOptions`) may name a
+    # type imported under TYPE_CHECKING, and Typer never sees them.
+    own = [
+        p.replace(annotation=_resolve(p.annotation, fn), kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(fn).parameters.values()
+        if p.name not in _PACKED
     ]
-    own = [p.replace(annotation=hints[p.name], kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
-    # Arguments first, then --model, then the command's own options, then the shared ones.
     args = [p for p in own if p.default is inspect.Parameter.empty]
-    params = args + shared[:1] + [p for p in own if p not in args] + shared[1:]
+    params = args + shared[:after_args] + [p for p in own if p not in args] + shared[after_args:]
 
     @functools.wraps(fn)
     def command(**kwargs: Any) -> None:
-        spec_flags = {k: kwargs.pop(k) for k in _SPEC_FLAGS}
-        run_flags = {k: kwargs.pop(k) for k in _RUN_FLAGS}
-        fn(**kwargs, spec_flags=spec_flags, run_flags=run_flags)
+        given = pack({k: kwargs.pop(k) for k in names})
+        fn(**kwargs, **given)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     return command
 
 
+def _shared(table: dict[str, tuple[Any, Any]], names: list[str]) -> list[inspect.Parameter]:
+    return [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=table[n][1], annotation=table[n][0])
+        for n in names
+    ]
+
+
+_ALL = {**{n: (t, None) for n, t in SPEC_OPTIONS.items()}, **RUN_OPTIONS}
+
+
+def experiment_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give a run command every shared option. `fn(own args..., spec_flags=..., run_flags=...)`
+    receives its own parameters as declared (its options listed after --model), plus the shared ones split into spec overrides
+    (`_spec_overrides`) and run options (`_run_options`). Typer reads the combined signature."""
+
+    def pack(flags: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "spec_flags": {k: flags[k] for k in _SPEC_FLAGS},
+            "run_flags": {k: flags[k] for k in _RUN_FLAGS},
+        }
+
+    return _with_shared(fn, _shared(_ALL, list(_ALL)), 1, pack)
+
+
+def run_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give a command that builds its own spec the shared how-to-run options (--backend, --cache,
+    --batch-size, --dtype, --ndif-host, --tokenizer, the retry and timeout knobs; not --judge nor
+    --share-prefix: its trials are read out, not generated and graded). `fn(own..., opts=...)`
+    receives them as `RunOptions`; a bad value fails before `fn` runs."""
+
+    def pack(flags: dict[str, Any]) -> dict[str, Any]:
+        return {"opts": _run_options(**flags, judge="heuristic", share_prefix=False)}
+
+    return _with_shared(fn, _shared(_ALL, _RUN_ONLY_FLAGS), 0, pack)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from remote_introspect.cli.app import _fail, _validation_message, app, err, out
+from remote_introspect.cli.app import _fail, app, out
 from remote_introspect.cli.options import ProtocolOpt, _run_options, _spec_overrides, experiment_command
+from remote_introspect.cli.running import finish, run_with_progress
 from remote_introspect.errors import UserError
 
 ModelsOpt = Annotated[
@@ -70,33 +68,9 @@ def scale(
         o = {**overrides, "model": model}
         return load_experiment_file(experiment, o) if experiment is not None else build_spec(protocol, o)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err, transient=False,
-    ) as bar:  # fmt: skip
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=max(total, 1))
-            bar.update(tasks[stage], completed=done, total=max(total, 1))
-
-        def notice(line: str) -> None:
-            bar.console.print(line, highlight=False, markup=False)
-
-        try:
-            outcomes = run_scale(entries, build, opts, progress, notice)
-        except ValidationError as exc:
-            _fail(_validation_message(exc))
-        except UserError as exc:
-            _fail(str(exc), exc.exit_code)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            from remote_introspect.store.database import cache_error
-
-            line = cache_error(exc, opts.cache_root)
-            _fail(str(line), line.exit_code)
+    outcomes = run_with_progress(
+        lambda progress, notice, status: run_scale(entries, build, opts, progress, notice, status), opts.cache_root
+    )
     first = outcomes[0].spec
     title = f"{first.name}, prompt '{first.prompt_sets[0]}'"
     points = [
@@ -115,18 +89,10 @@ def scale(
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     plot_scaling(points, plot_path, title)
     out.print(f"scaling plot: {plot_path}", markup=False, highlight=False)
-    nonfinite = sum(o.report.nonfinite_trials for o in outcomes if o.report is not None)
-    if nonfinite:
-        sys.stderr.write(
-            f"error: {nonfinite} trial(s) failed with non-finite activations/logits (NaN/inf after steering: "
-            "lower the strength); they are recorded failed, never graded\n"
-        )
-    if any(o.status == "integrity problems" for o in outcomes):
-        _fail(
-            "integrity problems in some models' trials: they were excluded from every count (run `audit`)", 4
-        )
-    if any(o.status == "incomplete" for o in outcomes):
-        err.print(
-            "[bold red]incomplete:[/] some trials failed or did not run; re-run the same command to retry them."
-        )
-        raise typer.Exit(1)
+    finish(
+        nonfinite=sum(o.report.nonfinite_trials for o in outcomes if o.report is not None),
+        integrity="integrity problems in some models' trials: they were excluded from every count (run `audit`)"
+        if any(o.status == "integrity problems" for o in outcomes)
+        else "",
+        complete=not any(o.status == "incomplete" for o in outcomes),
+    )

@@ -21,6 +21,7 @@ import polars as pl
 
 from remote_introspect.reporting.judge_agreement import judge_agreement
 from remote_introspect.reporting.localization import localization_json
+from remote_introspect.reporting.probe_report import probe_report_json
 from remote_introspect.stats.cells import experiment_results
 from remote_introspect.store.integrity import Problem, check_vectors, database_check, vector_model_key
 from remote_introspect.store.results_frame import (
@@ -236,6 +237,7 @@ def _audit(
                 "prompt_sets": sorted(set(sub["prompt_set"].drop_nulls().to_list())),
                 "results": experiment_results(usable, concepts),
                 "localization": localization_json(sub),
+                "probe_report": probe_report_json(sub, spec),
                 # self-prediction answers are scored by `self-predict` / `report` (exact parsing)
                 "self_predict_answers": int(answers.filter(pl.col("usable")).height) if answers.height else None,
             }

@@ -106,6 +106,9 @@ def format_audit(a: dict[str, Any]) -> str:
                 f"    {e['self_predict_answers']} self-prediction answers, scored by exact parsing "
                 "(`self-predict` prints the table; `report` has its section)"
             )
+        elif e.get("probe_report") is not None:
+            pr = e["probe_report"]
+            out.extend(f"    {line}" for line in (pr["lines"] if pr["rows"] else ["(no usable trials)"]))
         elif not e["results"] and not e.get("localization"):
             out.append("    (no usable trials)")
         for res in e["results"]:

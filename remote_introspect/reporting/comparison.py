@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import polars as pl
 
@@ -169,8 +169,7 @@ def compare(
     metric: str = "affirmative_identifies",
     test: ExactTest = "fisher",
 ) -> Comparison:
-    if metric not in METRICS:
-        raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    _check_how(metric=metric, test=test)
     ra, rb = experiment_rows(frame, a, judge), experiment_rows(frame, b, judge)
     out = Comparison(ra, rb, spec_diff(a.spec or {}, b.spec or {}), metric, test)
     by = [c for c in cell_keys(a.spec) if c in ("concept",)]
@@ -300,27 +299,33 @@ def markdown_comparison(c: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_cache(
-    root: Path,
-    a_ref: str,
-    b_ref: str,
-    judge: str = "heuristic",
-    metric: str = "affirmative_identifies",
-    test: ExactTest = "fisher",
-) -> Comparison:
-    """`compare` on the cache at `root`: both experiments' trials, checked (read-only)."""
-    from remote_introspect.store.results_frame import load_experiments, load_frame, open_readonly
+class CompareHow(TypedDict, total=False):
+    """How `compare` compares, as keywords (defaults: heuristic judge, affirmative_identifies, fisher)."""
 
+    judge: str
+    metric: str
+    test: ExactTest
+
+
+def _check_how(judge: str = "heuristic", metric: str = "affirmative_identifies", test: str = "fisher") -> None:
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if test not in ("fisher", "barnard"):
         raise UserError(f"unknown exact test {test!r}; choose fisher or barnard")
+
+
+def compare_cache(root: Path, a_ref: str, b_ref: str, **how: Unpack[CompareHow]) -> Comparison:
+    """`compare` on the cache at `root`: both experiments' trials, checked (read-only). A bad
+    metric or test fails before the cache is opened."""
+    from remote_introspect.store.results_frame import load_experiments, load_frame, open_readonly
+
+    _check_how(**how)
     conn = open_readonly(Path(root))
     try:
         exps = ResultsFrame(pl.DataFrame(), load_experiments(conn))
         a = resolve_experiment(exps, a_ref, "A")
         b = resolve_experiment(exps, b_ref, "B")
-        frame = load_frame(conn, judge, [*a.keys, *b.keys])
+        frame = load_frame(conn, how.get("judge", "heuristic"), [*a.keys, *b.keys])
     finally:
         conn.close()
-    return compare(frame, a, b, judge, metric, test)
+    return compare(frame, a, b, **how)

@@ -24,6 +24,7 @@ from remote_introspect.reporting.comparison import (
     markdown_comparison,
     text_table,
 )
+from remote_introspect.reporting.sections import ReportInputs, Section
 from remote_introspect.stats.analysis import RateCI, rate_ci
 from remote_introspect.store.results_frame import Experiment, ResultsFrame
 
@@ -174,18 +175,16 @@ def rung_experiments(frame: ResultsFrame, summary: list[dict[str, Any]]) -> list
     return [(s["index"], s["knob"], by_id[s["experiment_id"]]) for s in summary if s["experiment_id"] in by_id]
 
 
-def extras(
-    frame: ResultsFrame, tmp: Path, judge: str, compare_refs: tuple[str, str] | None
-) -> tuple[str, str]:
-    """`report`'s additions: every ladder in the cache (table, chart, adjacent comparisons) and,
-    when asked, one comparison — as markdown for summary.md and HTML for index.html."""
+def sections(inputs: ReportInputs) -> list[Section]:
+    """The report's ladders and comparisons: every ladder in the cache (table, chart, adjacent
+    comparisons) and, when asked (`--compare A B`), one comparison."""
     import html
 
-    md, files = report_ladders(frame, tmp, judge)
-    if compare_refs is not None:
-        md += ("\n" if md else "") + report_comparison(frame, compare_refs[0], compare_refs[1], judge)
+    md, files = report_ladders(inputs.frame, inputs.out_dir, inputs.judge)
+    if inputs.compare is not None:
+        a, b = inputs.compare
+        md += ("\n" if md else "") + report_comparison(inputs.frame, a, b, inputs.judge)
     if not md:
-        return "", ""
+        return []
     imgs = "".join(f'<p><img src="{html.escape(f)}" alt="{html.escape(f)}"></p>' for f in files)
-    body = f"<h2>Comparisons and ladders</h2>{imgs}<pre>{html.escape(md)}</pre>"
-    return "\n" + md, f"<section id=\"comparisons\">{body}</section>"
+    return [Section("Comparisons and ladders", f"{imgs}<pre>{html.escape(md)}</pre>", md, tuple(files))]

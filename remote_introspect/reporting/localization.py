@@ -19,6 +19,7 @@ from typing import Any
 import polars as pl
 from scipy import stats as sps
 
+from remote_introspect.reporting.sections import ReportInputs, Section
 from remote_introspect.stats.analysis import RateCI, rate_ci
 
 CONDITION_LABEL = {"injected": "where (concept)", "prefer": "prefer control", "random": "random vector"}
@@ -219,22 +220,23 @@ def plot_accuracy(res: LocalizationResults, path: Path) -> str:
     return title
 
 
-def report_section(df: pl.DataFrame, out_dir: Path) -> tuple[str, str, list[str]]:
-    """(HTML, Markdown, figure files) for the report; empty when the cache has no localization rows."""
+def sections(inputs: ReportInputs) -> list[Section]:
+    """The report's localization section: per region scheme its summary lines and the
+    accuracy-vs-strength plot; none when the cache has no localization rows."""
     import html
 
-    blocks = summarize(df)
+    blocks = summarize(inputs.frame.df)
     if not blocks:
-        return "", "", []
-    parts_html, parts_md, files = ["<h2>Localization and position control</h2>"], ["## Localization and position control", ""], []
+        return []
+    parts_html, parts_md, files = [], [], []
     for res in blocks:
         name = f"localization-{res.regions}-accuracy.png"
-        title = plot_accuracy(res, out_dir / name)
+        title = plot_accuracy(res, inputs.out_dir / name)
         files.append(name)
         text = "\n".join(format_results(res))
         parts_html.append(f"<pre>{html.escape(text)}</pre><figure><img src='{name}' alt='{html.escape(title)}'></figure>")
         parts_md += ["```", text, "```", "", f"![{title}]({name})", ""]
-    return "\n".join(parts_html), "\n".join(parts_md), files
+    return [Section("Localization and position control", "\n".join(parts_html), "\n".join(parts_md), tuple(files))]
 
 
 def localization_json(df: pl.DataFrame) -> list[dict[str, Any]]:

@@ -1,18 +1,26 @@
-"""`probe-report`'s stdout: one row per layer × concept, the mean validated R², and the published
-anchors (Martorell & Bianchi; PROTOCOLS.md §6) beside ours."""
+"""`probe-report`'s table: one row per layer × concept, the mean validated R², and the published
+anchors (Martorell & Bianchi; PROTOCOLS.md §6) beside ours — on stdout after a run, and read back
+from the cache (the stored trials' readouts, through `stats.coupling.couplings`) for `audit` and
+`report`."""
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Sequence
+from typing import Any
 
+import polars as pl
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from remote_introspect.reporting.sections import ReportInputs, Section
 from remote_introspect.stats.coupling import (
     PUBLISHED_8B_WELLBEING,
     PUBLISHED_MEAN_R2,
     Coupling,
+    couplings,
     mean_validated_r2,
 )
 
@@ -75,3 +83,55 @@ def render_probe_report(
             markup=False,
             highlight=False,
         )
+
+
+def _model(name: str) -> tuple[str, bool]:
+    """The label and instruct flag `probe-report` printed for the spec's model (a preset's name;
+    a model that no longer resolves keeps the spec's text and is not called a base model)."""
+    from remote_introspect.errors import UserError
+    from remote_introspect.models.loading import resolve_model
+
+    try:
+        ref = resolve_model(name)
+    except UserError:
+        return name, True
+    return ref.name, ref.preset.instruct if ref.preset else True
+
+
+def probe_report_json(sub: pl.DataFrame, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """`audit --json`'s per-experiment `probe_report`: the coupling per layer × concept of the
+    experiment's usable trials (`sub`, its rows of the checked frame), the mean validated R² per
+    layer, and the table `probe-report` printed (`lines`). None for other experiments."""
+    if spec.get("protocol") != "probe-report":
+        return None
+    ok = sub.filter(pl.col("usable") & pl.col("readout_json").is_not_null() & (pl.col("kind") == "probe-report"))
+    trials = [(json.loads(t), json.loads(r)) for t, r in ok.select("trial_json", "readout_json").iter_rows()]
+    layers = sorted({int(t["layer"]) for t, _ in trials})
+    rows = couplings(
+        trials, layers, list(spec.get("concepts") or []), n_boot=int(spec["bootstrap"]), seed=int(spec["seed"])
+    )
+    label, instruct = _model(str(spec.get("model")))
+    text = io.StringIO()
+    render_probe_report(rows, label, instruct, spec["strengths"], spec["strength_mode"], Console(file=text))
+    return {
+        "rows": [r.as_json() for r in rows],
+        "mean_validated_r2": [
+            {"layer": layer, "value": mean_validated_r2([r for r in rows if r.layer == layer])} for layer in layers
+        ],
+        "lines": text.getvalue().splitlines(),
+    }
+
+
+def sections(inputs: ReportInputs) -> list[Section]:
+    """The report's probe–report sections: per probe-report experiment, the table `probe-report`
+    printed, from the audit's reading of the cache."""
+    import html
+
+    out = []
+    for e in inputs.audit["experiments"]:
+        pr = e.get("probe_report")
+        if pr is not None:
+            text = "\n".join(pr["lines"])
+            title = f"Probe–report coupling: {e['name']} [{e['id'][:12]}], model {e['model']}"
+            out.append(Section(title, f"<pre>{html.escape(text)}</pre>", f"```\n{text}\n```"))
+    return out

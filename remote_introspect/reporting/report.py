@@ -36,6 +36,7 @@ from remote_introspect.errors import UserError
 from remote_introspect.reporting.audit import audit_with_frame
 from remote_introspect.reporting.audit_text import fmt_net, format_results
 from remote_introspect.reporting.judge_agreement import format_agreement_rows
+from remote_introspect.reporting.sections import ReportInputs, Section
 from remote_introspect.stats.analysis import net_detection, rate_ci
 from remote_introspect.stats.cells import (
     POOLED,
@@ -609,7 +610,11 @@ def _anchor_rows() -> list[dict[str, Any]]:
 
 
 def _html(
-    audit: dict[str, Any], sections: list[PromptSection], generated: str, browser: str = "", scaling: str = ""
+    audit: dict[str, Any],
+    sections: list[PromptSection],
+    generated: str,
+    browser: str = "",
+    protocols: list[Section] | None = None,
 ) -> str:
     a = audit
     status_cls = "ok" if a["status"] == "clean" else "bad"
@@ -668,7 +673,7 @@ def _html(
             f"Trials: {c['planned']} planned, {c['done']} done, {c['failed']} failed, {c['never_run']} never run, "
             f"{c['ungraded']} ungraded, {c['corrupt']} corrupt; <b>{c['usable']} usable</b>.</p>"
         )
-        if not e["results"]:
+        if not (e["results"] or e.get("localization") or (e.get("probe_report") or {}).get("rows")):
             parts.append("<p>No usable trials yet.</p>")
         for s in (x for x in sections if x.exp["id"] == e["id"]):
             parts.append(f"<h3>{_e(s.heading)}</h3>")
@@ -698,8 +703,8 @@ def _html(
                 parts.append(f"<p>{_e(label)}: {len(rows)} shown</p>")
                 if rows:
                     parts.append(_table(rows, ("key", "concept", "response")))
-    parts.append(scaling)  # net detection vs parameters, when the cache holds one experiment on several models
     parts.append(browser)
+    parts += [f"<h2>{_e(x.title)}</h2>{x.html}" for x in protocols or []]
     parts.append("<h2>Published anchors</h2>" + _table(_anchor_rows(), ("source", "measure", "where")))
     parts.append(
         "<h2>Image check</h2><pre id='image-check'>(filled in by the browser once images load)</pre>"
@@ -712,7 +717,9 @@ def _html(
     return "\n".join(parts)
 
 
-def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: str, scaling: str = "") -> str:
+def _markdown(
+    audit: dict[str, Any], sections: list[PromptSection], generated: str, protocols: list[Section] | None = None
+) -> str:
     a, t = audit, audit["totals"]
     lines = [
         "# remote_introspect report",
@@ -749,7 +756,8 @@ def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: s
                 f"- `{r['key']}` {_where(r)}: {json.dumps(r['response'], ensure_ascii=False)}"
                 for r in rows
             ]
-    lines += [scaling] if scaling else []
+    for x in protocols or []:
+        lines += ["", f"## {x.title}", "", x.markdown.rstrip("\n")]
     lines += ["", "## Published anchors", "", _md_table(_anchor_rows())]
     return "\n".join(lines) + "\n"
 
@@ -764,11 +772,20 @@ def _where(r: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
+def protocol_sections(inputs: ReportInputs) -> list[Section]:
+    """Every protocol's sections, in the report's order: each protocol's reporting module offers
+    `sections(inputs)` (reporting/sections.py); a protocol absent from the cache adds none."""
+    from remote_introspect.reporting import ladder, localization, probe_report, scaling, self_prediction
+
+    providers = (scaling, localization, ladder, self_prediction, probe_report)
+    return [x for p in providers for x in p.sections(inputs)]
+
+
 def build_report(
     root: Path, out_dir: Path, judge: str = "heuristic", compare: tuple[str, str] | None = None
 ) -> ReportResult:
     """Write the report for the cache at `root` into `out_dir` (atomically replaced); with
-    `compare`, two experiments' comparison too. Ladders in the cache get their chart."""
+    `compare`, two experiments' comparison too. Each protocol in the cache adds its sections."""
     root, out_dir = Path(root), Path(out_dir)
     _check_out(out_dir)
     audit, frame = audit_with_frame(root, judge)
@@ -788,28 +805,11 @@ def build_report(
         sections = [s for e in audit["experiments"] for s in _sections(frame, e, tmp)]
         generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         from remote_introspect.reporting.browser import browser_html
-        from remote_introspect.reporting.scaling import scaling_sections, section_html, section_markdown
 
         browser = browser_html(frame.df, audit["experiments"])
-        from remote_introspect.reporting.ladder import extras
-        from remote_introspect.reporting.localization import report_section
-        from remote_introspect.reporting.self_prediction import report_sections
-
-        extra_md, extra_html = extras(frame, tmp, judge, compare)
-        loc_html, loc_md, _ = report_section(frame.df, tmp)  # accuracy-vs-strength plots; "" if none
-        scaling = scaling_sections(frame, tmp)  # scaling-<id>.png per set of experiments across models
-        scaling_html = "".join(section_html(x) for x in scaling)
-        scaling_md = "\n".join(line for x in scaling for line in section_markdown(x))
-        sp = report_sections(root)  # self-prediction runs: their own section each
-        extra_html += "".join(f"<h2>{_e(t)}</h2><pre>{_e(chr(10).join(lines))}</pre>" for t, lines in sp)
-        extra_md += "".join(f"\n## {t}\n\n```\n" + "\n".join(lines) + "\n```\n" for t, lines in sp)
-        anchors = "<h2>Published anchors</h2>"
-        html = _html(audit, sections, generated, browser, scaling_html).replace(anchors, loc_html + anchors, 1)
-        html = html.replace("</body>", extra_html + "</body>", 1)
-        (tmp / "index.html").write_text(html, encoding="utf-8")
-        md = _markdown(audit, sections, generated, scaling_md)
-        md = md.replace("## Published anchors", loc_md + "## Published anchors", 1)
-        (tmp / "summary.md").write_text(md + extra_md, encoding="utf-8")
+        protocols = protocol_sections(ReportInputs(root, frame, audit, tmp, judge, compare))
+        (tmp / "index.html").write_text(_html(audit, sections, generated, browser, protocols), encoding="utf-8")
+        (tmp / "summary.md").write_text(_markdown(audit, sections, generated, protocols), encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))
         _swap_into_place(tmp, out_dir)

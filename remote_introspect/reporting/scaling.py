@@ -22,6 +22,7 @@ from rich.table import Table
 
 from remote_introspect.atomic import atomic_write
 from remote_introspect.models.parameters import format_params
+from remote_introspect.reporting.sections import ReportInputs, Section
 from remote_introspect.stats.analysis import NetDetection, RateCI
 from remote_introspect.stats.scaling import PUBLISHED, ScalingRow, published_ci, scaling_row
 from remote_introspect.store.results_frame import ResultsFrame
@@ -179,6 +180,15 @@ def _params_of(model: str) -> int | None:
     return parameter_count(ref.repo_id, ref.config)
 
 
+def sections(inputs: ReportInputs) -> list[Section]:
+    """The report's scaling sections: a table and the scaling-<id>.png plot per set of experiments
+    across models."""
+    return [
+        Section(s.title, section_html(s), "\n".join(section_markdown(s)), (s.file,))
+        for s in scaling_sections(inputs.frame, inputs.out_dir)
+    ]
+
+
 def scaling_sections(frame: ResultsFrame, out_dir: Path) -> list[ScalingSection]:
     """A scaling plot for each set of experiments in the cache that differ only in their model
     (what `scale` runs), with at least two models; rows from the first prompt set."""
@@ -216,7 +226,7 @@ def scaling_sections(frame: ResultsFrame, out_dir: Path) -> list[ScalingSection]
 
 
 def section_markdown(s: ScalingSection) -> list[str]:
-    lines = ["", f"## {s.title}", "", f"Hit = {HIT}; control FP = affirmative.", ""]
+    lines = [f"Hit = {HIT}; control FP = affirmative.", ""]
     lines.append(
         "| model | params | n inj/ctl | Lindsey success | strict | control FP | net | net (refusals excl.) |"
     )
@@ -251,7 +261,7 @@ def section_html(s: ScalingSection) -> str:
         for p in s.points
     )
     return (
-        f"<h2>{e(s.title)}</h2><p>Hit = {e(HIT)}; control FP = affirmative.</p>"
+        f"<p>Hit = {e(HIT)}; control FP = affirmative.</p>"
         "<table><tr><th>model</th><th>params</th><th>n inj/ctl</th><th>Lindsey success</th><th>strict</th>"
         f"<th>control FP</th><th>net</th><th>net (refusals excl.)</th></tr>{rows}</table>"
         f"<figure><img src='{e(s.file)}' alt='{e(s.title)}' title='{e(s.title)}'>"

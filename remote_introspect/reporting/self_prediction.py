@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from remote_introspect.experiment import self_prediction as sp
+from remote_introspect.reporting.sections import ReportInputs, Section
 from remote_introspect.stats.self_prediction import TargetScores, Unit, score_target
 from remote_introspect.store.results_frame import load_frame
 
@@ -142,11 +143,13 @@ def frame_kind_filter() -> pl.Expr:
     return pl.col("trial_json").str.contains('"kind":"self-predict"')
 
 
-def report_sections(root: Any) -> list[tuple[str, list[str]]]:
-    """(title, table lines) for every self-prediction run in the cache at `root` (read-only)."""
+def sections(inputs: ReportInputs) -> list[Section]:
+    """The report's self-prediction sections: the score table of every run in the cache, one each."""
+    import html
+
     from remote_introspect.store.results_frame import open_readonly
 
-    conn = open_readonly(root)
+    conn = open_readonly(inputs.root)
     try:
         out = []
         for spec, runs in runs_in_cache(conn):
@@ -155,7 +158,8 @@ def report_sections(root: Any) -> list[tuple[str, list[str]]]:
                 f"Self-prediction: {', '.join(m for m, _ in runs)} — tasks {', '.join(spec.get('tasks') or [])}, "
                 f"n={spec.get('n')}, seed={spec.get('seed')}"
             )
-            out.append((title, format_table(answers, score_all(answers))))
+            text = "\n".join(format_table(answers, score_all(answers)))
+            out.append(Section(title, f"<pre>{html.escape(text)}</pre>", f"```\n{text}\n```"))
         return out
     finally:
         conn.close()

@@ -17,7 +17,7 @@ model's self-report tracks it. Pure numpy/scipy, no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -217,6 +217,33 @@ def coupling(
         digit_mass=float(np.mean(digit_mass)),
         report_range=(float(y.min()), float(y.max())),
     )
+
+
+def couplings(
+    trials: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    layers: Sequence[int],
+    concepts: Sequence[str],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> list[Coupling]:
+    """One row per layer × concept (in that order) from usable probe-report trials, each a
+    (trial data, readout) pair as the store holds them (`trials.trial_json`, `trials.readout_json`);
+    a layer × concept with fewer than 3 trials has no row. What `probe-report` prints, `audit`
+    and `report` read back from the cache."""
+    groups: dict[tuple[int, str], list[tuple[float, float, float, int, int, float]]] = {}
+    for t, r in trials:
+        groups.setdefault((int(t["layer"]), str(t["concept"])), []).append(
+            (r["probe_readout"], r["report"], float(t["strength"]), int(t["sample"]), int(t["pole"]), r["digit_mass"])
+        )
+    out = []
+    for layer in layers:
+        for concept in concepts:
+            g = groups.get((layer, concept), [])
+            if len(g) >= 3:
+                probe, report, strength, context, pole, mass = zip(*g, strict=True)
+                out.append(coupling(concept, layer, probe, report, strength, context, pole, mass, n_boot=n_boot, seed=seed))
+    return out
 
 
 def mean_validated_r2(rows: Sequence[Coupling]) -> float | None:
