@@ -360,7 +360,9 @@ def test_missing_key_is_fatal_before_any_request(server, model_dir, tmp_path, mo
 
 
 def test_job_timeout_splits_the_batch(server, model_dir, tmp_path, local_reference):
-    server.faults.update(timeout_rows=2)
+    # More than 4 rows times out: a 5-row batch splits into 2 + 3, and the vector extraction (one
+    # request of 103 prompts) halves down to requests of at most 4 rows.
+    server.faults.update(timeout_rows=4)
     rep = runner.run(_spec(model_dir), _opts(tmp_path / "c", server.url, batch_rows=5))
     assert rep.complete
     assert server.max_rows_seen >= 5  # the full batch was tried first
