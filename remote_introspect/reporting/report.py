@@ -3,8 +3,8 @@
 Layout of the output directory (written to a temporary sibling, then renamed into place, so a
 failure leaves no half-written report and an existing report is replaced whole):
 
-- `index.html` — the books (audit verdict, counts, integrity problems), then per experiment: the
-  headline statistics, a per-(layer, strength) table, plots, per-concept rates, example responses
+- `index.html` — the books (audit verdict, counts, integrity problems), then per experiment: Lindsey's
+  positive control where it was run (the rows the run's stdout prints), the headline statistics, a per-(layer, strength) table, plots, per-concept rates, example responses
   behind any hit or false positive, and the published anchors.
 - `summary.md` — the same numbers as markdown.
 - `<experiment id>-layer<L>-strength.png` — detection (strict, affirmative∧identifies,
@@ -33,16 +33,21 @@ from typing import Any
 import polars as pl
 
 from remote_introspect.errors import UserError
+from remote_introspect.experiment.prompts import PROMPT_SETS
+from remote_introspect.experiment.spec import ExperimentSpec
 from remote_introspect.reporting.audit import audit_with_frame
 from remote_introspect.reporting.audit_text import fmt_net, format_results
 from remote_introspect.reporting.judge_agreement import format_agreement_rows
+from remote_introspect.reporting.positive_table import positive_note, positive_rows, positive_title
 from remote_introspect.stats.analysis import net_detection, rate_ci
 from remote_introspect.stats.cells import (
     POOLED,
     cell_keys,
     cell_rates,
+    controls_naming,
     crossover_mode,
     crossovers,
+    positive_control,
     prereg_cells,
 )
 from remote_introspect.stats.crossover import CrossoverResult
@@ -505,6 +510,32 @@ class PromptSection:
         return f"Experiment {self.exp['name']} [{self.exp['id']}] — prompt {self.res['prompt_set']}"
 
 
+@dataclass
+class PositiveSection:
+    """Lindsey's positive control of one experiment: the rows the run's stdout prints."""
+
+    title: str
+    rows: list[dict[str, str]]
+    note: str
+
+
+def _positive(frame: ResultsFrame, exp: dict[str, Any]) -> PositiveSection | None:
+    rows = frame.for_experiment(exp["id"])
+    cells = positive_control(rows)
+    if not cells:
+        return None
+    spec = next((e.spec for e in frame.experiments if e.id == exp["id"]), None) or {}
+    fields = ExperimentSpec.model_fields
+    prompt = spec.get("positive_prompt") or fields["positive_prompt"].default
+    span = spec.get("positive_span") or fields["positive_span"].default
+    concepts = list(spec.get("concepts") or [])
+    question = [text for role, text in PROMPT_SETS[prompt].messages if role == "user"][-1]
+    base = controls_naming(rows, prompt, concepts)
+    return PositiveSection(
+        positive_title(question, span), positive_rows(cells, base), positive_note(prompt, len(concepts), base)
+    )
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
@@ -608,7 +639,14 @@ def _anchor_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, browser: str = "") -> str:
+def _html(
+    audit: dict[str, Any],
+    sections: list[PromptSection],
+    generated: str,
+    browser: str = "",
+    positive: dict[str, PositiveSection] | None = None,
+) -> str:
+    positive = positive or {}
     a = audit
     status_cls = "ok" if a["status"] == "clean" else "bad"
     t = a["totals"]
@@ -668,6 +706,9 @@ def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, 
         )
         if not e["results"]:
             parts.append("<p>No usable trials yet.</p>")
+        if e["id"] in positive:
+            pc = positive[e["id"]]
+            parts.append(f"<h3>{_e(pc.title)}</h3>" + _table(pc.rows) + f"<p>{_e(pc.note)}</p>")
         for s in (x for x in sections if x.exp["id"] == e["id"]):
             parts.append(f"<h3>{_e(s.heading)}</h3>")
             parts.append(
@@ -709,8 +750,14 @@ def _html(audit: dict[str, Any], sections: list[PromptSection], generated: str, 
     return "\n".join(parts)
 
 
-def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: str) -> str:
+def _markdown(
+    audit: dict[str, Any],
+    sections: list[PromptSection],
+    generated: str,
+    positive: dict[str, PositiveSection] | None = None,
+) -> str:
     a, t = audit, audit["totals"]
+    positive = dict(positive or {})
     lines = [
         "# remote_introspect report",
         "",
@@ -724,6 +771,10 @@ def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: s
     for p in a["integrity"]["problems"]:
         lines.append(f"- integrity: `{p['kind']}` {p['object']} `{p['id']}`: {p['detail']}")
     for s in sections:
+        pc = positive.pop(s.exp["id"], None)  # before the experiment's first prompt, as on stdout
+        if pc is not None:
+            lines += ["", f"## {pc.title}", "", f"Experiment {s.exp['name']} [{s.exp['id']}].", ""]
+            lines += [_md_table(pc.rows), pc.note]
         lines += ["", f"## {s.heading}", "", f"Model {s.exp['model']}.", "", "```"]
         lines += format_results(s.res, "")
         lines += ["```", ""]
@@ -783,8 +834,9 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
         from remote_introspect.reporting.browser import browser_html
 
         browser = browser_html(frame.df, audit["experiments"])
-        (tmp / "index.html").write_text(_html(audit, sections, generated, browser), encoding="utf-8")
-        (tmp / "summary.md").write_text(_markdown(audit, sections, generated), encoding="utf-8")
+        positive = {e["id"]: pc for e in audit["experiments"] if (pc := _positive(frame, e)) is not None}
+        (tmp / "index.html").write_text(_html(audit, sections, generated, browser, positive), encoding="utf-8")
+        (tmp / "summary.md").write_text(_markdown(audit, sections, generated, positive), encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))
         _swap_into_place(tmp, out_dir)

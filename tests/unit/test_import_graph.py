@@ -75,6 +75,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "reporting",
             "reporting.hit_listing",
+            "reporting.positive_table",
             "reporting.browser",
             "reporting.judge_agreement",
             "reporting.audit",
