@@ -50,8 +50,18 @@ def batch_id(keys: list[str]) -> str:
     return sha256_hex(canonical_json(sorted(keys)))
 
 
-def result_sha(key: str, response_ids: list[int], response: str, diagnostics: dict[str, Any]) -> str:
-    return sha256_hex(canonical_json([key, response_ids, response, diagnostics]))
+def result_sha(
+    key: str,
+    response_ids: list[int],
+    response: str,
+    diagnostics: dict[str, Any],
+    readout: dict[str, Any] | None = None,
+) -> str:
+    """A done trial's result hash; a readout trial's (`trials.readout_json`) covers its readout
+    too. Without a readout the hash is the one every existing row carries."""
+    if readout is None:
+        return sha256_hex(canonical_json([key, response_ids, response, diagnostics]))
+    return sha256_hex(canonical_json([key, response_ids, response, diagnostics, readout]))
 
 
 def grade_sha(trial_key: str, trial_result_sha: str | None, grader: str, version: str, grade_json: str) -> str:

@@ -191,6 +191,20 @@ SPEC_OPTIONS: dict[str, Any] = {name: _option(kind, *rest) for name, (kind, *res
 RUN_OPTIONS: dict[str, tuple[Any, Any]] = {  # (type, default)
     name: (_option(kind, *rest), default) for name, (kind, default, *rest) in _RUN_TABLE.items()
 }
+# Named annotations, for commands that take only some of the shared options (compare, scale…).
+ModelOpt, BackendOpt, ConceptsOpt = SPEC_OPTIONS["model"], SPEC_OPTIONS["backend"], SPEC_OPTIONS["concepts"]
+StrengthsOpt, LayersOpt, FractionsOpt = SPEC_OPTIONS["strengths"], SPEC_OPTIONS["layers"], SPEC_OPTIONS["layer_fractions"]
+SamplesOpt, ControlsOpt, SeedOpt = SPEC_OPTIONS["samples"], SPEC_OPTIONS["controls"], SPEC_OPTIONS["seed"]
+TokensOpt, TempOpt, TopPOpt = SPEC_OPTIONS["max_new_tokens"], SPEC_OPTIONS["temperature"], SPEC_OPTIONS["top_p"]
+PromptOpt, SpanOpt, ModeOpt = SPEC_OPTIONS["prompt_set"], SPEC_OPTIONS["span"], SPEC_OPTIONS["strength_mode"]
+RecipeOpt, PairsOpt, CondOpt = SPEC_OPTIONS["vectors"], SPEC_OPTIONS["pairs"], SPEC_OPTIONS["conditions"]
+ScaleOpt, DenseOpt = SPEC_OPTIONS["scale_factors"], SPEC_OPTIONS["dense_grid"]
+DensePointsOpt, CrossModeOpt = SPEC_OPTIONS["dense_points"], SPEC_OPTIONS["crossover_mode"]
+CacheOpt, BatchOpt, DtypeOpt = RUN_OPTIONS["cache"][0], RUN_OPTIONS["batch_size"][0], RUN_OPTIONS["dtype"][0]
+JudgeOpt, HostOpt, TokOpt = RUN_OPTIONS["judge"][0], RUN_OPTIONS["ndif_host"][0], RUN_OPTIONS["tokenizer"][0]
+AttemptsOpt, JobTimeoutOpt = RUN_OPTIONS["max_attempts"][0], RUN_OPTIONS["job_timeout"][0]
+QueueTimeoutOpt, MismatchOpt = RUN_OPTIONS["queue_timeout"][0], RUN_OPTIONS["allow_version_mismatch"][0]
+ShareOpt = RUN_OPTIONS["share_prefix"][0]
 _SPEC_FLAGS = [n for n in SPEC_OPTIONS if n != "backend"]
 _RUN_FLAGS = ["backend", *RUN_OPTIONS]
 

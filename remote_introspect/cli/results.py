@@ -78,7 +78,8 @@ def grade_cache(
         frame = load_frame(store.conn, judge)
         df = frame.df
         done = df.filter(pl.col("status") == "done")
-        intact = done.filter(pl.col("integrity") == "ok")
+        # Only introspection trials are judged (self-prediction answers are parsed exactly).
+        intact = done.filter((pl.col("integrity") == "ok") & (pl.col("kind") == "introspection"))
         result.skipped_integrity = done.height - intact.height
         todo = intact.filter(pl.col("strict").is_null())
         result.already = intact.height - todo.height
@@ -297,12 +298,17 @@ def report(
     out: Annotated[Path, typer.Option("--out", help="Output directory (index.html, summary.md, PNGs).")],
     cache: Annotated[Path, typer.Option(help="Cache directory.")] = Path("cache"),
     judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "heuristic",
+    compare: Annotated[
+        list[str] | None, typer.Option(help="Two experiments (ids or files), each after --compare: adds `compare A B`.")
+    ] = None,
 ) -> None:
     """HTML report with plots and a markdown summary, written atomically to --out."""
     from remote_introspect.reporting.report import build_report
 
+    if compare is not None and len(compare) != 2:
+        _fail(f"--compare takes exactly two experiments (give it twice), got {len(compare)}")
     try:
-        res = build_report(cache, out, judge)
+        res = build_report(cache, out, judge, (compare[0], compare[1]) if compare else None)
     except UserError as exc:
         _fail(str(exc), exc.exit_code)
     plots = [f for f in res.files if f.endswith(".png")]

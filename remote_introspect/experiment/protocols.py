@@ -148,6 +148,10 @@ def load_experiment_file(path: Path, overrides: dict[str, Any] | None = None) ->
     protocol = data.pop("protocol", None)
     if protocol is not None and not isinstance(protocol, str):
         raise UserError(f"experiment file {path}: protocol must be a string")
+    if protocol == "localization":  # a readout experiment, not a generation one
+        raise UserError(f"experiment file {path} is a localization experiment: run `localize {path}`")
+    if "order" in data and ("from" in data or "to" in data):  # one experiment per rung
+        raise UserError(f"experiment file {path} is a ladder: run `ladder {path}`")
     for key in (
         "concepts",
         "strengths",

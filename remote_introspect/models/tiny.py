@@ -24,8 +24,10 @@ SPECIAL_TOKENS = ["<|begin_of_text|>", "<|eot_id|>", "<|pad|>", "<|start_header_
 FAMILIES = ("llama", "gemma", "qwen")
 
 
-def build_tiny_tokenizer(vocab_size: int = 512):
-    """A fast tokenizer (offsets work) trained deterministically on the shipped prompts/words."""
+def build_tiny_tokenizer(vocab_size: int = 512, extra_corpus: tuple[str, ...] = ()):
+    """A fast tokenizer (offsets work) trained deterministically on the shipped prompts/words
+    (plus `extra_corpus`, for tests whose prompts need their own merges; the default tokenizer,
+    hence every `tiny` trial key, is unchanged)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -40,6 +42,7 @@ def build_tiny_tokenizer(vocab_size: int = 512):
         " ".join(prompts.CONCEPT_WORDS),
         " ".join(prompts.BASELINE_WORDS),
         "Tell me about Yes, I detect an injected thought about the word. No, I do not detect anything.",
+        *extra_corpus,
     ]
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

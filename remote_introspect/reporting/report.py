@@ -644,6 +644,7 @@ def _html(
     sections: list[PromptSection],
     generated: str,
     browser: str = "",
+    scaling: str = "",
     positive: dict[str, PositiveSection] | None = None,
 ) -> str:
     positive = positive or {}
@@ -737,6 +738,7 @@ def _html(
                 parts.append(f"<p>{_e(label)}: {len(rows)} shown</p>")
                 if rows:
                     parts.append(_table(rows, ("key", "concept", "response")))
+    parts.append(scaling)  # net detection vs parameters, when the cache holds one experiment on several models
     parts.append(browser)
     parts.append("<h2>Published anchors</h2>" + _table(_anchor_rows(), ("source", "measure", "where")))
     parts.append(
@@ -754,6 +756,7 @@ def _markdown(
     audit: dict[str, Any],
     sections: list[PromptSection],
     generated: str,
+    scaling: str = "",
     positive: dict[str, PositiveSection] | None = None,
 ) -> str:
     a, t = audit, audit["totals"]
@@ -797,6 +800,7 @@ def _markdown(
                 f"- `{r['key']}` {_where(r)}: {json.dumps(r['response'], ensure_ascii=False)}"
                 for r in rows
             ]
+    lines += [scaling] if scaling else []
     lines += ["", "## Published anchors", "", _md_table(_anchor_rows())]
     return "\n".join(lines) + "\n"
 
@@ -811,8 +815,11 @@ def _where(r: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportResult:
-    """Write the report for the cache at `root` into `out_dir` (atomically replaced)."""
+def build_report(
+    root: Path, out_dir: Path, judge: str = "heuristic", compare: tuple[str, str] | None = None
+) -> ReportResult:
+    """Write the report for the cache at `root` into `out_dir` (atomically replaced); with
+    `compare`, two experiments' comparison too. Ladders in the cache get their chart."""
     root, out_dir = Path(root), Path(out_dir)
     _check_out(out_dir)
     audit, frame = audit_with_frame(root, judge)
@@ -832,11 +839,29 @@ def build_report(root: Path, out_dir: Path, judge: str = "heuristic") -> ReportR
         sections = [s for e in audit["experiments"] for s in _sections(frame, e, tmp)]
         generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         from remote_introspect.reporting.browser import browser_html
+        from remote_introspect.reporting.scaling import scaling_sections, section_html, section_markdown
 
         browser = browser_html(frame.df, audit["experiments"])
+        from remote_introspect.reporting.ladder import extras
+        from remote_introspect.reporting.localization import report_section
+        from remote_introspect.reporting.self_prediction import report_sections
+
+        extra_md, extra_html = extras(frame, tmp, judge, compare)
+        loc_html, loc_md, _ = report_section(frame.df, tmp)  # accuracy-vs-strength plots; "" if none
+        scaling = scaling_sections(frame, tmp)  # scaling-<id>.png per set of experiments across models
+        scaling_html = "".join(section_html(x) for x in scaling)
+        scaling_md = "\n".join(line for x in scaling for line in section_markdown(x))
+        sp = report_sections(root)  # self-prediction runs: their own section each
+        extra_html += "".join(f"<h2>{_e(t)}</h2><pre>{_e(chr(10).join(lines))}</pre>" for t, lines in sp)
+        extra_md += "".join(f"\n## {t}\n\n```\n" + "\n".join(lines) + "\n```\n" for t, lines in sp)
         positive = {e["id"]: pc for e in audit["experiments"] if (pc := _positive(frame, e)) is not None}
-        (tmp / "index.html").write_text(_html(audit, sections, generated, browser, positive), encoding="utf-8")
-        (tmp / "summary.md").write_text(_markdown(audit, sections, generated, positive), encoding="utf-8")
+        anchors = "<h2>Published anchors</h2>"
+        html = _html(audit, sections, generated, browser, scaling_html, positive).replace(anchors, loc_html + anchors, 1)
+        html = html.replace("</body>", extra_html + "</body>", 1)
+        (tmp / "index.html").write_text(html, encoding="utf-8")
+        md = _markdown(audit, sections, generated, scaling_md, positive)
+        md = md.replace("## Published anchors", loc_md + "## Published anchors", 1)
+        (tmp / "summary.md").write_text(md + extra_md, encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))
         _swap_into_place(tmp, out_dir)

@@ -33,7 +33,9 @@ from remote_introspect.keys import canonical_json, grade_sha, result_sha, vector
 # 2: grades carry `grade_sha` (hash of the grade with its trial's result hash and the grader);
 #    `claims` (batch leases for concurrent runs on one cache). A version-1 cache is migrated on
 #    the first writable open (its grades are hashed as found: trust on first use).
-SCHEMA_VERSION = 2
+# 3: `trials.readout_json` (nullable): a readout trial's few floats (localization, probes); its
+#    result hash covers it, so a version-2 reader could not verify such rows. Added on open.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -263,11 +265,14 @@ class Store:
                 f"remote_introspect reads up to {SCHEMA_VERSION}: upgrade the package"
             )
         cols = {r[1] for r in self.conn.execute("PRAGMA table_info(grades)")}
-        if "grade_sha" in cols and version == SCHEMA_VERSION:
+        trial_cols = {r[1] for r in self.conn.execute("PRAGMA table_info(trials)")}
+        if "grade_sha" in cols and "readout_json" in trial_cols and version == SCHEMA_VERSION:
             return
         with self.tx() as c:
             if "grade_sha" not in cols:
                 c.execute("ALTER TABLE grades ADD COLUMN grade_sha TEXT")
+            if "readout_json" not in trial_cols:
+                c.execute("ALTER TABLE trials ADD COLUMN readout_json TEXT")
             if version < 2:  # hash the grades found (trust on first use), once
                 rows = list(
                     c.execute(
@@ -396,6 +401,40 @@ class Store:
                         canonical_json(diag),
                         backend,
                         result_sha(key, ids, text, diag),
+                        stamp,
+                        key,
+                    ),
+                )
+            c.execute(
+                "UPDATE batches SET status='done', versions_json=?, error=NULL, updated_at=? WHERE id=?",
+                (canonical_json(versions), stamp, batch_id),
+            )
+
+    def readout_done(
+        self,
+        batch_id: str,
+        results: dict[str, tuple[list[int], str, dict[str, Any], dict[str, Any]]],
+        backend: str,
+        versions: dict[str, str],
+    ) -> None:
+        """`batch_done` for readout trials: (answer ids, answer text, diagnostics, readout) per
+        key, the readout stored in `readout_json` and covered by the result hash, all in one
+        transaction with the done status; a trial already done is never rewritten."""
+        stamp = now()
+        with self.tx() as c:
+            for key, (ids, text, diag, readout) in results.items():
+                c.execute(
+                    "UPDATE trials SET status='done', batch_id=?, error=NULL, error_class=NULL,"
+                    " response_ids=?, response=?, diagnostics_json=?, readout_json=?, backend=?,"
+                    " result_sha=?, updated_at=? WHERE key=? AND status != 'done'",
+                    (
+                        batch_id,
+                        json.dumps(ids),
+                        text,
+                        canonical_json(diag),
+                        canonical_json(readout),
+                        backend,
+                        result_sha(key, ids, text, diag, readout),
                         stamp,
                         key,
                     ),

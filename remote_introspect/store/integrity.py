@@ -91,7 +91,8 @@ def check_trial(row: sqlite3.Row) -> tuple[dict[str, Any] | None, dict[str, Any]
                     f"trial JSON hashes to {recomputed[:16]}…, not its key: the trial row was edited",
                 )
             )
-    parsed: dict[str, Any] = {"response_ids": None, "diagnostics": None}
+    parsed: dict[str, Any] = {"response_ids": None, "diagnostics": None, "readout": None}
+    readout_text = row["readout_json"] if "readout_json" in row.keys() else None
     if row["status"] == "done":
         missing = [
             c for c in ("response_ids", "response", "diagnostics_json", "result_sha") if row[c] is None
@@ -108,11 +109,14 @@ def check_trial(row: sqlite3.Row) -> tuple[dict[str, Any] | None, dict[str, Any]
                     raise ValueError("response_ids is not a list of integers")
                 if not isinstance(diag, dict):
                     raise ValueError("diagnostics is not an object")
+                readout = _loads(readout_text)
+                if readout is not None and not isinstance(readout, dict):
+                    raise ValueError("readout is not an object")
             except ValueError as err:
                 problems.append(Problem("result_unreadable", "trial", key, str(err).splitlines()[0][:200]))
             else:
-                parsed = {"response_ids": ids, "diagnostics": diag}
-                if result_sha(key, ids, row["response"], diag) != row["result_sha"]:
+                parsed = {"response_ids": ids, "diagnostics": diag, "readout": readout}
+                if result_sha(key, ids, row["response"], diag, readout) != row["result_sha"]:
                     problems.append(
                         Problem(
                             "result_sha_mismatch",

@@ -50,6 +50,9 @@ SCHEMA: dict[str, pl.DataType] = {
     "key": pl.Utf8(),
     "experiments": pl.List(pl.Utf8()),
     "trial_json": pl.Utf8(),
+    # "introspection" (the graded trials) or another trial kind's name ("self-predict": scored by
+    # exact parsing, never by a judge, so never "ungraded").
+    "kind": pl.Utf8(),
     "status": pl.Utf8(),
     "condition": pl.Utf8(),
     "concept": pl.Utf8(),
@@ -78,6 +81,7 @@ SCHEMA: dict[str, pl.DataType] = {
     "response": pl.Utf8(),
     "response_ids": pl.List(pl.Int64()),
     "diagnostics_json": pl.Utf8(),
+    "readout_json": pl.Utf8(),  # a readout trial's floats (localization, probes); null otherwise
     **{f"diag_{k}": v for k, v in DIAGNOSTICS.items()},
     "grader": pl.Utf8(),
     "grader_version": pl.Utf8(),
@@ -176,6 +180,7 @@ def trial_fields(t: dict[str, Any]) -> dict[str, Any]:
     model = t.get("model") if isinstance(t.get("model"), dict) else {}
     gen = t.get("generation") if isinstance(t.get("generation"), dict) else {}
     return {
+        "kind": _typed(t.get("kind"), str) or "introspection",
         "condition": _typed(t.get("condition"), str),
         "concept": _typed(t.get("concept"), str),
         "layer": _typed(t.get("layer"), int),
@@ -314,6 +319,7 @@ def load_frame(
             "response": r["response"],
             "response_ids": parsed["response_ids"],
             "diagnostics_json": r["diagnostics_json"],
+            "readout_json": r["readout_json"] if "readout_json" in r.keys() else None,
             "grader": name if grade is not None else None,
             "grader_version": version if grade is not None else None,
             "integrity": "ok" if not trial_problems else "; ".join(p.kind for p in trial_problems),
@@ -323,11 +329,15 @@ def load_frame(
             row[f"diag_{k}"] = (
                 (int(v) if dtype == pl.Int64() else float(v)) if isinstance(v, int | float) else None
             )
+        row["kind"] = "introspection"
         if trial is not None:
             row.update(trial_fields(trial))
         for c in (*CRITERIA, *GRADE_EXTRA):
             row[c] = getattr(grade, c) if grade is not None else None
-        row["usable"] = r["status"] == "done" and not trial_problems and grade is not None
+        # A readout trial is graded exactly by its stored floats (argmax), a self-prediction answer
+        # by exact parsing: neither needs a judge's grade to be usable.
+        exact = parsed["readout"] is not None or row["kind"] == "self-predict"
+        row["usable"] = r["status"] == "done" and not trial_problems and (grade is not None or exact)
         rows.append(row)
 
     for e in experiments:

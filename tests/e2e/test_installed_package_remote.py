@@ -48,7 +48,7 @@ SERVER = textwrap.dedent(
 NEGATIVE = textwrap.dedent(
     """
     import sys, time, torch, nnsight
-    from remote_introspect import interventions
+    from remote_introspect.execution.traces import interventions
     from remote_introspect.testing.ndif_loopback import client_model_for_dir
     from nnsight.modeling.huggingface import _ID_CACHE
     assert "site-packages" in interventions.__file__, interventions.__file__
@@ -101,7 +101,7 @@ def installed(tmp_path_factory) -> Path:
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )
     assert res.returncode == 0, res.stderr
-    assert (target / "remote_introspect" / "interventions.py").exists()
+    assert (target / "remote_introspect" / "execution" / "traces" / "interventions.py").exists()
     return target
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,18 @@ def test_every_experiment_file_validates() -> None:
         "lindsey_8b.toml", "lindsey_gemma270m.toml",
     }  # fmt: skip
     for f in files:
+        if tomllib.loads(f.read_text()).get("protocol") == "localization":
+            from remote_introspect.experiment.localization import build_localization_spec
+
+            build_localization_spec(f, {})  # `localize` files (issue 15)
+            continue
+        if "order" in tomllib.loads(f.read_text()):
+            from remote_introspect.experiment.ladder import load_ladder
+
+            load_ladder(f)  # `ladder` files (issue 17)
+            with pytest.raises(UserError, match="is a ladder: run `ladder"):
+                load_experiment_file(f)
+            continue
         load_experiment_file(f)
 
 

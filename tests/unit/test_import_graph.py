@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "retry_policy",
             "experiment",
             "experiment.prompts",
+            "experiment.probe_prompts",
             "models",
             "models.presets",
             "execution",
@@ -32,13 +33,29 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "stats",
             "stats.analysis",
             "stats.crossover",
+            "stats.coupling",
+            "stats.self_prediction",
+            "experiment.self_prediction_tasks",
+            "stats.comparison",
             "grading.lexicon",
             "testing",
             "testing.ndif_protected_env",
         ),
     ),
     # what an experiment is, and which model it runs on
-    ("config", ("experiment.spec", "experiment.protocols", "models.tiny", "models.loading")),
+    (
+        "config",
+        (
+            "experiment.spec",
+            "experiment.protocols",
+            "experiment.localization",
+            "experiment.probe_spec",
+            "models.tiny",
+            "models.loading",
+            "models.parameters",
+            "experiment.self_prediction",
+        ),
+    ),
     ("store", ("store", "store.database", "experiment.planner")),  # keys → trials → batches, and where they are kept
     (
         "grading",
@@ -53,7 +70,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     # the checks of stored bytes, the one read-only frame and its statistics
-    ("read", ("store.integrity", "store.results_frame", "stats.cells")),
+    ("read", ("store.integrity", "store.results_frame", "stats.cells", "stats.scaling")),
+    ("knobs", ("experiment.knobs", "experiment.ladder")),  # spec diffs (knob → rubric) and ladder files
     (
         "execution",
         (
@@ -62,12 +80,18 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.traces.hf_generation",
             "execution.traces.steered_generation",
             "execution.traces.extraction",
+            "execution.traces.readout",
             "execution.concept_vectors",
             "execution.backends",
             "execution.backends.base",
             "execution.backends.local",
             "execution.backends.ndif",
             "execution.runner",
+            "execution.scale",
+            "execution.probe_report",
+            "execution.self_prediction",
+            "execution.ladder",
+            "execution.localization",
         ),
     ),
     (
@@ -83,10 +107,20 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.export",
             "reporting.report",
             "reporting.summary",
+            "reporting.scaling",
+            "reporting.probe_report",
+            "reporting.self_prediction",
+            "reporting.comparison",
+            "reporting.ladder",
+            "reporting.localization",
         ),
     ),
-    ("cli", ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "__main__")),
-    ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
+    (
+        "cli",
+        ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.localize",
+         "cli.scale", "cli.probe_report", "cli.self_predict", "__main__"),
+    ),
+    ("testing", ("testing.judge_loopback", "testing.ndif_loopback", "testing.planted_self_model")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
 )
 

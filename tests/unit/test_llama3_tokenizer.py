@@ -104,3 +104,29 @@ def assert_starts_at_newline_before_trial(r) -> None:  # type: ignore[no-untyped
     assert r.text[marker - 2 : marker] == "\n\n"
     assert a <= marker - 2 < b
     assert set(r.text[b:marker]) <= {"\n"}
+
+
+@pytest.mark.parametrize("regions", ["sentences", "halves"])
+@pytest.mark.parametrize("prefer", [False, True])
+def test_localization_answers_are_single_tokens_and_regions_hold_the_text(llama3, regions, prefer) -> None:
+    """Issue 15 on Meta's tokenizer: after the prefill as written ("... SENTENCE ", "... at the"),
+    each answer ("1".."5"; " beginning"/" end") is exactly one token, and each steered span
+    decodes to its sentence (or passage half)."""
+    from remote_introspect.experiment import localization as L
+
+    ids = L.sample_sentences(0, 3) if regions == "sentences" else ()
+    r = L.render_trial_prompt(llama3, regions, ids, prefer)
+    assert r.text.endswith(L.PREFER_PREFILL if prefer else L.WHERE_PREFILL) if regions == "sentences" else True
+    answers = [llama3.decode([c]) for c in r.candidates]
+    assert answers == (list(L.DIGITS) if regions == "sentences" else list(L.HALVES))
+    texts = L.neutral_text()
+    for k, (a, b) in enumerate(r.regions):
+        got = llama3.decode(list(r.input_ids[a:b]))
+        if regions == "sentences":
+            # the last sentence's period shares its token with the newline that follows it
+            assert got.strip() == texts["sentences"][ids[k]], got
+        else:
+            assert got.strip() in texts["passage"] and len(got) > 100
+    if regions == "halves":
+        (a0, b0), (a1, b1) = r.regions
+        assert b0 - a0 == b1 - a1 and b0 <= a1

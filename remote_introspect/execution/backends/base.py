@@ -11,8 +11,16 @@ import torch
 
 from remote_introspect.errors import BatchTooLargeError, TransientError
 from remote_introspect.execution.traces.generation_batch import GenerationBatch
+from remote_introspect.execution.traces.readout import ReadoutBatch
 
-__all__ = ["BatchTooLargeError", "Executor", "GenerationOutput", "TransientError", "client_versions"]
+__all__ = [
+    "BatchTooLargeError",
+    "Executor",
+    "GenerationOutput",
+    "ReadoutOutput",
+    "TransientError",
+    "client_versions",
+]
 
 
 @dataclass
@@ -20,6 +28,15 @@ class GenerationOutput:
     ids: torch.Tensor  # [B, T + new]
     diagnostics: list[tuple[int, torch.Tensor]]  # (layer, [B, 3]) from the prefill pass
     nonfinite: torch.Tensor | None = None  # [B] bool: steered hidden states or logits NaN/inf
+
+
+@dataclass
+class ReadoutOutput:
+    """What one readout call brings back: a few floats per row (traces/readout.py)."""
+
+    logprobs: torch.Tensor  # [B, K] float32 full-vocabulary log-softmax at the candidate ids
+    projections: torch.Tensor | None  # [B, P] float32, or None without probes
+    nonfinite: torch.Tensor  # [B] bool: a steered span or the last logits were NaN/inf
 
 
 class Executor(Protocol):
@@ -56,6 +73,13 @@ class Executor(Protocol):
     ) -> GenerationOutput:
         """Run one batch. `on_submitted(job_id)` is called once the work is accepted and before
         waiting on it (remote executors pass their job id; local ones None)."""
+        ...
+
+    def readout(
+        self, batch: ReadoutBatch, on_submitted: Callable[[str | None], None]
+    ) -> ReadoutOutput:
+        """One steered forward pass of a batch, read out at the last position (one request).
+        `on_submitted` as for `generate`."""
         ...
 
     def versions(self) -> dict[str, str]:

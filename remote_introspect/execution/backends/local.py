@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
-from remote_introspect.execution.backends.base import GenerationOutput, client_versions
-from remote_introspect.execution.traces import extraction, hf_generation, steered_generation
+from remote_introspect.execution.backends.base import GenerationOutput, ReadoutOutput, client_versions
+from remote_introspect.execution.traces import extraction, hf_generation, readout, steered_generation
 from remote_introspect.execution.traces.generation_batch import GenerationBatch
+from remote_introspect.execution.traces.readout import ReadoutBatch
 from remote_introspect.models.loading import LoadedModel
 
 
@@ -39,6 +40,9 @@ class LocalExecutor:
         return []
 
     def reattach(self, job_id: str) -> GenerationOutput | None:
+        return None
+
+    def reattach_readout(self, job_id: str) -> ReadoutOutput | None:
         return None
 
     def _to_device(self, batch: GenerationBatch) -> GenerationBatch:
@@ -74,6 +78,25 @@ class LocalExecutor:
         return GenerationOutput(
             ids.detach().cpu(),
             [(int(layer), d.detach().cpu()) for layer, d in diags],
+            bad.detach().cpu(),
+        )
+
+    def readout(
+        self, batch: ReadoutBatch, on_submitted: Callable[[str | None], None]
+    ) -> ReadoutOutput:
+        on_submitted(None)
+        dev = self.loaded.device
+        if dev != "cpu":
+            batch = ReadoutBatch(
+                **{k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.__dict__.items()}
+            )
+        with torch.inference_mode():
+            logp, proj, bad, _ = readout.read_steered(
+                self.loaded.nn_model, batch, mlp_attr=self.loaded.ref.mlp_attr, remote=self._remote
+            )
+        return ReadoutOutput(
+            logp.detach().float().cpu(),
+            None if proj is None else proj.detach().float().cpu(),
             bad.detach().cpu(),
         )
 

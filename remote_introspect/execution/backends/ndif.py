@@ -56,9 +56,10 @@ from typing import Any
 import torch
 
 from remote_introspect.errors import BatchTooLargeError, FatalRemoteError, TransientError, UserError, scrub
-from remote_introspect.execution.backends.base import GenerationOutput, client_versions
-from remote_introspect.execution.traces import extraction, hf_generation, steered_generation
+from remote_introspect.execution.backends.base import GenerationOutput, ReadoutOutput, client_versions
+from remote_introspect.execution.traces import extraction, hf_generation, readout, steered_generation
 from remote_introspect.execution.traces.generation_batch import GenerationBatch
+from remote_introspect.execution.traces.readout import ReadoutBatch
 from remote_introspect.models.loading import ModelRef
 
 log = logging.getLogger(__name__)
@@ -645,6 +646,20 @@ class NDIFExecutor:
         self.on_status("submitted")
         return self._output(self._wait(backend))
 
+    def readout(
+        self, batch: ReadoutBatch, on_submitted: Callable[[str | None], None]
+    ) -> ReadoutOutput:
+        """One steered forward pass, one request; submitted, persisted, polled and retried exactly
+        as `generate` (the runner's retry policy wraps this call)."""
+        backend = self._submit(
+            lambda: readout.read_steered(
+                self.model, batch, mlp_attr=self.ref.mlp_attr, remote=self.settings.host, blocking=False
+            )[3]
+        )
+        on_submitted(backend.job_id)  # persisted before we wait: reattachable after a crash
+        self.on_status("submitted")
+        return self._readout_output(self._wait(backend))
+
     supports_reattach = True  # a job id persisted before waiting can be collected by a later run
 
     def model_eos_ids(self) -> list[int]:
@@ -653,6 +668,15 @@ class NDIFExecutor:
     def reattach(self, job_id: str) -> GenerationOutput | None:
         """Collect a job submitted by an earlier (killed) run; None when it must be resubmitted
         (the server forgot it, it failed, its status froze, or its result link expired)."""
+        result = self._reattach_result(job_id)
+        return None if result is None else self._output(result)
+
+    def reattach_readout(self, job_id: str) -> ReadoutOutput | None:
+        """`reattach` for a readout job (`readout`)."""
+        result = self._reattach_result(job_id)
+        return None if result is None else self._readout_output(result)
+
+    def _reattach_result(self, job_id: str) -> dict[str, Any] | None:
         from nnsight.intervention.backends.remote import RemoteBackend
 
         backend = RemoteBackend(
@@ -663,7 +687,7 @@ class NDIFExecutor:
             blocking=False,
         )
         try:
-            return self._output(self._wait(backend))
+            return self._wait(backend)
         except TransientError as err:  # resubmitting is the answer to all of these
             log.info("job %s cannot be collected (%s); resubmitting", job_id, err)
             return None
@@ -673,6 +697,15 @@ class NDIFExecutor:
         diags = [(int(layer), torch.as_tensor(d).cpu()) for layer, d in result["diags"]]
         bad = torch.as_tensor(result["bad"]).cpu() if "bad" in result else None
         return GenerationOutput(torch.as_tensor(result["ids"]).cpu(), diags, bad)
+
+    @staticmethod
+    def _readout_output(result: dict[str, Any]) -> ReadoutOutput:
+        proj = result.get("proj")
+        return ReadoutOutput(
+            torch.as_tensor(result["logp"]).float().cpu(),
+            None if proj is None else torch.as_tensor(proj).float().cpu(),
+            torch.as_tensor(result["bad"]).bool().cpu(),
+        )
 
     def versions(self) -> dict[str, str]:
         out = client_versions()

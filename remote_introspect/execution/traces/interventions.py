@@ -191,3 +191,76 @@ def gather_rows(rows: list[torch.Tensor]) -> torch.Tensor:
     GPUs) onto the first one's device."""
     dev = rows[0].device
     return torch.stack([r.to(dev) for r in rows])
+
+
+# -- one forward pass, read out (no generation): `readout.read_steered` ----------------------------
+
+
+def range_mask(seq_len: int, starts: torch.Tensor, ends: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T, 1] mask of the positions in [start, end) of each row (padded coordinates)."""
+    pos = torch.arange(seq_len, device=starts.device)
+    inside = (pos.unsqueeze(0) >= starts.unsqueeze(1)) & (pos.unsqueeze(0) < ends.to(starts.device).unsqueeze(1))
+    return inside.to(dtype).unsqueeze(-1)
+
+
+def range_norm(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row: mean residual norm over the masked span (or the last position when the span is
+    empty), before steering. Used by `relative` strength on a bounded span."""
+    T = h.shape[1]
+    norms = h.float().norm(dim=-1)  # [B, T]
+    m = mask.squeeze(-1).to(norms.dtype)
+    count = m.sum(dim=1)
+    mean = (norms * m).sum(dim=1) / count.clamp(min=1)
+    return torch.where(count > 0, mean, norms.select(1, T - 1))
+
+
+def steer_range(
+    h: torch.Tensor,
+    mlp_out: torch.Tensor | None,
+    layer: int,
+    starts: torch.Tensor,
+    ends: torch.Tensor,
+    row_layers: torch.Tensor,
+    vector_index: torch.Tensor,
+    vectors: torch.Tensor,
+    coefs: torch.Tensor,
+    scale: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoder layer's output on a single forward pass, steered (the formula above, `steer`)
+    only on positions [start, end) of the rows that chose this layer. Returns (new h, [B]
+    non-finite flag of the steered span)."""
+    dev = h.device
+    starts, ends, row_layers, vector_index, coefs, scale = (
+        t.to(dev) for t in (starts, ends, row_layers, vector_index, coefs, scale)
+    )
+    rows = row_layers == layer
+    sel_coefs = coefs * rows.unsqueeze(1).to(coefs.dtype)
+    sel_scale = torch.where(rows, scale, torch.ones_like(scale))
+    row_vectors = vectors.to(dev).index_select(0, vector_index)
+    mask = range_mask(h.shape[1], starts, ends, h.dtype)
+    rel = range_norm(h, mask)
+    new = steer(h, mask, row_vectors, sel_coefs, sel_scale, rel, mlp_out)
+    in_span = new.float().masked_fill(mask.bool().logical_not(), 0.0)
+    bad = rows & torch.isfinite(in_span).flatten(1).all(dim=1).logical_not()
+    return new, bad
+
+
+def probe_project(
+    h: torch.Tensor, layer: int, probe_layers: torch.Tensor, probes: torch.Tensor, acc: torch.Tensor
+) -> torch.Tensor:
+    """[B, P] projections of the last position's residual onto each probe direction, for the rows
+    whose probe layer is `layer`; `acc` (the other rows' values) elsewhere. float32."""
+    dev = h.device
+    last = h.select(1, h.shape[1] - 1).float()  # [B, H]
+    proj = last.matmul(probes.to(dev).float().t())  # [B, P]
+    rows = (probe_layers.to(dev) == layer).unsqueeze(1)
+    return torch.where(rows, proj, acc.to(dev))
+
+
+def candidate_logprobs(logits: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last position's log-softmax over the FULL vocabulary, read at each row's candidate ids
+    [B, K]: ([B, K] float32, [B] non-finite flag of that position's logits)."""
+    last = logits.select(1, logits.shape[1] - 1).float()  # [B, V]
+    bad = (torch.isnan(last) | torch.isposinf(last)).any(dim=-1) | torch.isfinite(last).any(dim=-1).logical_not()
+    logp = torch.log_softmax(last, dim=-1)
+    return logp.gather(1, candidates.to(last.device)), bad
