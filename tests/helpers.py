@@ -17,6 +17,10 @@ from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 # never reaches the cache, stdout or stderr.
 JUDGE_KEY = "fake-judge-KEY-do-not-leak-7f3a9c"
 
+# The README's first command on the real Gemma, on a small grid (tests/e2e: run once per session).
+GEMMA_FIRST_RUN = ["replicate-lindsey", "--model", "gemma-270m", "--concepts", "Dust,Trumpets", "--strengths", "8",
+                   "--samples", "2", "--controls", "2", "--max-new-tokens", "24", "--temperature", "0"]  # fmt: skip
+
 
 def invoke(*args: object) -> tuple[int, str, str]:
     """The CLI in-process (typer's runner): (exit code, stdout, stderr)."""
