@@ -9,7 +9,7 @@ import typer
 
 from remote_introspect.cli.app import _fail, app, out
 from remote_introspect.cli.options import ProtocolOpt, _run_options, _spec_overrides, experiment_command
-from remote_introspect.cli.running import finish, one_line_errors, run_with_progress
+from remote_introspect.cli.running import checked, finish, run_display
 from remote_introspect.errors import UserError
 
 if TYPE_CHECKING:
@@ -59,11 +59,9 @@ def _run_spec(spec: ExperimentSpec, opts: RunOptions) -> None:
     from remote_introspect.execution import runner
     from remote_introspect.reporting.summary import render_summary
 
-    with one_line_errors(opts.cache_root):
-        runner.validate(spec, opts)  # reject bad input before any display or write
-    report = run_with_progress(
-        lambda progress, notice, status: runner.run_with_grid(spec, opts, progress, notice, status), opts.cache_root
-    )
+    checked(runner.validate, spec, opts)  # reject bad input before any display or write
+    with run_display(opts.cache_root) as hooks:
+        report = runner.run_with_grid(spec, opts, hooks.progress, hooks.notice, hooks.request_status)
     render_summary(report, out)
     excluded = len(report.excluded)
     finish(

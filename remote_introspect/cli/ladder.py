@@ -10,7 +10,7 @@ import typer
 
 from remote_introspect.cli.app import _fail, app
 from remote_introspect.cli.options import _run_options, _spec_overrides, experiment_command
-from remote_introspect.cli.running import finish, run_with_progress
+from remote_introspect.cli.running import finish, run_display
 from remote_introspect.errors import UserError
 
 if TYPE_CHECKING:
@@ -51,9 +51,8 @@ def _run(ladder: Any, opts: RunOptions) -> None:
     from remote_introspect.reporting.ladder import format_ladder, ladder_rows, rung_experiments
     from remote_introspect.store.results_frame import load_frame, open_readonly
 
-    result = run_with_progress(
-        lambda progress, notice, status: run_ladder(ladder, opts, progress, notice, status), opts.cache_root
-    )
+    with run_display(opts.cache_root) as hooks:
+        result = run_ladder(ladder, opts, hooks.progress, hooks.notice, hooks.request_status)
     summary = rung_summary(result)
     for s in summary:
         if s["matching"]:

@@ -15,12 +15,10 @@ from remote_introspect.cli.options import (
     ModelOpt,
     SeedOpt,
     StrengthsOpt,
-    _parse_concepts,
-    _parse_floats,
-    _parse_ints,
+    _grid_fields,
     run_command,
 )
-from remote_introspect.cli.running import finish, one_line_errors, run_with_progress
+from remote_introspect.cli.running import checked, finish, run_display
 from remote_introspect.errors import UserError
 
 if TYPE_CHECKING:
@@ -72,19 +70,11 @@ def localize(
     from remote_introspect.experiment.localization import build_localization_spec
 
     try:
-        over: dict[str, Any] = {
-            "model": model,
-            "regions": regions,
-            "strengths": None if strengths is None else _parse_floats(strengths, "--strengths"),
-            "layers": None if layers is None else _parse_ints(layers, "--layers"),
-            "layer_fractions": None if layer_fractions is None else _parse_floats(layer_fractions, "--layer-fractions"),
-            "trials": trials,
-            "concepts": None if concepts is None else _parse_concepts(concepts),
-            "recipe": None if vectors is None else {"kind": vectors, "normalize": vectors == "contrast-pairs"},
-            "strength_mode": strength_mode,
-            "seed": seed,
-            "conditions": None if conditions is None else tuple(c.strip() for c in conditions.split(",") if c.strip()),
-        }
+        over = _grid_fields(
+            model=model, regions=regions, strengths=strengths, layers=layers, layer_fractions=layer_fractions,
+            trials=trials, concepts=concepts, vectors=vectors, strength_mode=strength_mode, seed=seed,
+            conditions=conditions,
+        )  # fmt: skip
         spec = build_localization_spec(experiment, over, prefer)
     except UserError as exc:
         _fail(str(exc), exc.exit_code)
@@ -96,11 +86,9 @@ def _run(spec: Any, opts: RunOptions) -> None:
     from remote_introspect.reporting.localization import format_results, summarize
     from remote_introspect.store.results_frame import load_frame, open_readonly
 
-    with one_line_errors(opts.cache_root):
-        loc.validate(spec, opts)  # reject bad input before any display or write
-    report = run_with_progress(
-        lambda progress, notice, status: loc.run_localization(spec, opts, progress, notice, status), opts.cache_root
-    )
+    checked(loc.validate, spec, opts)  # reject bad input before any display or write
+    with run_display(opts.cache_root) as hooks:
+        report = loc.run_localization(spec, opts, hooks.progress, hooks.notice, hooks.request_status)
     conn = open_readonly(opts.cache_root)
     try:
         frame = load_frame(conn, keys=report.keys)

@@ -64,46 +64,49 @@ _SHARE_HELP = (
 )
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+# How a grid flag's text becomes a spec field (every other flag is taken as given).
+_PARSE: dict[str, Callable[[str], object]] = {
+    "concepts": _parse_concepts,
+    "strengths": lambda t: "auto" if t.strip() == "auto" else _parse_floats(t, "--strengths"),
+    "layers": lambda t: _parse_ints(t, "--layers"),
+    "layer_fractions": lambda t: _parse_floats(t, "--layer-fractions"),
+    "conditions": _names,
+    "scale_factors": lambda t: _parse_floats(t, "--scale-factors"),
+}
+
+
+def _grid_fields(**flags: object) -> dict[str, object]:
+    """The flags given (None = not given, so the protocol's or file's value stands) → spec fields,
+    for every command that builds a spec from --model, --concepts, --strengths, --layers,
+    --layer-fractions, --vectors, --conditions, --seed, ...: lists parsed, --vectors as a recipe."""
+    o: dict[str, object] = {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        if name == "vectors":
+            o["recipe"] = {"kind": value, "normalize": value == "contrast-pairs"}
+        else:
+            o[name] = _PARSE[name](str(value)) if name in _PARSE else value
+    return o
+
+
 def _spec_overrides(**flags: object) -> dict[str, object]:
     """CLI flags → ExperimentSpec fields (None = not given, so the protocol/file value stands)."""
-    o: dict[str, object] = {}
-    if flags["model"] is not None:
-        o["model"] = flags["model"]
-    if flags["concepts"] is not None:
-        o["concepts"] = _parse_concepts(str(flags["concepts"]))
-    if flags["strengths"] is not None:
-        text = str(flags["strengths"]).strip()
-        o["strengths"] = "auto" if text == "auto" else _parse_floats(text, "--strengths")
-    if flags["layers"] is not None:
-        o["layers"] = _parse_ints(str(flags["layers"]), "--layers")
-    if flags["layer_fractions"] is not None:
-        o["layer_fractions"] = _parse_floats(str(flags["layer_fractions"]), "--layer-fractions")
-    for name in ("samples", "controls", "seed", "span", "strength_mode", "dense_points", "crossover_mode"):
-        if flags[name] is not None:
-            o[name] = flags[name]
-    if flags["dense_grid"] is not None:
-        o["dense_grid"] = flags["dense_grid"]
-    gen = {
-        k: flags[f]
-        for k, f in (("max_new_tokens", "max_new_tokens"), ("temperature", "temperature"), ("top_p", "top_p"))
-        if flags[f] is not None
-    }
+    rest = ("max_new_tokens", "temperature", "top_p", "prompt_set", "pairs")
+    o = _grid_fields(**{k: v for k, v in flags.items() if k not in rest})
+    gen = {k: flags[k] for k in ("max_new_tokens", "temperature", "top_p") if flags[k] is not None}
     if gen:
         o["generation"] = gen
     if flags["prompt_set"] is not None:
-        o["prompt_sets"] = tuple(p.strip() for p in str(flags["prompt_set"]).split(",") if p.strip())
-    recipe = {}
-    if flags["vectors"] is not None:
-        recipe["kind"] = flags["vectors"]
-        recipe["normalize"] = flags["vectors"] == "contrast-pairs"
+        o["prompt_sets"] = _names(str(flags["prompt_set"]))
     if flags["pairs"] is not None:
+        recipe = o.setdefault("recipe", {})
+        assert isinstance(recipe, dict)
         recipe["pairs"] = flags["pairs"]
-    if recipe:
-        o["recipe"] = recipe
-    if flags["conditions"] is not None:
-        o["conditions"] = tuple(c.strip() for c in str(flags["conditions"]).split(",") if c.strip())
-    if flags["scale_factors"] is not None:
-        o["scale_factors"] = _parse_floats(str(flags["scale_factors"]), "--scale-factors")
     return o
 
 

@@ -12,11 +12,10 @@ from remote_introspect.cli.options import (
     LayersOpt,
     ModelOpt,
     SeedOpt,
-    _parse_floats,
-    _parse_ints,
+    _grid_fields,
     run_command,
 )
-from remote_introspect.cli.running import finish, one_line_errors, run_with_progress
+from remote_introspect.cli.running import checked, finish, run_display
 
 if TYPE_CHECKING:
     from remote_introspect.execution.runner import RunOptions
@@ -55,26 +54,18 @@ def probe_report(
     from remote_introspect.experiment.probe_spec import ProbeReportSpec
     from remote_introspect.reporting.probe_report import render_probe_report
 
-    fields: dict[str, object] = {}
-    with one_line_errors(opts.cache_root):
-        if model is not None:
-            fields["model"] = model
-        if concepts is not None:
+    def build() -> ProbeReportSpec:
+        fields = _grid_fields(
+            model=model, layers=layers, layer_fractions=layer_fractions, strengths=strengths,
+            strength_mode=strength_mode, seed=seed,
+        )  # fmt: skip
+        if concepts is not None:  # the probe concepts by name (not Lindsey's list)
             fields["concepts"] = tuple(c for c in concepts.split(",") if c.strip())
-        if layers is not None:
-            fields["layers"] = _parse_ints(layers, "--layers")
-        if layer_fractions is not None:
-            fields["layer_fractions"] = _parse_floats(layer_fractions, "--layer-fractions")
-        if strengths is not None:
-            fields["strengths"] = _parse_floats(strengths, "--strengths")
-        if strength_mode is not None:
-            fields["strength_mode"] = strength_mode
-        if seed is not None:
-            fields["seed"] = seed
-        spec = ProbeReportSpec(**fields)  # type: ignore[arg-type]
-    result = run_with_progress(
-        lambda progress, notice, status: run_probe_report(spec, opts, progress, notice, status), opts.cache_root
-    )
+        return ProbeReportSpec(**fields)  # type: ignore[arg-type]
+
+    spec = checked(build)
+    with run_display(opts.cache_root) as hooks:
+        result = run_probe_report(spec, opts, hooks.progress, hooks.notice, hooks.request_status)
     render_probe_report(
         result.rows, result.model_label, result.instruct, spec.strengths, spec.strength_mode, out
     )

@@ -1,5 +1,13 @@
-"""What every run command does around its work: the stderr progress bar, bad input and cache
-errors as one `error:` line, and the exit code from what the run left behind."""
+"""What every run command does around the run itself: reject bad input with one line before any
+display, show the run's progress on stderr, turn whatever the run raises into one line, and end
+with the exit code the run's outcome calls for.
+
+    checked(runner.validate, spec, opts)
+    with run_display(opts.cache_root) as hooks:
+        report = runner.run(spec, opts, hooks.progress, hooks.notice, hooks.request_status)
+    ...print the results...
+    finish(nonfinite=..., integrity=..., complete=..., errors=...)
+"""
 
 from __future__ import annotations
 
@@ -7,8 +15,9 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -17,16 +26,12 @@ from remote_introspect.cli.app import _fail, _validation_message, err, progress_
 from remote_introspect.errors import UserError
 
 T = TypeVar("T")
-Progress = Callable[[str, int, int], None]
-Notice = Callable[[str], None]
-RequestStatus = Callable[[str], None]
 
 
 @contextmanager
-def one_line_errors(cache_root: Path) -> Iterator[None]:
-    """Bad input (a spec that does not validate, a `UserError`) and cache or disk trouble (full
-    disk, damaged pages, permissions) inside the block: one `error:` line and its exit code, never
-    a traceback."""
+def one_line_errors(cache_root: Path | None = None) -> Iterator[None]:
+    """A UserError or a validation error raised in the block, and with `cache_root` a cache error
+    (disk full, damaged pages, permissions), ends the command with one line, never a traceback."""
     try:
         yield
     except ValidationError as exc:
@@ -34,15 +39,34 @@ def one_line_errors(cache_root: Path) -> Iterator[None]:
     except UserError as exc:
         _fail(str(exc), exc.exit_code)
     except (sqlite3.DatabaseError, OSError) as exc:
+        if cache_root is None:
+            raise
         from remote_introspect.store.database import cache_error
 
         line = cache_error(exc, cache_root)
         _fail(str(line), line.exit_code)
 
 
-def run_with_progress(work: Callable[[Progress, Notice, RequestStatus], T], cache_root: Path) -> T:
-    """`work(progress, notice, request_status)` under the stderr progress bar: one bar per stage,
-    one line following the remote request's state, notices printed above the bars."""
+def checked(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)`, with a UserError or a validation error turned into the one-line exit."""
+    with one_line_errors():
+        return fn(*args)
+    raise AssertionError("unreachable: _fail exits")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """Where a run reports: stage progress, one-line notices, the remote request's state."""
+
+    progress: Callable[[str, int, int], None]
+    notice: Callable[[str], None]
+    request_status: Callable[[str], None]
+
+
+@contextmanager
+def run_display(cache_root: Path) -> Iterator[RunHooks]:
+    """A progress bar per stage on stderr (and one for the remote request in flight) while the
+    block runs; errors raised in it end the command with one line (`one_line_errors`)."""
     with progress_bar("{task.description}", transient=False) as bar:
         tasks: dict[str, int] = {}
 
@@ -51,19 +75,16 @@ def run_with_progress(work: Callable[[Progress, Notice, RequestStatus], T], cach
                 tasks[stage] = bar.add_task(stage, total=max(total, 1))
             bar.update(tasks[stage], completed=done, total=max(total, 1))
 
-        request_task: list[int] = []
-
         def request_status(state: str) -> None:
-            if not request_task:
-                request_task.append(bar.add_task("remote request", total=None))
-            bar.update(request_task[0], description=f"remote request: {state}")
+            if "remote request" not in tasks:
+                tasks["remote request"] = bar.add_task("remote request", total=None)
+            bar.update(tasks["remote request"], description=f"remote request: {state}")
 
         def notice(line: str) -> None:
             bar.console.print(line, highlight=False, markup=False)
 
         with one_line_errors(cache_root):
-            return work(progress, notice, request_status)
-    raise AssertionError("unreachable: one_line_errors exits on every error")  # pragma: no cover
+            yield RunHooks(progress, notice, request_status)
 
 
 _RETRY = "some trials failed or did not run; re-run the same command to retry them."

@@ -9,7 +9,7 @@ import typer
 
 from remote_introspect.cli.app import _fail, app, out
 from remote_introspect.cli.options import ProtocolOpt, _run_options, _spec_overrides, experiment_command
-from remote_introspect.cli.running import finish, run_with_progress
+from remote_introspect.cli.running import finish, run_display
 from remote_introspect.errors import UserError
 
 ModelsOpt = Annotated[
@@ -68,9 +68,8 @@ def scale(
         o = {**overrides, "model": model}
         return load_experiment_file(experiment, o) if experiment is not None else build_spec(protocol, o)
 
-    outcomes = run_with_progress(
-        lambda progress, notice, status: run_scale(entries, build, opts, progress, notice, status), opts.cache_root
-    )
+    with run_display(opts.cache_root) as hooks:
+        outcomes = run_scale(entries, build, opts, hooks.progress, hooks.notice, hooks.request_status)
     first = outcomes[0].spec
     title = f"{first.name}, prompt '{first.prompt_sets[0]}'"
     points = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from remote_introspect.reporting.judge_agreement import format_agreement_rows
+from remote_introspect.reporting.judge_agreement import agreement_title, format_agreement_rows
 from remote_introspect.reporting.localization import localization_lines
 
 
@@ -169,10 +169,7 @@ def format_audit(a: dict[str, Any]) -> str:
             )
         )
     for pair in a["agreement"]:
-        out.append(
-            f"Agreement {pair['a']['grader']} {pair['a']['version']} vs {pair['b']['grader']} {pair['b']['version']} "
-            f"on {pair['n']} trials:"
-        )
+        out.append(f"Agreement {agreement_title(pair)}:")
         out.extend("  " + line for line in format_agreement_rows(pair))
     verdict = a["status"].upper()
     out.append(f"Verdict: {verdict} (exit {a['exit_code']})")

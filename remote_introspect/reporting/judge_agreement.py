@@ -67,6 +67,12 @@ def judge_agreement(grades: pl.DataFrame, keys: set[str] | None = None) -> list[
     return out
 
 
+def agreement_title(pair: dict[str, Any]) -> str:
+    """Which two judges, on how many trials: the heading of a pair's rows in `audit` and `report`."""
+    a, b = pair["a"], pair["b"]
+    return f"{a['grader']} {a['version']} vs {b['grader']} {b['version']} on {pair['n']} trials"
+
+
 def format_agreement_rows(pair: dict[str, Any]) -> list[str]:
     rows = []
     for crit, s in pair["criteria"].items():

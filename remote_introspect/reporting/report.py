@@ -3,8 +3,8 @@
 Layout of the output directory (written to a temporary sibling, then renamed into place, so a
 failure leaves no half-written report and an existing report is replaced whole):
 
-- `index.html` — the books (audit verdict, counts, integrity problems), then per experiment: the
-  headline statistics, a per-(layer, strength) table, plots, per-concept rates, example responses
+- `index.html` — the books (audit verdict, counts, integrity problems), then per experiment: Lindsey's
+  positive control where it was run (the rows the run's stdout prints), the headline statistics, a per-(layer, strength) table, plots, per-concept rates, example responses
   behind any hit or false positive, and the published anchors.
 - `summary.md` — the same numbers as markdown.
 - `<experiment id>-layer<L>-strength.png` — detection (strict, affirmative∧identifies,
@@ -33,17 +33,22 @@ from typing import Any
 import polars as pl
 
 from remote_introspect.errors import UserError
+from remote_introspect.experiment.prompts import PROMPT_SETS
+from remote_introspect.experiment.spec import ExperimentSpec
 from remote_introspect.reporting.audit import audit_with_frame
 from remote_introspect.reporting.audit_text import fmt_net, format_results
-from remote_introspect.reporting.judge_agreement import format_agreement_rows
+from remote_introspect.reporting.judge_agreement import agreement_title, format_agreement_rows
+from remote_introspect.reporting.positive_table import positive_note, positive_rows, positive_title
 from remote_introspect.reporting.sections import ReportInputs, Section
 from remote_introspect.stats.analysis import net_detection, rate_ci
 from remote_introspect.stats.cells import (
     POOLED,
     cell_keys,
     cell_rates,
+    controls_naming,
     crossover_mode,
     crossovers,
+    positive_control,
     prereg_cells,
 )
 from remote_introspect.stats.crossover import CrossoverResult
@@ -506,6 +511,32 @@ class PromptSection:
         return f"Experiment {self.exp['name']} [{self.exp['id']}] — prompt {self.res['prompt_set']}"
 
 
+@dataclass
+class PositiveSection:
+    """Lindsey's positive control of one experiment: the rows the run's stdout prints."""
+
+    title: str
+    rows: list[dict[str, str]]
+    note: str
+
+
+def _positive(frame: ResultsFrame, exp: dict[str, Any]) -> PositiveSection | None:
+    rows = frame.for_experiment(exp["id"])
+    cells = positive_control(rows)
+    if not cells:
+        return None
+    spec = next((e.spec for e in frame.experiments if e.id == exp["id"]), None) or {}
+    fields = ExperimentSpec.model_fields
+    prompt = spec.get("positive_prompt") or fields["positive_prompt"].default
+    span = spec.get("positive_span") or fields["positive_span"].default
+    concepts = list(spec.get("concepts") or [])
+    question = [text for role, text in PROMPT_SETS[prompt].messages if role == "user"][-1]
+    base = controls_naming(rows, prompt, concepts)
+    return PositiveSection(
+        positive_title(question, span), positive_rows(cells, base), positive_note(prompt, len(concepts), base)
+    )
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
@@ -615,7 +646,9 @@ def _html(
     generated: str,
     browser: str = "",
     protocols: list[Section] | None = None,
+    positive: dict[str, PositiveSection] | None = None,
 ) -> str:
+    positive = positive or {}
     a = audit
     status_cls = "ok" if a["status"] == "clean" else "bad"
     t = a["totals"]
@@ -659,11 +692,8 @@ def _html(
             f"<p class='bad'>{len(a['orphan_jobs'])} orphan remote job(s) (submitted, never collected).</p>"
         )
     for pair in a["agreement"]:
-        parts.append(
-            f"<p>Judge agreement: {_e(pair['a']['grader'])} {_e(pair['a']['version'])} vs "
-            f"{_e(pair['b']['grader'])} {_e(pair['b']['version'])} on {pair['n']} trials</p>"
-            f"<pre>{_e(chr(10).join(format_agreement_rows(pair)))}</pre>"
-        )
+        kappas = "\n".join(format_agreement_rows(pair))
+        parts.append(f"<p>Judge agreement: {_e(agreement_title(pair))}</p><pre>{_e(kappas)}</pre>")
     for e in a["experiments"]:
         c = e["trials"]
         parts.append(f"<h2>Experiment {_e(e['name'])} <code>[{_e(e['id'])}]</code></h2>")
@@ -675,6 +705,9 @@ def _html(
         )
         if not (e["results"] or e.get("localization") or (e.get("probe_report") or {}).get("rows")):
             parts.append("<p>No usable trials yet.</p>")
+        if e["id"] in positive:
+            pc = positive[e["id"]]
+            parts.append(f"<h3>{_e(pc.title)}</h3>" + _table(pc.rows) + f"<p>{_e(pc.note)}</p>")
         for s in (x for x in sections if x.exp["id"] == e["id"]):
             parts.append(f"<h3>{_e(s.heading)}</h3>")
             parts.append(
@@ -718,9 +751,14 @@ def _html(
 
 
 def _markdown(
-    audit: dict[str, Any], sections: list[PromptSection], generated: str, protocols: list[Section] | None = None
+    audit: dict[str, Any],
+    sections: list[PromptSection],
+    generated: str,
+    protocols: list[Section] | None = None,
+    positive: dict[str, PositiveSection] | None = None,
 ) -> str:
     a, t = audit, audit["totals"]
+    positive = dict(positive or {})
     lines = [
         "# remote_introspect report",
         "",
@@ -734,6 +772,10 @@ def _markdown(
     for p in a["integrity"]["problems"]:
         lines.append(f"- integrity: `{p['kind']}` {p['object']} `{p['id']}`: {p['detail']}")
     for s in sections:
+        pc = positive.pop(s.exp["id"], None)  # before the experiment's first prompt, as on stdout
+        if pc is not None:
+            lines += ["", f"## {pc.title}", "", f"Experiment {s.exp['name']} [{s.exp['id']}].", ""]
+            lines += [_md_table(pc.rows), pc.note]
         lines += ["", f"## {s.heading}", "", f"Model {s.exp['model']}.", "", "```"]
         lines += format_results(s.res, "")
         lines += ["```", ""]
@@ -808,8 +850,11 @@ def build_report(
 
         browser = browser_html(frame.df, audit["experiments"])
         protocols = protocol_sections(ReportInputs(root, frame, audit, tmp, judge, compare))
-        (tmp / "index.html").write_text(_html(audit, sections, generated, browser, protocols), encoding="utf-8")
-        (tmp / "summary.md").write_text(_markdown(audit, sections, generated, protocols), encoding="utf-8")
+        positive = {e["id"]: pc for e in audit["experiments"] if (pc := _positive(frame, e)) is not None}
+        html = _html(audit, sections, generated, browser, protocols, positive)
+        (tmp / "index.html").write_text(html, encoding="utf-8")
+        md = _markdown(audit, sections, generated, protocols, positive)
+        (tmp / "summary.md").write_text(md, encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))
         _swap_into_place(tmp, out_dir)
