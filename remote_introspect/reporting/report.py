@@ -790,7 +790,7 @@ def build_report(
         from remote_introspect.reporting.localization import report_section
 
         extra_md, extra_html = extras(frame, tmp, judge, compare)
-        loc_html, loc_md, _ = report_section(frame.df, tmp)  # accuracy-vs-strength plots; "" if none
+        loc_html, loc_md, _ = report_section(frame, tmp)  # per experiment; "" if none
         anchors = "<h2>Published anchors</h2>"
         html = _html(audit, sections, generated, browser).replace(anchors, loc_html + anchors, 1)
         html = html.replace("</body>", extra_html + "</body>", 1)

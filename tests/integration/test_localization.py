@@ -359,15 +359,40 @@ def test_report_gains_the_accuracy_vs_strength_plot(model_dir, tmp_path):
 
     spec = _spec(model_dir, trials=1, strengths=(1.0, 4.0), regions="halves")
     opts = _opts(tmp_path / "c")
-    assert loc.run_localization(spec, opts).complete
+    rep = loc.run_localization(spec, opts)
+    assert rep.complete
     res = build_report(opts.cache_root, tmp_path / "report")
-    assert "localization-halves-accuracy.png" in res.files
-    png = (tmp_path / "report" / "localization-halves-accuracy.png").read_bytes()
+    name = f"{rep.experiment_id[:16]}-localization-halves-accuracy.png"
+    assert name in res.files
+    png = (tmp_path / "report" / name).read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     md = (tmp_path / "report" / "summary.md").read_text()
     assert "## Localization and position control" in md and "position control (2 halves): chance 50%" in md
     html = (tmp_path / "report" / "index.html").read_text()
-    assert "localization-halves-accuracy.png" in html
+    assert name in html
+
+
+def test_report_keeps_each_experiment_separate(model_dir, tmp_path):
+    """Two localization experiments in one cache (here two strength semantics at the same nominal
+    strength; equally two models) are two tables, never one pooled table."""
+    from remote_introspect.reporting.report import build_report
+
+    opts = _opts(tmp_path / "c")
+    reps = [
+        loc.run_localization(_spec(model_dir, trials=1, strength_mode=mode, name=f"loc-{mode}"), opts)
+        for mode in ("norm-matched", "absolute")
+    ]
+    assert all(r.complete for r in reps)
+    res = build_report(opts.cache_root, tmp_path / "report")
+    assert sorted(f for f in res.files if "localization" in f) == sorted(
+        f"{r.experiment_id[:16]}-localization-sentences-accuracy.png" for r in reps
+    )
+    md = (tmp_path / "report" / "summary.md").read_text()
+    section = md.split("## Localization and position control")[1]
+    assert section.count("10 usable of 10 planned rows") == 2  # 1 trial x 5 sentences x (where, prefer)
+    assert "20 usable" not in section and "/10 " not in section  # nothing pooled across the two
+    for mode in ("norm-matched", "absolute"):
+        assert f"### loc-{mode} [" in section
 
 
 def test_audit_json_carries_the_localization_counts(model_dir, tmp_path):
