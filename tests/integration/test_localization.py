@@ -23,6 +23,7 @@ from remote_introspect.execution import runner
 from remote_introspect.execution.runner import RunOptions
 from remote_introspect.experiment import localization as L
 from remote_introspect.experiment.localization import LocalizationSpec
+from remote_introspect.experiment.prompts import CONCEPT_WORDS
 from remote_introspect.models.loading import resolve_model
 from remote_introspect.reporting.audit import run_audit
 from remote_introspect.reporting.localization import p_above_chance, summarize
@@ -137,7 +138,10 @@ def _results(cache: Path, keys: list[str]):
 
 @pytest.mark.parametrize("regions", ["sentences", "halves"])
 def test_planted_model_localizes_perfectly_and_prefer_stays_at_chance(model_dir, tmp_path, regions):
-    spec = _spec(model_dir, regions=regions, trials=6 if regions == "sentences" else 10)
+    if regions == "sentences":
+        spec = _spec(model_dir, regions=regions, trials=6)
+    else:  # one passage: a halves trial is one concept (more trials than concepts are refused)
+        spec = _spec(model_dir, regions=regions, trials=10, concepts=tuple(w.lower() for w in CONCEPT_WORDS[:10]))
     opts = _opts(tmp_path / "c")
     ref = resolve_model(spec.model)
     ex, ident = runner.make_executor(ref, opts)
@@ -262,6 +266,15 @@ def test_random_condition_uses_one_norm_matched_vector_per_trial(model_dir, tmp_
     for sample in range(2):
         assert len(norms[("random", sample)]) == 1  # one random vector per trial
         assert norms[("random", sample)] == norms[("injected", sample)]  # norm-matched
+
+
+def test_halves_refuse_more_trials_than_concepts(model_dir):
+    """The passage is fixed: halves trials beyond the concepts would be identical rows (the same
+    answer twice, counted as two observations by the binomial test), so the spec refuses them."""
+    with pytest.raises(ValueError, match="would repeat identical rows"):
+        _spec(model_dir, regions="halves", trials=3)  # 2 concepts
+    assert _spec(model_dir, regions="halves", trials=2).trials == 2
+    assert _spec(model_dir, regions="sentences", trials=3).trials == 3  # sentences are drawn per trial
 
 
 def test_experiment_files_load_and_flags_override(tmp_path):
