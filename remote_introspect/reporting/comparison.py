@@ -3,9 +3,10 @@
 Reads through the one analysis path: `results_frame.load_frame` (every row checked) and
 `stats.cells` (what a cell is and what is counted in it). Cells are matched on prompt × layer ×
 strength (× concept for per-concept experiments): an axis whose values are equal matches by value;
-one whose values differ but have as many entries (a ladder rung whose strengths were re-chosen to
-match the previous rung's injected norm, or a prompt knob) matches by position; otherwise only the
-values both have are compared.
+one whose values differ but have as many entries matches by position only when the knob that makes
+its values incomparable changed (strengths: vectors or strength semantics, e.g. a ladder rung whose
+strengths were re-chosen to match the previous rung's injected norm; layers: the model; prompts:
+the prompt knob); otherwise only the values both have are compared.
 
 Judge rubric: a grade is stored per trial and grader, whatever rubric graded it, so two
 experiments that share trials but not their rubric (a ladder's rubric rung) would read the same
@@ -23,7 +24,7 @@ from typing import Any
 import polars as pl
 
 from remote_introspect.errors import UserError
-from remote_introspect.experiment.knobs import KnobChange, spec_diff
+from remote_introspect.experiment.knobs import STRENGTH_SEMANTICS, KnobChange, spec_diff
 from remote_introspect.stats.analysis import RateCI, rate_ci
 from remote_introspect.stats.cells import cell_keys
 from remote_introspect.stats.comparison import CellComparison, ExactTest, compare_counts, with_holm
@@ -117,12 +118,17 @@ def experiment_rows(frame: ResultsFrame, exp: Experiment, judge: str = "heuristi
 # --------------------------------------------------------------------------- matching cells
 
 
-def _axis(a: list[Any], b: list[Any], ordered: bool = False) -> list[tuple[Any, Any]]:
+def _axis(a: list[Any], b: list[Any], ordered: bool = False, positional: bool = True) -> list[tuple[Any, Any]]:
+    """Matched values of one cell axis. Equal values match by value; differing values with as many
+    entries match by position only when `positional` (the knob that makes the values
+    incomparable changed: strength semantics for strengths, the model for layers, the prompt
+    knob for prompts); otherwise only the values both have are compared, so A's strength 2 is
+    never set against B's strength 8 when both ran 8."""
     a_s = list(dict.fromkeys(a)) if ordered else sorted(set(a))
     b_s = list(dict.fromkeys(b)) if ordered else sorted(set(b))
     if a_s == b_s:
         return [(v, v) for v in a_s]
-    if len(a_s) == len(b_s):
+    if positional and len(a_s) == len(b_s):
         return list(zip(a_s, b_s, strict=True))
     return [(v, v) for v in a_s if v in set(b_s)]
 
@@ -178,12 +184,16 @@ def compare(
     ib = rb.rows.filter(pl.col("condition") == "concept")
     pa = [p for p in (a.spec or {}).get("prompt_sets", []) if p in set(ia["prompt_set"].to_list())]
     pb = [p for p in (b.spec or {}).get("prompt_sets", []) if p in set(ib["prompt_set"].to_list())]
+    changed = {k.knob for k in out.knobs}
+    by_prompt = "prompt" in changed
+    by_layer = "model" in changed
+    by_strength = bool(changed & STRENGTH_SEMANTICS)
     cells: list[CellRow] = []
-    for p_a, p_b in _axis(pa, pb, ordered=True):
+    for p_a, p_b in _axis(pa, pb, ordered=True, positional=by_prompt):
         sa, sb = ia.filter(pl.col("prompt_set") == p_a), ib.filter(pl.col("prompt_set") == p_b)
-        for l_a, l_b in _axis(sa["layer"].to_list(), sb["layer"].to_list()):
+        for l_a, l_b in _axis(sa["layer"].to_list(), sb["layer"].to_list(), positional=by_layer):
             la, lb = sa.filter(pl.col("layer") == l_a), sb.filter(pl.col("layer") == l_b)
-            for s_a, s_b in _axis(la["strength"].to_list(), lb["strength"].to_list()):
+            for s_a, s_b in _axis(la["strength"].to_list(), lb["strength"].to_list(), positional=by_strength):
                 xa, xb = la.filter(pl.col("strength") == s_a), lb.filter(pl.col("strength") == s_b)
                 groups = (
                     [(c,) for c in sorted(set(xa["concept"].to_list()) & set(xb["concept"].to_list()))]
@@ -205,7 +215,7 @@ def compare(
     ca = ra.rows.filter(pl.col("condition") == "control")
     cb = rb.rows.filter(pl.col("condition") == "control")
     ctl: list[CellRow] = []
-    for p_a, p_b in _axis(pa, pb, ordered=True):
+    for p_a, p_b in _axis(pa, pb, ordered=True, positional=by_prompt):
         xa, xb = ca.filter(pl.col("prompt_set") == p_a), cb.filter(pl.col("prompt_set") == p_b)
         if xa.height and xb.height:
             ctl.append(

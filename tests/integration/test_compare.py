@@ -213,3 +213,28 @@ def test_experiment_files_resolve_against_the_cache(tmp_path: Path) -> None:
     other.write_text('name = "never"\nmodel = "tiny"\n')
     code, _, err = invoke("compare", str(files[0]), str(other), "--cache", tmp_path / "c")
     assert code == 2 and "no experiment in this cache was run from that file's spec" in err
+
+
+def test_grid_knobs_compare_only_the_shared_cells(tmp_path: Path) -> None:
+    """Strengths 2,8 vs 8,16 (same semantics) compare strength 8 with strength 8 only, and layers
+    1,2 vs 2,3 (same model) layer 2 with layer 2: a cell is never set against another value of the
+    same axis because both experiments happen to have as many values."""
+    cache = tmp_path / "c"
+    base = _spec(1.0, "A").model_copy(update={"samples": 1, "controls": 1, "concepts": ("dust",)})
+    runs = {
+        "a": base,
+        "strengths": base.model_copy(update={"name": "S", "strengths": (8.0, 16.0)}),
+        "layers_a": base.model_copy(update={"name": "LA", "layers": (1, 2)}),
+        "layers_b": base.model_copy(update={"name": "LB", "layers": (2, 3)}),
+    }
+    ids = {}
+    for k, spec in runs.items():
+        rep = runner.run(spec, RunOptions(cache_root=cache))
+        assert rep.complete
+        ids[k] = rep.experiment_id
+    c = compare_cache(cache, ids["a"], ids["strengths"])
+    assert [k.knob for k in c.knobs] == ["strengths"]
+    assert [(row.cell["layer"], row.cell["strength"]) for row in c.cells] == [("2", "8")]
+    c = compare_cache(cache, ids["layers_a"], ids["layers_b"])
+    assert [k.knob for k in c.knobs] == ["layers"]
+    assert [(row.cell["layer"], row.cell["strength"]) for row in c.cells] == [("2", "2"), ("2", "8")]
