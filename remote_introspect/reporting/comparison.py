@@ -177,6 +177,12 @@ def compare(
 ) -> Comparison:
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    for tag, e in (("A", a), ("B", b)):
+        if (e.spec or {}).get("protocol") == "localization":
+            raise UserError(
+                f"{tag} ({e.name} [{e.id[:12]}]) is a localization experiment: compare reads generation "
+                "experiments; localization accuracy is in `audit` and `report`"
+            )
     ra, rb = experiment_rows(frame, a, judge), experiment_rows(frame, b, judge)
     out = Comparison(ra, rb, spec_diff(a.spec or {}, b.spec or {}), metric, test)
     by = [c for c in cell_keys(a.spec) if c in ("concept",)]

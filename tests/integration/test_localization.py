@@ -460,3 +460,13 @@ def test_interrupted_remote_run_reattaches_its_job_instead_of_resubmitting(model
         assert rep.complete
         assert srv.counters()["requests"] == 0  # collected by id, nothing resubmitted
     assert run_audit(opts.cache_root)["exit_code"] == 0
+
+
+def test_compare_refuses_localization_experiments_with_one_line(model_dir, tmp_path):
+    from remote_introspect.errors import UserError
+    from remote_introspect.reporting.comparison import compare_cache
+
+    opts = _opts(tmp_path / "c")
+    rep = loc.run_localization(_spec(model_dir, trials=1, regions="halves"), opts)
+    with pytest.raises(UserError, match="is a localization experiment: compare reads generation experiments"):
+        compare_cache(opts.cache_root, rep.experiment_id, rep.experiment_id)
