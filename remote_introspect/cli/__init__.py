@@ -4,8 +4,11 @@
 - `options`: the options `replicate-lindsey` and `run` share, declared once
 - `experiments`: `replicate-lindsey`, `run`, `models`
 - `results`: the commands over the cache: `grade`, `audit`, `report`, `export`
+- `scale`: one experiment across models, a table and a scaling plot
+- `probe_report`: probe–report coupling (Martorell & Bianchi)
 - `compare`, `ladder`: two experiments knob by knob; a one-knob-per-rung ladder between two recipes
 - `localize`: localization and the position control (PROTOCOLS.md §5)
+- `self_predict`: `self-predict` (Binder et al.'s self- vs cross-prediction)
 
 Never name an option `-v`/`--verbose`: nnsight switches into debug mode when it sees either in
 sys.argv (NDIF.md).
@@ -19,7 +22,16 @@ import sys
 
 import typer
 
-from remote_introspect.cli import compare, experiments, ladder, localize, results  # noqa: F401 - registers the commands on `app`
+from remote_introspect.cli import (  # noqa: F401 - registers the commands on `app`
+    compare,
+    experiments,
+    ladder,
+    localize,
+    probe_report,
+    results,
+    scale,
+    self_predict,
+)
 from remote_introspect.cli.app import _setup_logging, app, err, out
 
 __all__ = ["app", "err", "main", "out"]

@@ -78,7 +78,8 @@ def grade_cache(
         frame = load_frame(store.conn, judge)
         df = frame.df
         done = df.filter(pl.col("status") == "done")
-        intact = done.filter(pl.col("integrity") == "ok")
+        # Only introspection trials are judged (self-prediction answers are parsed exactly).
+        intact = done.filter((pl.col("integrity") == "ok") & (pl.col("kind") == "introspection"))
         result.skipped_integrity = done.height - intact.height
         todo = intact.filter(pl.col("strict").is_null())
         result.already = intact.height - todo.height

@@ -506,6 +506,7 @@ def verified_ungraded(store: Store, keys: list[str], judge: str) -> list[dict[st
     df = load_frame(store.conn, judge, keys).df
     todo = df.filter(
         (pl.col("status") == "done") & (pl.col("integrity") == "ok") & pl.col("strict").is_null()
+        & (pl.col("kind") == "introspection")
     )
     return todo.select("key", "response").to_dicts()
 

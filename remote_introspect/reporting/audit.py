@@ -185,8 +185,13 @@ def _audit(
         registered = len(set(e.keys))
         corrupt = int(sub.filter(pl.col("key").is_in(list(bad_trials))).height)
         done_ok = sub.filter((pl.col("status") == "done") & (pl.col("integrity") == "ok"))
-        # Readout trials (localization, probes) are graded by their stored floats, not a judge.
-        ungraded = int(done_ok.filter(pl.col("strict").is_null() & pl.col("readout_json").is_null()).height)
+        # Readout trials (localization, probes) are graded by their stored floats, not a judge;
+        # self-prediction trials (kind "self-predict") by exact parsing.
+        ungraded = int(
+            done_ok.filter(
+                pl.col("strict").is_null() & pl.col("readout_json").is_null() & (pl.col("kind") == "introspection")
+            ).height
+        )
         failed = sub.filter(pl.col("status") == "failed")
         by_class = dict(Counter(c or "unknown" for c in failed["error_class"].to_list()))
         missing_rows = registered - sub.height
@@ -203,7 +208,8 @@ def _audit(
         }
         spec = e.spec or {}
         concepts = list(spec.get("concepts") or [])
-        usable = sub.filter(pl.col("usable") & pl.col("readout_json").is_null())
+        usable = sub.filter(pl.col("usable") & pl.col("readout_json").is_null() & (pl.col("kind") == "introspection"))
+        answers = sub.filter(pl.col("kind") == "self-predict")
         model = sub["model_repo_id"].drop_nulls().unique().sort().to_list()
         experiments.append(
             {
@@ -230,6 +236,8 @@ def _audit(
                 "prompt_sets": sorted(set(sub["prompt_set"].drop_nulls().to_list())),
                 "results": experiment_results(usable, concepts),
                 "localization": localization_json(sub),
+                # self-prediction answers are scored by `self-predict` / `report` (exact parsing)
+                "self_predict_answers": int(answers.filter(pl.col("usable")).height) if answers.height else None,
             }
         )
 
@@ -246,7 +254,11 @@ def _audit(
         "failed": st_all["failed"],
         "in_flight": st_all["submitted"],
         "never_run": st_all["planned"],
-        "ungraded": int(done_ok_all.filter(pl.col("strict").is_null() & pl.col("readout_json").is_null()).height),
+        "ungraded": int(
+            done_ok_all.filter(
+                pl.col("strict").is_null() & pl.col("readout_json").is_null() & (pl.col("kind") == "introspection")
+            ).height
+        ),
         "corrupt": len(bad_trials),
         "usable": int(df["usable"].sum()) if df.height else 0,
         "experiments": len(frame.experiments),

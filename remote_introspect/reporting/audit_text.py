@@ -84,7 +84,8 @@ def format_audit(a: dict[str, Any]) -> str:
         )
         layers = ",".join(str(x) for x in e["layers"]) or "—"
         strengths = ",".join(f"{x:g}" for x in e["strengths"]) or "—"
-        out.append(f"  grid: {len(e['concepts'])} concept(s), layers {layers}, strengths {strengths}")
+        if e.get("self_predict_answers") is None:  # a self-prediction run has no concept grid
+            out.append(f"  grid: {len(e['concepts'])} concept(s), layers {layers}, strengths {strengths}")
         missing = f", {c['missing_rows']} registered but missing" if c["missing_rows"] else ""
         out.append(
             f"  trials: {c['planned']} planned, {c['done']} done, {c['failed']} failed, {c['in_flight']} in flight, "
@@ -100,7 +101,12 @@ def format_audit(a: dict[str, Any]) -> str:
         )
         for lines in localization_lines(e.get("localization") or []):
             out.extend(f"    {line}" for line in lines)
-        if not e["results"] and not e.get("localization"):
+        if e.get("self_predict_answers") is not None:
+            out.append(
+                f"    {e['self_predict_answers']} self-prediction answers, scored by exact parsing "
+                "(`self-predict` prints the table; `report` has its section)"
+            )
+        elif not e["results"] and not e.get("localization"):
             out.append("    (no usable trials)")
         for res in e["results"]:
             out.append(f"    prompt {res['prompt_set']}:")

@@ -50,6 +50,9 @@ SCHEMA: dict[str, pl.DataType] = {
     "key": pl.Utf8(),
     "experiments": pl.List(pl.Utf8()),
     "trial_json": pl.Utf8(),
+    # "introspection" (the graded trials) or another trial kind's name ("self-predict": scored by
+    # exact parsing, never by a judge, so never "ungraded").
+    "kind": pl.Utf8(),
     "status": pl.Utf8(),
     "condition": pl.Utf8(),
     "concept": pl.Utf8(),
@@ -177,6 +180,7 @@ def trial_fields(t: dict[str, Any]) -> dict[str, Any]:
     model = t.get("model") if isinstance(t.get("model"), dict) else {}
     gen = t.get("generation") if isinstance(t.get("generation"), dict) else {}
     return {
+        "kind": _typed(t.get("kind"), str) or "introspection",
         "condition": _typed(t.get("condition"), str),
         "concept": _typed(t.get("concept"), str),
         "layer": _typed(t.get("layer"), int),
@@ -325,13 +329,15 @@ def load_frame(
             row[f"diag_{k}"] = (
                 (int(v) if dtype == pl.Int64() else float(v)) if isinstance(v, int | float) else None
             )
+        row["kind"] = "introspection"
         if trial is not None:
             row.update(trial_fields(trial))
         for c in (*CRITERIA, *GRADE_EXTRA):
             row[c] = getattr(grade, c) if grade is not None else None
-        # A readout trial is graded exactly by its stored floats (argmax), never by a judge.
-        readout_ok = parsed["readout"] is not None
-        row["usable"] = r["status"] == "done" and not trial_problems and (grade is not None or readout_ok)
+        # A readout trial is graded exactly by its stored floats (argmax), a self-prediction answer
+        # by exact parsing: neither needs a judge's grade to be usable.
+        exact = parsed["readout"] is not None or row["kind"] == "self-predict"
+        row["usable"] = r["status"] == "done" and not trial_problems and (grade is not None or exact)
         rows.append(row)
 
     for e in experiments:

@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "retry_policy",
             "experiment",
             "experiment.prompts",
+            "experiment.probe_prompts",
             "models",
             "models.presets",
             "execution",
@@ -32,6 +33,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "stats",
             "stats.analysis",
             "stats.crossover",
+            "stats.coupling",
+            "stats.self_prediction",
+            "experiment.self_prediction_tasks",
             "stats.comparison",
             "grading.lexicon",
             "testing",
@@ -41,7 +45,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # what an experiment is, and which model it runs on
     (
         "config",
-        ("experiment.spec", "experiment.protocols", "experiment.localization", "models.tiny", "models.loading"),
+        (
+            "experiment.spec",
+            "experiment.protocols",
+            "experiment.localization",
+            "experiment.probe_spec",
+            "models.tiny",
+            "models.loading",
+            "models.parameters",
+            "experiment.self_prediction",
+        ),
     ),
     ("store", ("store", "store.database", "experiment.planner")),  # keys → trials → batches, and where they are kept
     (
@@ -57,7 +70,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     # the checks of stored bytes, the one read-only frame and its statistics
-    ("read", ("store.integrity", "store.results_frame", "stats.cells")),
+    ("read", ("store.integrity", "store.results_frame", "stats.cells", "stats.scaling")),
     ("knobs", ("experiment.knobs", "experiment.ladder")),  # spec diffs (knob → rubric) and ladder files
     (
         "execution",
@@ -74,6 +87,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "execution.backends.local",
             "execution.backends.ndif",
             "execution.runner",
+            "execution.scale",
+            "execution.probe_report",
+            "execution.self_prediction",
             "execution.ladder",
             "execution.localization",
         ),
@@ -83,6 +99,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "reporting",
             "reporting.hit_listing",
+            "reporting.positive_table",
             "reporting.browser",
             "reporting.judge_agreement",
             "reporting.audit",
@@ -90,6 +107,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "reporting.export",
             "reporting.report",
             "reporting.summary",
+            "reporting.scaling",
+            "reporting.probe_report",
+            "reporting.self_prediction",
             "reporting.comparison",
             "reporting.ladder",
             "reporting.localization",
@@ -97,9 +117,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "cli",
-        ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.localize", "__main__"),
+        ("cli", "cli.app", "cli.options", "cli.running", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.localize",
+         "cli.scale", "cli.probe_report", "cli.self_predict", "__main__"),
     ),
-    ("testing", ("testing.judge_loopback", "testing.ndif_loopback")),
+    ("testing", ("testing.judge_loopback", "testing.ndif_loopback", "testing.planted_self_model")),
     ("benchmarks", ("benchmarks.ndif_round_trips", "benchmarks.throughput")),
 )
 
