@@ -27,7 +27,13 @@ from remote_introspect.errors import UserError
 from remote_introspect.experiment.knobs import STRENGTH_SEMANTICS, KnobChange, spec_diff
 from remote_introspect.stats.analysis import RateCI, rate_ci
 from remote_introspect.stats.cells import cell_keys
-from remote_introspect.stats.comparison import CellComparison, ExactTest, compare_counts, with_holm
+from remote_introspect.stats.comparison import (
+    CellComparison,
+    ExactTest,
+    compare_counts,
+    compare_paired,
+    with_holm,
+)
 from remote_introspect.store.results_frame import Experiment, ResultsFrame
 
 METRICS: dict[str, str] = {
@@ -161,6 +167,17 @@ class Comparison:
     pooled: tuple[RateCI, RateCI] | None = None
 
 
+def _cell(ga: pl.DataFrame, gb: pl.DataFrame, metric: str, test: ExactTest) -> CellComparison:
+    """Both arms' counts compared: paired (exact McNemar) when they hold the same trials — graded
+    twice, under A's and B's rubric — else as independent samples."""
+    if ga.height == gb.height and sorted(ga["key"].to_list()) == sorted(gb["key"].to_list()):
+        ha = dict(zip(ga["key"].to_list(), ga.select(_metric_expr(metric)).to_series().to_list(), strict=True))
+        hb = dict(zip(gb["key"].to_list(), gb.select(_metric_expr(metric)).to_series().to_list(), strict=True))
+        order = sorted(ha)
+        return compare_paired([bool(ha[k]) for k in order], [bool(hb[k]) for k in order])
+    return compare_counts(_count(ga, metric), ga.height, _count(gb, metric), gb.height, test)
+
+
 def _label(x: Any, y: Any) -> str:
     fx = f"{x:g}" if isinstance(x, float) else str(x)
     fy = f"{y:g}" if isinstance(y, float) else str(y)
@@ -214,7 +231,7 @@ def compare(
                     cell = {"prompt": _label(p_a, p_b), "layer": _label(l_a, l_b), "strength": _label(s_a, s_b)}
                     if g:
                         cell["concept"] = g[0]
-                    cmp_ = compare_counts(_count(ga, metric), ga.height, _count(gb, metric), gb.height, test)
+                    cmp_ = _cell(ga, gb, metric, test)
                     cells.append(CellRow(cell, cmp_))
     adjusted = with_holm([c.cmp for c in cells])
     out.cells = [CellRow(c.cell, adj) for c, adj in zip(cells, adjusted, strict=True)]
@@ -227,7 +244,7 @@ def compare(
             ctl.append(
                 CellRow(
                     {"prompt": _label(p_a, p_b)},
-                    compare_counts(_count(xa, "affirmative"), xa.height, _count(xb, "affirmative"), xb.height, test),
+                    _cell(xa, xb, "affirmative", test),
                 )
             )
     out.controls = [CellRow(c.cell, adj) for c, adj in zip(ctl, with_holm([c.cmp for c in ctl]), strict=True)]
@@ -254,7 +271,7 @@ def _rows(cells: list[CellRow]) -> list[dict[str, str]]:
                 "A": c.cmp.a.format(),
                 "B": c.cmp.b.format(),
                 "B − A [95% Newcombe]": f"{d.net * 100:+.1f}% [{d.lo * 100:+.1f}%, {d.hi * 100:+.1f}%]",
-                "p": _p(c.cmp.p),
+                "p": _p(c.cmp.p) + ("*" if c.cmp.test == "mcnemar" else ""),
                 "p (Holm)": _p(c.cmp.p_holm),
             }
         )
@@ -294,7 +311,19 @@ def format_comparison(c: Comparison) -> list[str]:
         lines.append(f"  pooled over all injected trials: A {c.pooled[0].format()}; B {c.pooled[1].format()}")
     lines += ["", f"controls: false positives (affirmative) per prompt (Holm over {len(c.controls)})"]
     lines += text_table(_rows(c.controls))
+    if _paired(c):
+        lines += ["", PAIRED_NOTE]
     return lines
+
+
+PAIRED_NOTE = (
+    "* the same trials in A and B (graded under each side's rubric): paired, so the exact McNemar "
+    "test and its exact conditional interval for B − A, not Fisher/Barnard and Newcombe"
+)
+
+
+def _paired(c: Comparison) -> bool:
+    return any(r.cmp.test == "mcnemar" for r in (*c.cells, *c.controls))
 
 
 def markdown_comparison(c: Comparison) -> str:
@@ -313,6 +342,8 @@ def markdown_comparison(c: Comparison) -> str:
     lines += ["", f"Injected trials, {METRICS[c.metric]}, per shared cell ({c.test}, Holm-corrected):", ""]
     lines += md(_rows(c.cells))
     lines += ["", "Controls, false positives (affirmative):", ""] + md(_rows(c.controls))
+    if _paired(c):
+        lines += ["", PAIRED_NOTE.replace("*", "\\*", 1)]
     return "\n".join(lines) + "\n"
 
 
