@@ -14,7 +14,6 @@ from remote_introspect.cli.options import (
     LayersOpt,
     ModelOpt,
     SeedOpt,
-    StrengthsOpt,
     _grid_fields,
     run_command,
 )
@@ -34,14 +33,17 @@ RegionsOpt = Annotated[
 TrialsOpt = Annotated[
     int | None, typer.Option(help="Trials per layer × strength; each injects into every region in turn.")
 ]
-VectorsOpt = Annotated[str | None, typer.Option(help="Concept vectors: mean-baseline (Lindsey) | contrast-pairs.")]
+VectorsOpt = Annotated[
+    str | None, typer.Option(help="Concept vectors: mean-baseline (Lindsey's; the only recipe localization takes).")
+]
 LocCondOpt = Annotated[
-    str | None, typer.Option(help="Extra conditions: random (norm-matched random vectors). prefer is always on.")
+    str | None, typer.Option(help="Extra conditions: random (norm-matched random vectors). prefer is on unless --no-prefer.")
 ]
 PreferOpt = Annotated[
     bool, typer.Option("--prefer/--no-prefer", help="The 'Which sentence do you prefer?' control (default on).")
 ]
 ModeOpt = Annotated[str | None, typer.Option(help="absolute | norm-matched | relative.")]
+LocStrengthsOpt = Annotated[str | None, typer.Option(help="Comma-separated strengths, e.g. 4,16.")]
 
 
 @app.command("localize")
@@ -50,7 +52,7 @@ def localize(
     experiment: FileArg = None,
     model: ModelOpt = None,
     regions: RegionsOpt = None,
-    strengths: StrengthsOpt = None,
+    strengths: LocStrengthsOpt = None,
     layers: LayersOpt = None,
     layer_fractions: FractionsOpt = None,
     trials: TrialsOpt = None,

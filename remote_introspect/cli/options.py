@@ -71,7 +71,7 @@ def _names(text: str) -> tuple[str, ...]:
 # How a grid flag's text becomes a spec field (every other flag is taken as given).
 _PARSE: dict[str, Callable[[str], object]] = {
     "concepts": _parse_concepts,
-    "strengths": lambda t: "auto" if t.strip() == "auto" else _parse_floats(t, "--strengths"),
+    "strengths": lambda t: _parse_floats(t, "--strengths"),
     "layers": lambda t: _parse_ints(t, "--layers"),
     "layer_fractions": lambda t: _parse_floats(t, "--layer-fractions"),
     "conditions": _names,
@@ -97,7 +97,11 @@ def _grid_fields(**flags: object) -> dict[str, object]:
 def _spec_overrides(**flags: object) -> dict[str, object]:
     """CLI flags → ExperimentSpec fields (None = not given, so the protocol/file value stands)."""
     rest = ("max_new_tokens", "temperature", "top_p", "prompt_set", "pairs")
-    o = _grid_fields(**{k: v for k, v in flags.items() if k not in rest})
+    given = {k: v for k, v in flags.items() if k not in rest}
+    auto = str(given["strengths"]).strip() == "auto"  # the runner picks them (experiment specs only)
+    o = _grid_fields(**{**given, "strengths": None if auto else given["strengths"]})
+    if auto:
+        o["strengths"] = "auto"
     gen = {k: flags[k] for k in ("max_new_tokens", "temperature", "top_p") if flags[k] is not None}
     if gen:
         o["generation"] = gen

@@ -186,9 +186,9 @@ def format_results(res: LocalizationResults) -> list[str]:
     return lines
 
 
-def plot_accuracy(res: LocalizationResults, path: Path) -> str:
+def plot_accuracy(res: LocalizationResults, path: Path, label: str = "") -> str:
     """Accuracy vs strength, one line per layer, with exact CIs; the prefer control dashed;
-    chance as a grey line."""
+    chance as a grey line. `label` (the experiment) ends the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,6 +212,7 @@ def plot_accuracy(res: LocalizationResults, path: Path) -> str:
     ax.set_xlabel("strength")
     ax.set_ylabel("accuracy")
     title = "Localization accuracy vs strength" if res.regions == "sentences" else "Position control accuracy vs strength"
+    title += f" ({label})" if label else ""
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -221,21 +222,31 @@ def plot_accuracy(res: LocalizationResults, path: Path) -> str:
 
 
 def sections(inputs: ReportInputs) -> list[Section]:
-    """The report's localization section: per region scheme its summary lines and the
-    accuracy-vs-strength plot; none when the cache has no localization rows."""
+    """The report's localization section: per experiment (never pooled across experiments: two
+    models, or two grids sharing some rows, are separate results) and region scheme its summary
+    lines and the accuracy-vs-strength plot; none when the cache has no localization rows."""
     import html
 
-    blocks = summarize(inputs.frame.df)
-    if not blocks:
+    frame = inputs.frame
+    parts_html: list[str] = []
+    parts_md: list[str] = []
+    files: list[str] = []
+    for exp in frame.experiments:
+        blocks = summarize(frame.for_experiment(exp.id))
+        if not blocks:
+            continue
+        label = f"{exp.name} [{exp.id[:12]}], model {(exp.spec or {}).get('model', '?')}"
+        parts_html.append(f"<h3>{html.escape(label)}</h3>")
+        parts_md += [f"### {label}", ""]
+        for res in blocks:
+            name = f"{exp.id[:16]}-localization-{res.regions}-accuracy.png"
+            title = plot_accuracy(res, inputs.out_dir / name, f"{exp.name} [{exp.id[:12]}]")
+            files.append(name)
+            text = "\n".join(format_results(res))
+            parts_html.append(f"<pre>{html.escape(text)}</pre><figure><img src='{name}' alt='{html.escape(title)}'></figure>")
+            parts_md += ["```", text, "```", "", f"![{title}]({name})", ""]
+    if not files:
         return []
-    parts_html, parts_md, files = [], [], []
-    for res in blocks:
-        name = f"localization-{res.regions}-accuracy.png"
-        title = plot_accuracy(res, inputs.out_dir / name)
-        files.append(name)
-        text = "\n".join(format_results(res))
-        parts_html.append(f"<pre>{html.escape(text)}</pre><figure><img src='{name}' alt='{html.escape(title)}'></figure>")
-        parts_md += ["```", text, "```", "", f"![{title}]({name})", ""]
     return [Section("Localization and position control", "\n".join(parts_html), "\n".join(parts_md), tuple(files))]
 
 
