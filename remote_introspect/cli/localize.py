@@ -8,15 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from remote_introspect.cli.app import _fail, app, out
-from remote_introspect.cli.options import (
-    ConceptsOpt,
-    FractionsOpt,
-    LayersOpt,
-    ModelOpt,
-    SeedOpt,
-    _grid_fields,
-    run_command,
-)
+from remote_introspect.cli.options import _grid_fields, run_command
 from remote_introspect.cli.running import checked, finish, run_display
 from remote_introspect.errors import UserError
 
@@ -47,22 +39,18 @@ LocStrengthsOpt = Annotated[str | None, typer.Option(help="Comma-separated stren
 
 
 @app.command("localize")
-@run_command
+@run_command("model", "layers", "layer_fractions", "concepts", "seed")
 def localize(
     experiment: FileArg = None,
-    model: ModelOpt = None,
     regions: RegionsOpt = None,
     strengths: LocStrengthsOpt = None,
-    layers: LayersOpt = None,
-    layer_fractions: FractionsOpt = None,
     trials: TrialsOpt = None,
-    concepts: ConceptsOpt = None,
     vectors: VectorsOpt = None,
     conditions: LocCondOpt = None,
     prefer: PreferOpt = True,
     strength_mode: ModeOpt = None,
-    seed: SeedOpt = None,
     *,
+    fields: dict[str, Any],
     opts: RunOptions,
 ) -> None:
     """Where is the injected thought? Five sentences (or two halves), the concept vector injected
@@ -72,11 +60,10 @@ def localize(
     from remote_introspect.experiment.localization import build_localization_spec
 
     try:
-        over = _grid_fields(
-            model=model, regions=regions, strengths=strengths, layers=layers, layer_fractions=layer_fractions,
-            trials=trials, concepts=concepts, vectors=vectors, strength_mode=strength_mode, seed=seed,
+        over = fields | _grid_fields(
+            regions=regions, strengths=strengths, trials=trials, vectors=vectors, strength_mode=strength_mode,
             conditions=conditions,
-        )  # fmt: skip
+        )
         spec = build_localization_spec(experiment, over, prefer)
     except UserError as exc:
         _fail(str(exc), exc.exit_code)

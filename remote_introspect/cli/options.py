@@ -215,7 +215,7 @@ _SPEC_FLAGS = [n for n in SPEC_OPTIONS if n != "backend"]
 _RUN_FLAGS = ["backend", *RUN_OPTIONS]
 
 
-_PACKED = ("spec_flags", "run_flags", "opts")  # what `_with_shared` passes in place of the shared options
+_PACKED = ("spec_flags", "run_flags", "opts", "fields")  # what `_with_shared` passes in place of the shared options
 _RUN_ONLY_FLAGS = ["backend", *(n for n in RUN_OPTIONS if n not in ("judge", "share_prefix"))]
 
 
@@ -280,13 +280,25 @@ def experiment_command(fn: Callable[..., None]) -> Callable[..., None]:
     return _with_shared(fn, _shared(_ALL, list(_ALL)), 1, pack)
 
 
-def run_command(fn: Callable[..., None]) -> Callable[..., None]:
+def run_command(*spec_options: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Give a command that builds its own spec the shared how-to-run options (--backend, --cache,
     --batch-size, --dtype, --ndif-host, --tokenizer, the retry and timeout knobs; not --judge nor
-    --share-prefix: its trials are read out, not generated and graded). `fn(own..., opts=...)`
-    receives them as `RunOptions`; a bad value fails before `fn` runs."""
+    --share-prefix: its trials are read out, not generated and graded), received as `opts`
+    (RunOptions), and the shared spec options named in `spec_options` (e.g. "model", "layers"),
+    listed first and received as `fields`: those given, parsed into spec fields (`_grid_fields`).
+    A bad value fails with one line before the command runs."""
 
     def pack(flags: dict[str, Any]) -> dict[str, Any]:
-        return {"opts": _run_options(**flags, judge="heuristic", share_prefix=False)}
+        run = {k: flags[k] for k in _RUN_ONLY_FLAGS}
+        packed: dict[str, Any] = {"opts": _run_options(**run, judge="heuristic", share_prefix=False)}
+        if spec_options:
+            try:
+                packed["fields"] = _grid_fields(**{k: flags[k] for k in spec_options})
+            except UserError as exc:
+                _fail(str(exc), exc.exit_code)
+        return packed
 
-    return _with_shared(fn, _shared(_ALL, _RUN_ONLY_FLAGS), 0, pack)
+    def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+        return _with_shared(fn, _shared(_ALL, [*spec_options, *_RUN_ONLY_FLAGS]), len(spec_options), pack)
+
+    return wrap

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from remote_introspect.cli.app import app, out
 from remote_introspect.cli.options import (
-    FractionsOpt,
-    LayersOpt,
-    ModelOpt,
-    SeedOpt,
     _grid_fields,
     run_command,
 )
@@ -33,16 +29,13 @@ ProbeModeOpt = Annotated[str | None, typer.Option(help="relative (default) | nor
 
 
 @app.command("probe-report")
-@run_command
+@run_command("model", "layers", "layer_fractions", "seed")
 def probe_report(
-    model: ModelOpt = None,
     concepts: ProbeConceptsOpt = None,
-    layers: LayersOpt = None,
-    layer_fractions: FractionsOpt = None,
     strengths: ProbeStrengthsOpt = None,
     strength_mode: ProbeModeOpt = None,
-    seed: SeedOpt = None,
     *,
+    fields: dict[str, Any],
     opts: RunOptions,
 ) -> None:
     """Probe–report coupling: a linear probe per concept on residual activations (shipped contrastive
@@ -55,13 +48,10 @@ def probe_report(
     from remote_introspect.reporting.probe_report import render_probe_report
 
     def build() -> ProbeReportSpec:
-        fields = _grid_fields(
-            model=model, layers=layers, layer_fractions=layer_fractions, strengths=strengths,
-            strength_mode=strength_mode, seed=seed,
-        )  # fmt: skip
+        given = fields | _grid_fields(strengths=strengths, strength_mode=strength_mode)
         if concepts is not None:  # the probe concepts by name (not Lindsey's list)
-            fields["concepts"] = tuple(c for c in concepts.split(",") if c.strip())
-        return ProbeReportSpec(**fields)  # type: ignore[arg-type]
+            given["concepts"] = tuple(c for c in concepts.split(",") if c.strip())
+        return ProbeReportSpec(**given)
 
     spec = checked(build)
     with run_display(opts.cache_root) as hooks:

@@ -19,7 +19,7 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 @app.command("self-predict")
-@run_command
+@run_command()
 def self_predict(
     models: Annotated[str, typer.Option(help="Comma-separated models, each anything --model accepts.")],
     tasks: Annotated[
