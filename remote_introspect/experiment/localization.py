@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import tomllib
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from remote_introspect import keys
 from remote_introspect.errors import UserError
+from remote_introspect.experiment import validators
 from remote_introspect.experiment.prompts import (
     ASSISTANT_ACK,
     CONCEPT_WORDS,
@@ -41,9 +41,6 @@ from remote_introspect.experiment.prompts import (
     render_chat,
 )
 from remote_introspect.experiment.spec import (
-    MAX_CONCEPT_CHARS,
-    MAX_CONCEPTS,
-    MAX_GRID_VALUES,
     MAX_STRENGTH,
     ModelIdentity,
     VectorRecipe,
@@ -127,45 +124,24 @@ class LocalizationSpec(BaseModel):
     @field_validator("concepts")
     @classmethod
     def _concepts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        out = tuple(dict.fromkeys(c.strip().lower() for c in v if c.strip()))
-        if not out:
-            raise ValueError("at least one concept is needed")
-        if len(out) > MAX_CONCEPTS:
-            raise ValueError(f"{len(out)} concepts: above the limit of {MAX_CONCEPTS}")
-        for c in out:
-            if len(c) > MAX_CONCEPT_CHARS or any(ord(ch) < 32 for ch in c):
-                raise ValueError(f"concept {c[:40]!r}: at most {MAX_CONCEPT_CHARS} characters, no control characters")
-        return out
+        return validators.concept_words(v)
 
     @field_validator("strengths")
     @classmethod
     def _strengths(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        out = tuple(dict.fromkeys(float(x) for x in v))
-        if not out or len(out) > MAX_GRID_VALUES:
-            raise ValueError(f"give 1 to {MAX_GRID_VALUES} strengths")
-        for x in out:
-            if math.isnan(x) or math.isinf(x) or x < 0:
-                raise ValueError(f"strengths must be finite and non-negative, got {x!r}")
-        return out
+        return validators.strength_grid(v)
 
     @field_validator("layer_fractions")
     @classmethod
     def _fractions(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if v is None:
-            return v
-        out = tuple(dict.fromkeys(float(x) for x in v))
-        if not out or len(out) > MAX_GRID_VALUES or any(not 0 <= x <= 1 for x in out):
-            raise ValueError("layer fractions must be 1 to 100 numbers in [0, 1]")
-        return out
+        return validators.layer_fractions(v)
 
     @field_validator("layers")
     @classmethod
     def _layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if v is None:
-            return v
-        out = tuple(dict.fromkeys(int(x) for x in v))
-        if not out or len(out) > MAX_GRID_VALUES:
-            raise ValueError("give 1 to 100 layers")
+        out = validators.layer_list(v)
+        if out == ():  # nothing to read out
+            raise ValueError("the layers list is empty")
         return out
 
     @field_validator("conditions")
@@ -202,13 +178,7 @@ class LocalizationSpec(BaseModel):
         return 1.0 / self.n_regions()
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
-        if self.layers is not None:
-            bad = [layer for layer in self.layers if not 0 <= layer < num_layers]
-            if bad:
-                raise ValueError(f"layer {bad[0]} is out of range: the model has layers 0..{num_layers - 1}")
-            return tuple(sorted(self.layers))
-        fractions = self.layer_fractions or (0.25,)
-        return tuple(sorted({min(num_layers - 1, round(f * num_layers)) for f in fractions}))
+        return validators.resolve_layers(self.layers, self.layer_fractions, num_layers, 0.25)
 
 
 @dataclass(frozen=True)

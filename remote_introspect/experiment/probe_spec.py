@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from remote_introspect.experiment import validators
 from remote_introspect.experiment.probe_prompts import CONCEPTS
 
 STRENGTH_MODES = ("absolute", "norm-matched", "relative")
@@ -35,9 +34,7 @@ class ProbeReportSpec(BaseModel):
     @field_validator("concepts")
     @classmethod
     def _concepts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        words = tuple(dict.fromkeys(w.strip().lower() for w in v if w.strip()))
-        if not words:
-            raise ValueError("the concept list is empty")
+        words = validators.concept_words(v)
         bad = [w for w in words if w not in CONCEPTS]
         if bad:
             raise ValueError(f"no probe prompts for {', '.join(bad)}; choose from {', '.join(CONCEPTS)}")
@@ -46,10 +43,7 @@ class ProbeReportSpec(BaseModel):
     @field_validator("strengths")
     @classmethod
     def _strengths(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        for x in v:
-            if not isinstance(x, int | float) or math.isnan(x) or math.isinf(x):
-                raise ValueError(f"strengths must be finite numbers, got {x!r}")
-        out = tuple(sorted(set(float(x) for x in v) | {0.0}))
+        out = tuple(sorted(set(validators.finite(v, "strengths", non_negative=False)) | {0.0}))
         if len(out) < 3:
             raise ValueError("give at least two non-zero strengths (0 is always added)")
         if len(out) > 100:
@@ -59,12 +53,12 @@ class ProbeReportSpec(BaseModel):
     @field_validator("layer_fractions")
     @classmethod
     def _fractions(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if v is not None:
-            for f in v:
-                if not 0.0 <= f <= 1.0 or math.isnan(f):
-                    raise ValueError(f"layer fractions must be between 0 and 1, got {f}")
-            v = tuple(dict.fromkeys(v))
-        return v
+        return validators.layer_fractions(v)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        return validators.layer_list(v)
 
     @model_validator(mode="after")
     def _check(self) -> ProbeReportSpec:
@@ -81,12 +75,4 @@ class ProbeReportSpec(BaseModel):
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
         """Absolute decoder layers; default: half of depth."""
-        if self.layers is not None:
-            bad = [x for x in self.layers if not 0 <= x < num_layers]
-            if bad:
-                raise ValueError(
-                    f"layer {bad[0]} is out of range: the model has {num_layers} layers (0-{num_layers - 1})"
-                )
-            return tuple(sorted(set(self.layers)))
-        fractions = self.layer_fractions or (0.5,)
-        return tuple(sorted({min(num_layers - 1, round(f * num_layers)) for f in fractions}))
+        return validators.resolve_layers(self.layers, self.layer_fractions, num_layers, 0.5)
