@@ -45,6 +45,7 @@ from remote_introspect.experiment.spec import (
     ModelIdentity,
     VectorRecipe,
 )
+from remote_introspect.experiment.validators import Concepts, LayerFractions, Layers, Strengths
 
 Regions = Literal["sentences", "halves"]
 LocCondition = Literal["injected", "prefer", "random"]
@@ -111,38 +112,22 @@ class LocalizationSpec(BaseModel):
     protocol: Literal["localization"] = "localization"
     model: str = "gemma-270m"
     regions: Regions = "sentences"
-    concepts: tuple[str, ...] = tuple(w.lower() for w in CONCEPT_WORDS[:4])
-    strengths: tuple[float, ...] = (4.0, 16.0)
-    layers: tuple[int, ...] | None = None
-    layer_fractions: tuple[float, ...] | None = (0.25,)
+    concepts: Concepts = tuple(w.lower() for w in CONCEPT_WORDS[:4])
+    strengths: Strengths = (4.0, 16.0)
+    layers: Layers = None
+    layer_fractions: LayerFractions = (0.25,)
     trials: int = Field(4, ge=1, le=10_000)
     conditions: tuple[str, ...] = ("prefer",)
     strength_mode: Literal["absolute", "norm-matched", "relative"] = "absolute"
     recipe: VectorRecipe = VectorRecipe()
     seed: int = 0
 
-    @field_validator("concepts")
-    @classmethod
-    def _concepts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return validators.concept_words(v)
-
-    @field_validator("strengths")
-    @classmethod
-    def _strengths(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        return validators.strength_grid(v)
-
-    @field_validator("layer_fractions")
-    @classmethod
-    def _fractions(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        return validators.layer_fractions(v)
-
     @field_validator("layers")
     @classmethod
     def _layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        out = validators.layer_list(v)
-        if out == ():  # nothing to read out
+        if v == ():  # nothing to read out
             raise ValueError("the layers list is empty")
-        return out
+        return v
 
     @field_validator("conditions")
     @classmethod

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from remote_introspect.experiment import validators
 from remote_introspect.experiment.probe_prompts import CONCEPTS
+from remote_introspect.experiment.validators import Concepts, LayerFractions, Layers
 
 STRENGTH_MODES = ("absolute", "norm-matched", "relative")
 # relative: h + s·r·v̂ with r the mean residual norm over the steered span, so one grid suits
@@ -21,9 +22,9 @@ class ProbeReportSpec(BaseModel):
     name: str = "probe-report"
     protocol: str = "probe-report"
     model: str = "gemma-270m"
-    concepts: tuple[str, ...] = CONCEPTS
-    layers: tuple[int, ...] | None = None
-    layer_fractions: tuple[float, ...] | None = None
+    concepts: Concepts = CONCEPTS
+    layers: Layers = None
+    layer_fractions: LayerFractions = None
     strengths: tuple[float, ...] = DEFAULT_STRENGTHS
     strength_mode: str = "relative"
     seed: int = 0  # the held-out split and the bootstrap
@@ -34,11 +35,10 @@ class ProbeReportSpec(BaseModel):
     @field_validator("concepts")
     @classmethod
     def _concepts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        words = validators.concept_words(v)
-        bad = [w for w in words if w not in CONCEPTS]
+        bad = [w for w in v if w not in CONCEPTS]
         if bad:
             raise ValueError(f"no probe prompts for {', '.join(bad)}; choose from {', '.join(CONCEPTS)}")
-        return words
+        return v
 
     @field_validator("strengths")
     @classmethod
@@ -49,16 +49,6 @@ class ProbeReportSpec(BaseModel):
         if len(out) > 100:
             raise ValueError(f"{len(out)} strengths is more than the limit of 100")
         return out
-
-    @field_validator("layer_fractions")
-    @classmethod
-    def _fractions(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        return validators.layer_fractions(v)
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        return validators.layer_list(v)
 
     @model_validator(mode="after")
     def _check(self) -> ProbeReportSpec:

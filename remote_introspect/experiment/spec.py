@@ -21,7 +21,15 @@ from remote_introspect.experiment.prompts import (
     SPAN_MODES,
     VECTOR_PROMPT_TEMPLATE,
 )
-from remote_introspect.experiment.validators import MAX_CONCEPT_CHARS, MAX_CONCEPTS, MAX_GRID_VALUES
+from remote_introspect.experiment.validators import (
+    MAX_CONCEPT_CHARS,
+    MAX_CONCEPTS,
+    MAX_GRID_VALUES,
+    Concepts,
+    LayerFractions,
+    Layers,
+    Strengths,
+)
 from remote_introspect.keys import canonical_json, sha256_hex
 
 __all__ = ["MAX_CONCEPT_CHARS", "MAX_CONCEPTS", "MAX_GRID_VALUES"]  # re-exported: specs import them from here
@@ -127,10 +135,10 @@ class ExperimentSpec(BaseModel):
     name: str = "lindsey"
     protocol: str = "lindsey"
     model: str = "gemma-270m"
-    concepts: tuple[str, ...] = Field(CONCEPT_WORDS[:5], validate_default=True)
-    strengths: tuple[float, ...] = (2.0, 8.0)
-    layers: tuple[int, ...] | None = None
-    layer_fractions: tuple[float, ...] | None = None
+    concepts: Concepts = Field(CONCEPT_WORDS[:5], validate_default=True)
+    strengths: Strengths = (2.0, 8.0)
+    layers: Layers = None
+    layer_fractions: LayerFractions = None
     samples: int = Field(2, ge=1, le=10_000)
     controls: int = Field(4, ge=0, le=100_000)  # per prompt set
     seed: int = 0
@@ -166,28 +174,13 @@ class ExperimentSpec(BaseModel):
                 data = {**data, "recipe": {**recipe, "double_bos": bool(data.get("double_bos", False))}}
         return data
 
-    @field_validator("concepts")
+    @field_validator("scale_factors")
     @classmethod
-    def _concepts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return validators.concept_words(v)
-
-    @field_validator("strengths", "scale_factors")
-    @classmethod
-    def _strengths(cls, v: tuple[float, ...], info) -> tuple[float, ...]:  # type: ignore[no-untyped-def]
-        v = validators.strength_grid(v, info.field_name.replace("_", " "))
-        if info.field_name == "scale_factors" and max(v) > MAX_SCALE_FACTOR:
+    def _scale_factors(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        v = validators.strength_grid(v, "scale factors")
+        if max(v) > MAX_SCALE_FACTOR:
             raise ValueError(f"scale factor {max(v):g} is above the limit of {MAX_SCALE_FACTOR:g}")
         return v
-
-    @field_validator("layer_fractions")
-    @classmethod
-    def _fractions(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        return validators.layer_fractions(v)
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        return validators.layer_list(v)
 
     @field_validator("prompt_sets")
     @classmethod

@@ -1,12 +1,15 @@
 """The field checks every protocol's spec shares (concepts, strength grids, layers and layer
 fractions), so that `run`, `localize` and `probe-report` accept and refuse the same values with
-the same lines. Plain functions raising ValueError: pydantic validators call them."""
+the same lines: plain functions raising ValueError, and the annotated field types (`Concepts`,
+`Strengths`, `Layers`, `LayerFractions`) the specs declare their fields with."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 # Input bounds (README "Reliability"): anything past them is refused before any work or write.
 MAX_CONCEPT_CHARS = 100
@@ -84,3 +87,10 @@ def resolve_layers(
             raise ValueError(f"layer {bad[0]} is out of range: the model has layers 0..{num_layers - 1}")
         return tuple(sorted(set(layers)))
     return tuple(sorted({min(num_layers - 1, round(f * num_layers)) for f in fractions or (default,)}))
+
+
+# The spec fields, validated alike in every spec that has them.
+Concepts = Annotated[tuple[str, ...], AfterValidator(concept_words)]
+Strengths = Annotated[tuple[float, ...], AfterValidator(strength_grid)]
+Layers = Annotated[tuple[int, ...] | None, AfterValidator(layer_list)]
+LayerFractions = Annotated[tuple[float, ...] | None, AfterValidator(layer_fractions)]
