@@ -222,16 +222,25 @@ def prefilled_answers(tokenizer: Any, text: str, answers: tuple[str, ...]) -> tu
     return text[:-1], answer_token_ids(tokenizer, text[:-1], tuple(" " + a for a in answers))
 
 
+def _conversation(
+    tokenizer: Any, setup: str, body: str, prefill: str, answers: tuple[str, ...]
+) -> tuple[str, tuple[int, ...], list[int], list[tuple[int, int]]]:
+    """Setup, the model's acknowledgement, then `body`, with the prefilled answer start: (text,
+    each answer's token id, ids, character offsets of each id)."""
+    messages = [
+        {"role": "user", "content": setup},
+        {"role": "assistant", "content": ASSISTANT_ACK},
+        {"role": "user", "content": body},
+    ]
+    text, candidates = prefilled_answers(tokenizer, render_chat(tokenizer, messages) + prefill, answers)
+    ids, offsets = encode_rendered(tokenizer, text)
+    return text, candidates, ids, offsets
+
+
 def render_sentences(tokenizer: Any, sentence_ids: tuple[int, ...], question: str, prefill: str) -> RenderedLocalization:
     texts = [neutral_text()["sentences"][i] for i in sentence_ids]
     listing = " ".join(f"SENTENCE {k + 1}: {s}" for k, s in enumerate(texts))
-    messages = [
-        {"role": "user", "content": LOCALIZATION_SETUP},
-        {"role": "assistant", "content": ASSISTANT_ACK},
-        {"role": "user", "content": f"{listing}\n{question}"},
-    ]
-    text, candidates = prefilled_answers(tokenizer, render_chat(tokenizer, messages) + prefill, DIGITS)
-    ids, offsets = encode_rendered(tokenizer, text)
+    text, candidates, ids, offsets = _conversation(tokenizer, LOCALIZATION_SETUP, f"{listing}\n{question}", prefill, DIGITS)
     body = text.rindex(listing)
     regions = []
     cursor = body
@@ -248,13 +257,7 @@ def render_halves(tokenizer: Any, question: str, prefill: str, setup: str = POSI
     """The passage prompt; its two halves are equal numbers of the passage's tokens (an odd
     middle token belongs to neither), so both see the same amount of steering."""
     passage = neutral_text()["passage"]
-    messages = [
-        {"role": "user", "content": setup},
-        {"role": "assistant", "content": ASSISTANT_ACK},
-        {"role": "user", "content": f"PASSAGE: {passage}\n{question}"},
-    ]
-    text, candidates = prefilled_answers(tokenizer, render_chat(tokenizer, messages) + prefill, HALVES)
-    ids, offsets = encode_rendered(tokenizer, text)
+    text, candidates, ids, offsets = _conversation(tokenizer, setup, f"PASSAGE: {passage}\n{question}", prefill, HALVES)
     at = text.rindex(passage)
     a, b = _token_span(offsets, at, at + len(passage))
     half = (b - a) // 2
