@@ -78,6 +78,12 @@ def chunk_batches(items: list[T], rows: int, make: Callable[[list[T]], Batch[T]]
     return [make(items[i : i + rows]) for i in range(0, len(items), rows)]
 
 
+def not_done(store: Store, trials: list[T]) -> list[T]:
+    """The trials still to run: every one the store does not hold as done."""
+    statuses = store.statuses(_keys(trials))
+    return [t for t in trials if statuses.get(t.key) != "done"]
+
+
 def claim_batch(
     store: Store, owner: ClaimOwner, batch: Batch[T], lease_s: float, notice: Callable[[str], None],
     make: Callable[[list[T]], Batch[T]] = make_batch,

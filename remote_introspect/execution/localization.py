@@ -25,7 +25,7 @@ from remote_introspect import keys
 from remote_introspect.errors import UserError
 from remote_introspect.execution import concept_vectors, runner
 from remote_introspect.execution.backends.base import Executor, ReadoutOutput
-from remote_introspect.execution.batch_loop import BatchLoop, chunk_batches
+from remote_introspect.execution.batch_loop import BatchLoop, chunk_batches, not_done
 from remote_introspect.execution.runner import RunOptions
 from remote_introspect.execution.traces.readout import ReadoutBatch
 from remote_introspect.execution.validation import check_cache, check_options, model_and_layers
@@ -37,8 +37,7 @@ from remote_introspect.experiment.localization import (
     render_trial_prompt,
 )
 from remote_introspect.experiment.planner import Batch
-from remote_introspect.experiment.prompts import tokenizer_fingerprint
-from remote_introspect.experiment.spec import ExperimentSpec, ModelIdentity
+from remote_introspect.experiment.spec import ExperimentSpec
 from remote_introspect.models.loading import ModelRef
 from remote_introspect.store.database import Store
 
@@ -199,15 +198,8 @@ def run_localization(
     notice = notice or (lambda line: log.info("%s", line))
     ref, layers = validate(spec, opts)
     vspec = vector_spec(spec)
-    progress("loading model", 0, 1)
-    executor, (weights_id, dtype_label) = executor_bundle or runner.make_executor(ref, opts)
-    if request_status is not None:
-        executor.on_status = request_status
-    progress("loading model", 1, 1)
+    executor, identity = runner.load_model(ref, opts, progress, request_status, executor_bundle)
     tok = executor.tokenizer
-    identity = ModelIdentity(
-        repo_id=ref.repo_id, weights_id=weights_id, dtype=dtype_label, tokenizer_sha=tokenizer_fingerprint(tok)
-    )
     prompts: dict[str, RenderedLocalization] = {}
     by_request: dict[tuple[bool, tuple[int, ...]], RenderedLocalization] = {}
 
@@ -220,7 +212,7 @@ def run_localization(
             by_request[(prefer, sentence_ids)] = prompts[r.ids_hash] = r
         return by_request[(prefer, sentence_ids)]
 
-    vdtype_label = runner.vector_dtype_for(dtype_label)
+    vdtype_label = runner.vector_dtype_for(identity.dtype)
     trials = plan_localization(spec, identity, layers, render, vdtype_label)
     context = ref.config.get("max_position_embeddings")
     longest = max(len(r.input_ids) for r in prompts.values())
@@ -229,8 +221,7 @@ def run_localization(
     exp_id = keys.experiment_id(spec.model_dump(mode="json"), identity.model_dump(mode="json"))
     store = Store(opts.cache_root)
     try:
-        statuses = store.statuses(t.key for t in trials)
-        pending = [t for t in trials if statuses.get(t.key) != "done"]
+        pending = not_done(store, trials)
         if pending:
             runner.preflight(executor, notice)  # a refused preflight registers nothing
         store.register(exp_id, spec.name, spec.model_dump_json(), {t.key: t.model_dump_json() for t in trials})

@@ -32,7 +32,7 @@ from remote_introspect import keys
 from remote_introspect.errors import BatchTooLargeError, UserError
 from remote_introspect.execution import runner
 from remote_introspect.execution.backends.base import Executor
-from remote_introspect.execution.batch_loop import BatchLoop, Decoded, chunk_batches
+from remote_introspect.execution.batch_loop import BatchLoop, Decoded, chunk_batches, not_done
 from remote_introspect.execution.concept_vectors import left_pad
 from remote_introspect.execution.runner import RunOptions
 from remote_introspect.execution.traces.readout import ReadoutBatch
@@ -47,7 +47,6 @@ from remote_introspect.experiment.probe_prompts import (
     split,
 )
 from remote_introspect.experiment.probe_spec import ProbeReportSpec
-from remote_introspect.experiment.prompts import tokenizer_fingerprint
 from remote_introspect.experiment.spec import ModelIdentity
 from remote_introspect.keys import canonical_json
 from remote_introspect.models.loading import ModelRef
@@ -291,19 +290,9 @@ def run_probe_report(
     progress = progress or (lambda stage, done, total: None)
     notice = notice or (lambda line: log.info("%s", line))
     ref, layers = validate(spec, opts)
-    progress("loading model", 0, 1)
-    executor, (weights_id, dtype_label) = runner.make_executor(ref, opts)
-    if request_status is not None:
-        executor.on_status = request_status
-    progress("loading model", 1, 1)
+    executor, identity = runner.load_model(ref, opts, progress, request_status)
     tok = executor.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    identity = ModelIdentity(
-        repo_id=ref.repo_id,
-        weights_id=weights_id,
-        dtype=dtype_label,
-        tokenizer_sha=tokenizer_fingerprint(tok),
-    )
     model_key = keys.model_key(identity.model_dump(mode="json"))
     try:
         rendered = {
@@ -326,8 +315,7 @@ def run_probe_report(
     wanted = {(layer, c) for layer in layers for c in spec.concepts}
     store = Store(opts.cache_root)
     try:
-        statuses = store.statuses(t.key for t in trials)
-        pending = [t for t in trials if statuses.get(t.key) != "done"]
+        pending = not_done(store, trials)
         for name, n in store.drop_broken_vector_files(model_key, recipe_id, wanted):
             notice(f"probe file {name} is missing or corrupt (sha256 mismatch): refitting its {n} probe(s)")
         missing = sorted(store.missing_vectors(model_key, recipe_id, wanted))
@@ -352,7 +340,7 @@ def run_probe_report(
                 pending,
                 rendered,
                 probes,
-                dtype_label,
+                identity.dtype,
                 pad_id,
                 rows,
                 result,

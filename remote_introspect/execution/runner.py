@@ -20,7 +20,7 @@ from remote_introspect import keys
 from remote_introspect.errors import BatchTooLargeError, UserError
 from remote_introspect.execution import concept_vectors
 from remote_introspect.execution.backends.base import Executor
-from remote_introspect.execution.batch_loop import BatchLoop, Decoded, nonfinite_rows
+from remote_introspect.execution.batch_loop import BatchLoop, Decoded, nonfinite_rows, not_done
 from remote_introspect.execution.traces import generation_batch, hf_generation
 from remote_introspect.execution.traces.generation_batch import GenerationBatch
 from remote_introspect.execution.validation import check_cache, check_options, model_and_layers
@@ -188,6 +188,30 @@ def make_executor(ref: ModelRef, opts: RunOptions) -> tuple[Executor, Any]:
     settings.share_prefix = opts.share_prefix
     ex = NDIFExecutor(ref, settings, opts.tokenizer_dir)
     return ex, (ex.weights_id, ex.dtype_label)
+
+
+def load_model(
+    ref: ModelRef,
+    opts: RunOptions,
+    progress: Progress,
+    request_status: Callable[[str], None] | None = None,
+    executor_bundle: tuple[Executor, Any] | None = None,
+    stage: str = "loading model",
+) -> tuple[Executor, ModelIdentity]:
+    """The executor (`executor_bundle`, from `make_executor`, reuses a loaded one) and the model
+    identity that goes into every trial key; `request_status` hears the remote request's state."""
+    progress(stage, 0, 1)
+    executor, (weights_id, dtype_label) = executor_bundle or make_executor(ref, opts)
+    if request_status is not None:
+        executor.on_status = request_status
+    progress(stage, 1, 1)
+    identity = ModelIdentity(
+        repo_id=ref.repo_id,
+        weights_id=weights_id,
+        dtype=dtype_label,
+        tokenizer_sha=tokenizer_fingerprint(executor.tokenizer),
+    )
+    return executor, identity
 
 
 def eos_ids(tokenizer: Any) -> set[int]:
@@ -406,29 +430,18 @@ def _run_phase(
     """One grid of `run`: validate → plan → vectors → batches → store → grade."""
     progress, notice = hooks.progress, hooks.notice
     ref, layers = validate(spec, opts)
-    progress("loading model", 0, 1)
-    executor, (weights_id, dtype_label) = executor_bundle or make_executor(ref, opts)
-    if hooks.request_status is not None:
-        executor.on_status = hooks.request_status
-    progress("loading model", 1, 1)
+    executor, identity = load_model(ref, opts, progress, hooks.request_status, executor_bundle)
     tok = executor.tokenizer
     rendered = {
         name: render_prompt(tok, PROMPT_SETS[name], spec.double_bos) for name in prompt_sets_used(spec)
     }
-    identity = ModelIdentity(
-        repo_id=ref.repo_id,
-        weights_id=weights_id,
-        dtype=dtype_label,
-        tokenizer_sha=tokenizer_fingerprint(tok),
-    )
-    keyed = generation_for(spec, executor, dtype_label)  # stop ids and vector dtype go into keys
+    keyed = generation_for(spec, executor, identity.dtype)  # stop ids and vector dtype go into keys
     trials = unique_trials(plan_trials(keyed, identity, {k: r.ids_hash for k, r in rendered.items()}, layers))
     check_context(spec, ref, rendered)
     exp_id = experiment_id(spec, identity)
     store = Store(opts.cache_root)
     try:
-        statuses = store.statuses(t.key for t in trials)
-        pending = [t for t in trials if statuses.get(t.key) != "done"]
+        pending = not_done(store, trials)
         if pending:
             preflight(executor, notice)  # a refused preflight registers nothing
         store.register(

@@ -25,12 +25,12 @@ import torch
 from remote_introspect import keys
 from remote_introspect.errors import UserError
 from remote_introspect.execution.backends.base import Executor
-from remote_introspect.execution.batch_loop import BatchLoop, Decoded, nonfinite_rows
+from remote_introspect.execution.batch_loop import BatchLoop, Decoded, nonfinite_rows, not_done
 from remote_introspect.execution.concept_vectors import left_pad
 from remote_introspect.execution.runner import (
     RunOptions,
     eos_ids,
-    make_executor,
+    load_model,
     preflight,
     vector_dtype_for,
 )
@@ -39,7 +39,7 @@ from remote_introspect.execution.traces.generation_batch import GenerationBatch
 from remote_introspect.execution.validation import check_cache, check_options
 from remote_introspect.experiment import self_prediction as sp
 from remote_introspect.experiment.planner import Batch, make_batch
-from remote_introspect.experiment.prompts import encode_rendered, render_chat, tokenizer_fingerprint
+from remote_introspect.experiment.prompts import encode_rendered, render_chat
 from remote_introspect.experiment.spec import ModelIdentity
 from remote_introspect.models.loading import ModelRef, resolve_model
 from remote_introspect.store.database import Store
@@ -196,11 +196,9 @@ def run(
         config, [], {(t, i["id"]): i for t, chosen in items.items() for i in chosen}, Path(opts.cache_root)
     )
     for ref in refs:
-        progress(f"{ref.name}: loading model", 0, 1)
-        executor, (weights_id, dtype_label) = make_executor(ref, opts)
-        progress(f"{ref.name}: loading model", 1, 1)
+        executor, identity = load_model(ref, opts, progress, stage=f"{ref.name}: loading model")
         try:
-            result.runs.append(_run_model(config, opts, ref, executor, weights_id, dtype_label, items, progress, notice))
+            result.runs.append(_run_model(config, opts, ref, executor, identity, items, progress, notice))
         finally:
             del executor  # one model in memory at a time
             gc.collect()
@@ -212,16 +210,12 @@ def _run_model(
     opts: RunOptions,
     ref: ModelRef,
     executor: Executor,
-    weights_id: str,
-    dtype_label: str,
+    identity: ModelIdentity,
     items: dict[str, list[dict[str, Any]]],
     progress: Progress,
     notice: Callable[[str], None],
 ) -> ModelRun:
     tok = executor.tokenizer
-    identity = ModelIdentity(
-        repo_id=ref.repo_id, weights_id=weights_id, dtype=dtype_label, tokenizer_sha=tokenizer_fingerprint(tok)
-    )
     stop_ids = hf_generation.stop_token_ids(tok, executor.model_eos_ids())
     planned = plan_model(config, ref, tok, identity, stop_ids, items)
     trials = [p.trial for p in planned]
@@ -229,14 +223,13 @@ def _run_model(
     report = ModelRun(ref.name, exp_id, trials)
     store = Store(opts.cache_root)
     try:
-        statuses = store.statuses(t.key for t in trials)
-        pending = [p for p in planned if statuses.get(p.trial.key) != "done"]
+        pending = not_done(store, planned)
         if pending:
             preflight(executor, notice)  # a refused preflight registers nothing
         spec_json = keys.canonical_json({**config.spec(), "model": ref.name})
         store.register(exp_id, f"self-predict {ref.name}", spec_json, {t.key: t.model_dump_json() for t in trials})
         if pending:
-            _execute(opts, ref, executor, store, dtype_label, pending, report, progress, notice)
+            _execute(opts, ref, executor, store, identity.dtype, pending, report, progress, notice)
         store.settle_batches()
         store.prune_claims()
         report.statuses = store.statuses(t.key for t in trials)
