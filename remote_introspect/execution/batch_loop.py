@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+import torch
+
 from remote_introspect.errors import BatchTooLargeError, UserError
 from remote_introspect.execution.backends.base import Executor
 from remote_introspect.experiment.planner import Batch, Keyed, make_batch
@@ -82,6 +84,23 @@ def not_done(store: Store, trials: list[T]) -> list[T]:
     """The trials still to run: every one the store does not hold as done."""
     statuses = store.statuses(_keys(trials))
     return [t for t in trials if statuses.get(t.key) != "done"]
+
+
+def extract(
+    executor: Executor, retry: RetrySettings, ids: torch.Tensor, mask: torch.Tensor, layers: list[int]
+) -> torch.Tensor:
+    """`executor.extract` [L, N, H] with the shared retry policy; rows too many for the server are
+    halved (recursively) and the halves' activations concatenated."""
+    try:
+        return call_with_retries(lambda: executor.extract(ids, mask, layers), retry)
+    except BatchTooLargeError:
+        if ids.shape[0] < 2:
+            raise
+        h = ids.shape[0] // 2
+        return torch.cat(
+            [extract(executor, retry, ids[:h], mask[:h], layers), extract(executor, retry, ids[h:], mask[h:], layers)],
+            dim=1,
+        )
 
 
 def claim_batch(

@@ -12,7 +12,6 @@ its candidates' log-probabilities (`trials.readout_json`); the prediction is the
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,8 +39,6 @@ from remote_introspect.experiment.planner import Batch
 from remote_introspect.experiment.spec import ExperimentSpec
 from remote_introspect.models.loading import ModelRef
 from remote_introspect.store.database import Store
-
-log = logging.getLogger(__name__)
 
 _MODE_COLUMN = {"absolute": 0, "norm-matched": 1, "relative": 3}
 # Rows per request: a readout row is one forward pass of its prompt (no generated tokens), so the
@@ -124,27 +121,21 @@ def build_readout_batch(
     ends = torch.zeros(B, dtype=torch.long)
     row_layers = torch.full((B,), -1, dtype=torch.long)
     coefs = torch.zeros(B, 4)
-    table: dict[bytes, int] = {}
-    distinct: list[torch.Tensor] = []
+    table = concept_vectors.VectorTable(vdtype)
     vector_index = torch.zeros(B, dtype=torch.long)
     for i, t in enumerate(trials):
         pad = width - len(rows[i])
         starts[i], ends[i] = t.span[0] + pad, t.span[1] + pad
         row_layers[i] = t.layer
         coefs[i, _MODE_COLUMN[t.strength_mode]] = t.strength
-        v = _row_vector(t, vectors).to(vdtype).contiguous()
-        k = v.view(torch.uint8).numpy().tobytes()
-        if k not in table:  # each distinct vector travels once
-            table[k] = len(distinct)
-            distinct.append(v)
-        vector_index[i] = table[k]
+        vector_index[i] = table.index(_row_vector(t, vectors))
     return ReadoutBatch(
         input_ids=ids,
         attention_mask=mask,
         starts=starts,
         ends=ends,
         row_layers=row_layers,
-        vectors=torch.stack(distinct),
+        vectors=table.stacked(),
         coefs=coefs,
         scale=torch.ones(B),
         candidates=torch.tensor([list(t.candidates) for t in trials], dtype=torch.long),
@@ -194,8 +185,8 @@ def run_localization(
     request_status: Callable[[str], None] | None = None,
     executor_bundle: tuple[Executor, Any] | None = None,
 ) -> LocalizationReport:
-    progress = progress or (lambda stage, done, total: None)
-    notice = notice or (lambda line: log.info("%s", line))
+    hooks = runner.Hooks.of(progress, notice)
+    progress, notice = hooks.progress, hooks.notice
     ref, layers = validate(spec, opts)
     vspec = vector_spec(spec)
     executor, identity = runner.load_model(ref, opts, progress, request_status, executor_bundle)

@@ -20,7 +20,6 @@ validate → probes (extract, fit, store) → steered readout trials → store �
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,10 +28,10 @@ from typing import Any
 import torch
 
 from remote_introspect import keys
-from remote_introspect.errors import BatchTooLargeError, UserError
+from remote_introspect.errors import UserError
 from remote_introspect.execution import runner
 from remote_introspect.execution.backends.base import Executor
-from remote_introspect.execution.batch_loop import BatchLoop, Decoded, chunk_batches, not_done
+from remote_introspect.execution.batch_loop import BatchLoop, Decoded, chunk_batches, extract, not_done
 from remote_introspect.execution.concept_vectors import left_pad
 from remote_introspect.execution.runner import RunOptions
 from remote_introspect.execution.traces.readout import ReadoutBatch
@@ -50,11 +49,8 @@ from remote_introspect.experiment.probe_spec import ProbeReportSpec
 from remote_introspect.experiment.spec import ModelIdentity
 from remote_introspect.keys import canonical_json
 from remote_introspect.models.loading import ModelRef
-from remote_introspect.retry_policy import call_with_retries
 from remote_introspect.stats.coupling import Coupling, coupling, fit_probe, report_from_logprobs
 from remote_introspect.store.database import Store
-
-log = logging.getLogger(__name__)
 
 TRIAL_VERSION = 1
 _MODE_COLUMN = {"absolute": 0, "norm-matched": 1, "relative": 3}
@@ -142,24 +138,6 @@ def plan(
     return out
 
 
-def _extract(
-    executor: Executor, opts: RunOptions, ids: torch.Tensor, mask: torch.Tensor, layers: list[int]
-) -> Any:
-    try:
-        return call_with_retries(lambda: executor.extract(ids, mask, layers), opts.retry)
-    except BatchTooLargeError:
-        if ids.shape[0] < 2:
-            raise
-        h = ids.shape[0] // 2
-        return torch.cat(
-            [
-                _extract(executor, opts, ids[:h], mask[:h], layers),
-                _extract(executor, opts, ids[h:], mask[h:], layers),
-            ],
-            dim=1,
-        )
-
-
 def fit_probes(
     executor: Executor,
     opts: RunOptions,
@@ -177,7 +155,7 @@ def fit_probes(
     prompts = [list(rendered[(ex.concept, ex.statement)].input_ids) for ex in examples]
     acts = torch.cat(
         [
-            _extract(executor, opts, *left_pad(prompts[i : i + rows], pad_id), layers)
+            extract(executor, opts.retry, *left_pad(prompts[i : i + rows], pad_id), layers)
             for i in range(0, len(prompts), rows)
         ],
         dim=1,
@@ -287,8 +265,8 @@ def run_probe_report(
     notice: Callable[[str], None] | None = None,
     request_status: Callable[[str], None] | None = None,
 ) -> ProbeReportResult:
-    progress = progress or (lambda stage, done, total: None)
-    notice = notice or (lambda line: log.info("%s", line))
+    hooks = runner.Hooks.of(progress, notice)
+    progress, notice = hooks.progress, hooks.notice
     ref, layers = validate(spec, opts)
     executor, identity = runner.load_model(ref, opts, progress, request_status)
     tok = executor.tokenizer

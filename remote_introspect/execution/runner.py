@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from remote_introspect import keys
-from remote_introspect.errors import BatchTooLargeError, UserError
-from remote_introspect.execution import concept_vectors
+from remote_introspect.errors import UserError
+from remote_introspect.execution import batch_loop, concept_vectors
 from remote_introspect.execution.backends.base import Executor
 from remote_introspect.execution.batch_loop import BatchLoop, Decoded, nonfinite_rows, not_done
 from remote_introspect.execution.traces import generation_batch, hf_generation
@@ -39,7 +39,7 @@ from remote_introspect.experiment.prompts import (
 from remote_introspect.experiment.spec import ExperimentSpec, ModelIdentity, Trial
 from remote_introspect.keys import canonical_json
 from remote_introspect.models.loading import ModelRef
-from remote_introspect.retry_policy import RetrySettings, call_with_retries
+from remote_introspect.retry_policy import RetrySettings
 from remote_introspect.store.database import Store
 
 log = logging.getLogger(__name__)
@@ -263,20 +263,11 @@ def build_generation_batch(
     B = len(trials)
     starts = torch.zeros(B, dtype=torch.long)
     row_layers = torch.full((B,), -1, dtype=torch.long)
-    table: dict[bytes, int] = {}
-    rows_v: list[torch.Tensor] = []
+    table = concept_vectors.VectorTable(vdtype)
     vector_index = torch.zeros(B, dtype=torch.long)
     coefs = torch.zeros(B, 4)
     scale = torch.ones(B)
     raw_starts: list[int] = []
-
-    def index_of(v: torch.Tensor) -> int:
-        v = v.to(vdtype).contiguous()
-        key = v.view(torch.uint8).numpy().tobytes()
-        if key not in table:
-            table[key] = len(rows_v)
-            rows_v.append(v)
-        return table[key]
 
     for i, (t, p) in enumerate(zip(trials, prompts, strict=True)):
         raw = p.span_start(t.span)
@@ -296,10 +287,10 @@ def build_generation_batch(
             v = concept_vectors.random_vector(v, seed=int(t.key[:8], 16))
         if t.strength_mode != "absolute":
             v = v / v.norm().clamp(min=1e-12)
-        vector_index[i] = index_of(v)
+        vector_index[i] = table.index(v)
         coefs[i, _MODE_COLUMN[t.strength_mode]] = t.strength
     if (vector_index < 0).any():  # rows without a vector point at one zero row
-        vector_index[vector_index < 0] = index_of(torch.zeros(hidden))
+        vector_index[vector_index < 0] = table.index(torch.zeros(hidden))
     uniforms = (
         torch.stack([generation_batch.row_uniforms(t.key, g.max_new_tokens) for t in trials])
         if g.do_sample
@@ -310,7 +301,7 @@ def build_generation_batch(
         attention_mask=mask,
         starts=starts,
         row_layers=row_layers,
-        vectors=torch.stack(rows_v),
+        vectors=table.stacked(),
         coefs=coefs,
         scale=scale,
         max_new_tokens=g.max_new_tokens,
@@ -366,12 +357,23 @@ def experiment_id(spec: ExperimentSpec, identity: ModelIdentity) -> str:
 
 
 @dataclass(frozen=True)
-class _Hooks:
+class Hooks:
     """Where a run reports: stage progress, one-line notices, the remote request's state."""
 
     progress: Progress
     notice: Callable[[str], None]
     request_status: Callable[[str], None] | None
+
+    @classmethod
+    def of(
+        cls,
+        progress: Progress | None,
+        notice: Callable[[str], None] | None,
+        request_status: Callable[[str], None] | None = None,
+    ) -> Hooks:
+        """The caller's hooks; where it gives none, progress is dropped and notices are logged."""
+        return cls(progress or (lambda stage, done, total: None), notice or (lambda line: log.info("%s", line)),
+                   request_status)  # fmt: skip
 
 
 def run(
@@ -389,9 +391,7 @@ def run(
     With `spec.dense_grid`: find the crossover on the coarse grid, then run a dense grid (fresh
     seed) bracketing it at each layer, on the same loaded model. Controls come from the coarse
     phase."""
-    hooks = _Hooks(
-        progress or (lambda stage, done, total: None), notice or (lambda line: log.info("%s", line)), request_status
-    )
+    hooks = Hooks.of(progress, notice, request_status)
     if not spec.dense_grid:
         return _run_phase(spec, opts, hooks, executor_bundle)
     ref, _layers = validate(spec, opts)
@@ -425,7 +425,7 @@ run_with_grid = run
 
 
 def _run_phase(
-    spec: ExperimentSpec, opts: RunOptions, hooks: _Hooks, executor_bundle: tuple[Executor, Any] | None
+    spec: ExperimentSpec, opts: RunOptions, hooks: Hooks, executor_bundle: tuple[Executor, Any] | None
 ) -> RunReport:
     """One grid of `run`: validate → plan → vectors → batches → store → grade."""
     progress, notice = hooks.progress, hooks.notice
@@ -541,15 +541,7 @@ def ensure_vectors(
         miss_concepts = sorted({c for _, c in missing})
 
         def extract(ids: torch.Tensor, mask: torch.Tensor, layers: list[int]) -> torch.Tensor:
-            try:
-                return call_with_retries(lambda: executor.extract(ids, mask, layers), opts.retry)
-            except BatchTooLargeError:
-                if ids.shape[0] < 2:
-                    raise
-                h = ids.shape[0] // 2  # too big for the server: halve and concatenate the rows
-                return torch.cat(
-                    [extract(ids[:h], mask[:h], layers), extract(ids[h:], mask[h:], layers)], dim=1
-                )
+            return batch_loop.extract(executor, opts.retry, ids, mask, layers)
 
         vecs = concept_vectors.compute_vectors(extract, tok, spec.recipe, miss_concepts, miss_layers, pad_id)
         store.save_vectors(model_key, spec.recipe.id, canonical_json(spec.recipe.identity()), vecs)
@@ -567,7 +559,7 @@ class _Phase:
     store: Store
     rendered: dict[str, RenderedPrompt]
     report: RunReport
-    hooks: _Hooks
+    hooks: Hooks
 
 
 def _execute(ph: _Phase, identity: ModelIdentity, pending: list[Trial]) -> None:

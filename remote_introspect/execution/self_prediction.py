@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from remote_introspect.execution.backends.base import Executor
 from remote_introspect.execution.batch_loop import BatchLoop, Decoded, nonfinite_rows, not_done
 from remote_introspect.execution.concept_vectors import left_pad
 from remote_introspect.execution.runner import (
+    Hooks,
     RunOptions,
     eos_ids,
     load_model,
@@ -44,7 +44,6 @@ from remote_introspect.experiment.spec import ModelIdentity
 from remote_introspect.models.loading import ModelRef, resolve_model
 from remote_introspect.store.database import Store
 
-log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -188,8 +187,8 @@ def run(
     progress: Progress | None = None,
     notice: Callable[[str], None] | None = None,
 ) -> SelfPredictRun:
-    progress = progress or (lambda stage, done, total: None)
-    notice = notice or (lambda line: log.info("%s", line))
+    hooks = Hooks.of(progress, notice)
+    progress, notice = hooks.progress, hooks.notice
     refs = validate(config, opts)
     items = planned_items(config)
     result = SelfPredictRun(
