@@ -274,7 +274,7 @@ def _execute(
     tally = BatchLoop(
         ctx.store, executor, ctx.opts, build, executor.readout,
         lambda batch, rb, out: decode_readout(batch, rb, out, tok),  # type: ignore[arg-type]
-        lambda trials: chunk_batches(trials, rows), getattr(executor, "reattach_readout", None), readout=True,
+        lambda trials: chunk_batches(trials, rows), executor.reattach_readout, readout=True,
         progress=ctx.progress, notice=ctx.notice, stage="reading out", unit="rows",
         failure_stage="failed (retried on the next run)",
     ).run(pending)  # fmt: skip

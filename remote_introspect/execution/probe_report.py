@@ -361,7 +361,7 @@ def _run_trials(
 
     tally = BatchLoop(
         store, executor, opts, build, lambda request, cb: executor.readout(request[0], cb), decode,
-        lambda trials: chunk_batches(trials, rows, make), getattr(executor, "reattach_readout", None),
+        lambda trials: chunk_batches(trials, rows, make), executor.reattach_readout,
         readout=True, progress=progress, notice=notice, stage="readout", make=make,
     ).run(pending)  # fmt: skip
     result.failed += tally.failed_trials
