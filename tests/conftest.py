@@ -69,6 +69,7 @@ def fresh_forks():
             "remote_introspect.execution.backends.local",
             "remote_introspect.store.results_frame",
             "remote_introspect.grading.heuristic",
+            "remote_introspect.cli",
         ]
     )
     return ctx

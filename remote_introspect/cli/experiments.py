@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from remote_introspect.cli.app import _fail, _validation_message, app, err, out, progress_bar
+from remote_introspect.cli.app import _fail, app, err, out
 from remote_introspect.cli.options import ProtocolOpt, _run_options, _spec_overrides, experiment_command
+from remote_introspect.cli.running import checked, run_display
 from remote_introspect.errors import UserError
 
 if TYPE_CHECKING:
@@ -61,42 +60,9 @@ def _run_spec(spec: ExperimentSpec, opts: RunOptions) -> None:
     from remote_introspect.execution import runner
     from remote_introspect.reporting.summary import render_summary
 
-    try:
-        runner.validate(spec, opts)  # reject bad input before any display or write
-    except ValidationError as exc:
-        _fail(_validation_message(exc))
-    except UserError as exc:
-        _fail(str(exc), exc.exit_code)
-    with progress_bar("{task.description}", transient=False) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=max(total, 1))
-            bar.update(tasks[stage], completed=done, total=max(total, 1))
-
-        request_task: list[int] = []
-
-        def request_status(state: str) -> None:
-            if not request_task:
-                request_task.append(bar.add_task("remote request", total=None))
-            bar.update(request_task[0], description=f"remote request: {state}")
-
-        def notice(line: str) -> None:
-            bar.console.print(line, highlight=False, markup=False)
-
-        try:
-            report = runner.run_with_grid(spec, opts, progress, notice, request_status)
-        except ValidationError as exc:
-            _fail(_validation_message(exc))
-        except UserError as exc:
-            _fail(str(exc), exc.exit_code)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            # Disk full, damaged pages, permissions: one line, never a traceback.
-            from remote_introspect.store.database import cache_error
-
-            line = cache_error(exc, opts.cache_root)
-            _fail(str(line), line.exit_code)
+    checked(runner.validate, spec, opts)
+    with run_display(opts.cache_root) as hooks:
+        report = runner.run_with_grid(spec, opts, hooks.progress, hooks.notice, hooks.request_status)
     render_summary(report, out)
     if report.nonfinite_trials:
         sys.stderr.write(

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from remote_introspect.cli.app import _fail, _validation_message, app, err
+from remote_introspect.cli.app import _fail, app
 from remote_introspect.cli.options import _run_options, _spec_overrides, experiment_command
+from remote_introspect.cli.running import run_display
 from remote_introspect.errors import UserError
 
 
@@ -45,34 +44,12 @@ def ladder_command(
 
 
 def _run(ladder: Any, opts: Any) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from remote_introspect.execution.ladder import run_ladder, rung_summary
     from remote_introspect.reporting.ladder import format_ladder, ladder_rows, rung_experiments
     from remote_introspect.store.results_frame import load_frame, open_readonly
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=max(total, 1))
-            bar.update(tasks[stage], completed=done, total=max(total, 1))
-
-        def notice(line: str) -> None:
-            bar.console.print(line, highlight=False, markup=False)
-
-        try:
-            result = run_ladder(ladder, opts, progress, notice)
-        except ValidationError as exc:
-            _fail(_validation_message(exc))
-        except UserError as exc:
-            _fail(str(exc), exc.exit_code)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            from remote_introspect.store.database import cache_error
-
-            line = cache_error(exc, opts.cache_root)
-            _fail(str(line), line.exit_code)
+    with run_display(opts.cache_root) as hooks:
+        result = run_ladder(ladder, opts, hooks.progress, hooks.notice)
     summary = rung_summary(result)
     for s in summary:
         if s["matching"]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from remote_introspect.cli.app import _fail, _validation_message, app, err, out
+from remote_introspect.cli.app import _fail, app, err, out
 from remote_introspect.cli.options import (
     AttemptsOpt,
     BackendOpt,
@@ -26,13 +24,13 @@ from remote_introspect.cli.options import (
     ModelOpt,
     QueueTimeoutOpt,
     SeedOpt,
-    StrengthsOpt,
     TokOpt,
     _parse_concepts,
     _parse_floats,
     _parse_ints,
     _run_options,
 )
+from remote_introspect.cli.running import checked, run_display
 from remote_introspect.errors import UserError
 
 FileArg = Annotated[
@@ -45,14 +43,17 @@ RegionsOpt = Annotated[
 TrialsOpt = Annotated[
     int | None, typer.Option(help="Trials per layer × strength; each injects into every region in turn.")
 ]
-VectorsOpt = Annotated[str | None, typer.Option(help="Concept vectors: mean-baseline (Lindsey) | contrast-pairs.")]
+VectorsOpt = Annotated[
+    str | None, typer.Option(help="Concept vectors: mean-baseline (Lindsey's; the only recipe localization takes).")
+]
 LocCondOpt = Annotated[
-    str | None, typer.Option(help="Extra conditions: random (norm-matched random vectors). prefer is always on.")
+    str | None, typer.Option(help="Extra conditions: random (norm-matched random vectors). prefer is on unless --no-prefer.")
 ]
 PreferOpt = Annotated[
     bool, typer.Option("--prefer/--no-prefer", help="The 'Which sentence do you prefer?' control (default on).")
 ]
 ModeOpt = Annotated[str | None, typer.Option(help="absolute | norm-matched | relative.")]
+LocStrengthsOpt = Annotated[str | None, typer.Option(help="Comma-separated strengths, e.g. 4,16.")]
 
 
 @app.command("localize")
@@ -60,7 +61,7 @@ def localize(
     experiment: FileArg = None,
     model: ModelOpt = None,
     regions: RegionsOpt = None,
-    strengths: StrengthsOpt = None,
+    strengths: LocStrengthsOpt = None,
     layers: LayersOpt = None,
     layer_fractions: FractionsOpt = None,
     trials: TrialsOpt = None,
@@ -113,48 +114,13 @@ def localize(
 
 
 def _run(spec: Any, opts: Any) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from remote_introspect.execution import localization as loc
     from remote_introspect.reporting.localization import format_results, summarize
     from remote_introspect.store.results_frame import load_frame
 
-    try:
-        loc.validate(spec, opts)  # reject bad input before any display or write
-    except ValidationError as exc:
-        _fail(_validation_message(exc))
-    except UserError as exc:
-        _fail(str(exc), exc.exit_code)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err, transient=False,
-    ) as bar:  # fmt: skip
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=max(total, 1))
-            bar.update(tasks[stage], completed=done, total=max(total, 1))
-
-        request_task: list[int] = []
-
-        def request_status(state: str) -> None:
-            if not request_task:
-                request_task.append(bar.add_task("remote request", total=None))
-            bar.update(request_task[0], description=f"remote request: {state}")
-
-        def notice(line: str) -> None:
-            bar.console.print(line, highlight=False, markup=False)
-
-        try:
-            report = loc.run_localization(spec, opts, progress, notice, request_status)
-        except UserError as exc:
-            _fail(str(exc), exc.exit_code)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            from remote_introspect.store.database import cache_error
-
-            line = cache_error(exc, opts.cache_root)
-            _fail(str(line), line.exit_code)
+    checked(loc.validate, spec, opts)
+    with run_display(opts.cache_root) as hooks:
+        report = loc.run_localization(spec, opts, hooks.progress, hooks.notice, hooks.request_status)
     from remote_introspect.store.results_frame import open_readonly
 
     conn = open_readonly(opts.cache_root)

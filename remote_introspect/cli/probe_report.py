@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -30,6 +29,7 @@ from remote_introspect.cli.options import (
     _parse_ints,
     _run_options,
 )
+from remote_introspect.cli.running import run_display
 from remote_introspect.errors import UserError
 
 ProbeConceptsOpt = Annotated[
@@ -69,7 +69,6 @@ def probe_report(
     probe's readout and the model's 0–9 self-report (probability-weighted mean digit, one forward
     pass); per concept Spearman ρ and isotonic R² with bootstrap CIs, the causal slope and its sign,
     beside the published numbers. Cached and audited like every trial."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from remote_introspect.execution.probe_report import run_probe_report
     from remote_introspect.experiment.probe_spec import ProbeReportSpec
@@ -101,31 +100,8 @@ def probe_report(
         _fail(_validation_message(exc))
     except UserError as exc:
         _fail(str(exc), exc.exit_code)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err, transient=False,
-    ) as bar:  # fmt: skip
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=max(total, 1))
-            bar.update(tasks[stage], completed=done, total=max(total, 1))
-
-        def notice(line: str) -> None:
-            bar.console.print(line, highlight=False, markup=False)
-
-        try:
-            result = run_probe_report(spec, opts, progress, notice)
-        except ValidationError as exc:
-            _fail(_validation_message(exc))
-        except UserError as exc:
-            _fail(str(exc), exc.exit_code)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            from remote_introspect.store.database import cache_error
-
-            line = cache_error(exc, opts.cache_root)
-            _fail(str(line), line.exit_code)
+    with run_display(opts.cache_root) as hooks:
+        result = run_probe_report(spec, opts, hooks.progress, hooks.notice)
     render_probe_report(
         result.rows, result.model_label, result.instruct, spec.strengths, spec.strength_mode, out
     )

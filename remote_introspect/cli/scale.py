@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from remote_introspect.cli.app import _fail, _validation_message, app, err, out
+from remote_introspect.cli.app import _fail, app, err, out
 from remote_introspect.cli.options import ProtocolOpt, _run_options, _spec_overrides, experiment_command
+from remote_introspect.cli.running import run_display
 from remote_introspect.errors import UserError
 
 ModelsOpt = Annotated[
@@ -70,33 +69,9 @@ def scale(
         o = {**overrides, "model": model}
         return load_experiment_file(experiment, o) if experiment is not None else build_spec(protocol, o)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err, transient=False,
-    ) as bar:  # fmt: skip
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=max(total, 1))
-            bar.update(tasks[stage], completed=done, total=max(total, 1))
-
-        def notice(line: str) -> None:
-            bar.console.print(line, highlight=False, markup=False)
-
-        try:
-            outcomes = run_scale(entries, build, opts, progress, notice)
-        except ValidationError as exc:
-            _fail(_validation_message(exc))
-        except UserError as exc:
-            _fail(str(exc), exc.exit_code)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            from remote_introspect.store.database import cache_error
-
-            line = cache_error(exc, opts.cache_root)
-            _fail(str(line), line.exit_code)
+    with run_display(opts.cache_root) as hooks:
+        outcomes = run_scale(entries, build, opts, hooks.progress, hooks.notice)
     first = outcomes[0].spec
     title = f"{first.name}, prompt '{first.prompt_sets[0]}'"
     points = [

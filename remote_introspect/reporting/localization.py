@@ -20,6 +20,7 @@ import polars as pl
 from scipy import stats as sps
 
 from remote_introspect.stats.analysis import RateCI, rate_ci
+from remote_introspect.store.results_frame import ResultsFrame
 
 CONDITION_LABEL = {"injected": "where (concept)", "prefer": "prefer control", "random": "random vector"}
 
@@ -185,9 +186,9 @@ def format_results(res: LocalizationResults) -> list[str]:
     return lines
 
 
-def plot_accuracy(res: LocalizationResults, path: Path) -> str:
+def plot_accuracy(res: LocalizationResults, path: Path, label: str = "") -> str:
     """Accuracy vs strength, one line per layer, with exact CIs; the prefer control dashed;
-    chance as a grey line."""
+    chance as a grey line. `label` (the experiment) ends the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,6 +212,7 @@ def plot_accuracy(res: LocalizationResults, path: Path) -> str:
     ax.set_xlabel("strength")
     ax.set_ylabel("accuracy")
     title = "Localization accuracy vs strength" if res.regions == "sentences" else "Position control accuracy vs strength"
+    title += f" ({label})" if label else ""
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -219,21 +221,33 @@ def plot_accuracy(res: LocalizationResults, path: Path) -> str:
     return title
 
 
-def report_section(df: pl.DataFrame, out_dir: Path) -> tuple[str, str, list[str]]:
-    """(HTML, Markdown, figure files) for the report; empty when the cache has no localization rows."""
+def report_section(frame: ResultsFrame, out_dir: Path) -> tuple[str, str, list[str]]:
+    """(HTML, Markdown, figure files) for the report, one block per experiment (never pooled
+    across experiments: two models, or two grids sharing some rows, are separate results); empty
+    when the cache has no localization rows."""
     import html
 
-    blocks = summarize(df)
-    if not blocks:
+    parts_html: list[str] = []
+    parts_md: list[str] = []
+    files: list[str] = []
+    for exp in frame.experiments:
+        blocks = summarize(frame.for_experiment(exp.id))
+        if not blocks:
+            continue
+        label = f"{exp.name} [{exp.id[:12]}], model {(exp.spec or {}).get('model', '?')}"
+        parts_html.append(f"<h3>{html.escape(label)}</h3>")
+        parts_md += [f"### {label}", ""]
+        for res in blocks:
+            name = f"{exp.id[:16]}-localization-{res.regions}-accuracy.png"
+            title = plot_accuracy(res, out_dir / name, f"{exp.name} [{exp.id[:12]}]")
+            files.append(name)
+            text = "\n".join(format_results(res))
+            parts_html.append(f"<pre>{html.escape(text)}</pre><figure><img src='{name}' alt='{html.escape(title)}'></figure>")
+            parts_md += ["```", text, "```", "", f"![{title}]({name})", ""]
+    if not files:
         return "", "", []
-    parts_html, parts_md, files = ["<h2>Localization and position control</h2>"], ["## Localization and position control", ""], []
-    for res in blocks:
-        name = f"localization-{res.regions}-accuracy.png"
-        title = plot_accuracy(res, out_dir / name)
-        files.append(name)
-        text = "\n".join(format_results(res))
-        parts_html.append(f"<pre>{html.escape(text)}</pre><figure><img src='{name}' alt='{html.escape(title)}'></figure>")
-        parts_md += ["```", text, "```", "", f"![{title}]({name})", ""]
+    parts_html.insert(0, "<h2>Localization and position control</h2>")
+    parts_md[:0] = ["## Localization and position control", ""]
     return "\n".join(parts_html), "\n".join(parts_md), files
 
 

@@ -3,8 +3,8 @@
 Layout of the output directory (written to a temporary sibling, then renamed into place, so a
 failure leaves no half-written report and an existing report is replaced whole):
 
-- `index.html` — the books (audit verdict, counts, integrity problems), then per experiment: the
-  headline statistics, a per-(layer, strength) table, plots, per-concept rates, example responses
+- `index.html` — the books (audit verdict, counts, integrity problems), then per experiment: Lindsey's
+  positive control where it was run (the rows the run's stdout prints), the headline statistics, a per-(layer, strength) table, plots, per-concept rates, example responses
   behind any hit or false positive, and the published anchors.
 - `summary.md` — the same numbers as markdown.
 - `<experiment id>-layer<L>-strength.png` — detection (strict, affirmative∧identifies,
@@ -33,16 +33,21 @@ from typing import Any
 import polars as pl
 
 from remote_introspect.errors import UserError
+from remote_introspect.experiment.prompts import PROMPT_SETS
+from remote_introspect.experiment.spec import ExperimentSpec
 from remote_introspect.reporting.audit import audit_with_frame
 from remote_introspect.reporting.audit_text import fmt_net, format_results
 from remote_introspect.reporting.judge_agreement import format_agreement_rows
+from remote_introspect.reporting.positive_table import positive_note, positive_rows, positive_title
 from remote_introspect.stats.analysis import net_detection, rate_ci
 from remote_introspect.stats.cells import (
     POOLED,
     cell_keys,
     cell_rates,
+    controls_naming,
     crossover_mode,
     crossovers,
+    positive_control,
     prereg_cells,
 )
 from remote_introspect.stats.crossover import CrossoverResult
@@ -505,6 +510,32 @@ class PromptSection:
         return f"Experiment {self.exp['name']} [{self.exp['id']}] — prompt {self.res['prompt_set']}"
 
 
+@dataclass
+class PositiveSection:
+    """Lindsey's positive control of one experiment: the rows the run's stdout prints."""
+
+    title: str
+    rows: list[dict[str, str]]
+    note: str
+
+
+def _positive(frame: ResultsFrame, exp: dict[str, Any]) -> PositiveSection | None:
+    rows = frame.for_experiment(exp["id"])
+    cells = positive_control(rows)
+    if not cells:
+        return None
+    spec = next((e.spec for e in frame.experiments if e.id == exp["id"]), None) or {}
+    fields = ExperimentSpec.model_fields
+    prompt = spec.get("positive_prompt") or fields["positive_prompt"].default
+    span = spec.get("positive_span") or fields["positive_span"].default
+    concepts = list(spec.get("concepts") or [])
+    question = [text for role, text in PROMPT_SETS[prompt].messages if role == "user"][-1]
+    base = controls_naming(rows, prompt, concepts)
+    return PositiveSection(
+        positive_title(question, span), positive_rows(cells, base), positive_note(prompt, len(concepts), base)
+    )
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
@@ -609,8 +640,14 @@ def _anchor_rows() -> list[dict[str, Any]]:
 
 
 def _html(
-    audit: dict[str, Any], sections: list[PromptSection], generated: str, browser: str = "", scaling: str = ""
+    audit: dict[str, Any],
+    sections: list[PromptSection],
+    generated: str,
+    browser: str = "",
+    scaling: str = "",
+    positive: dict[str, PositiveSection] | None = None,
 ) -> str:
+    positive = positive or {}
     a = audit
     status_cls = "ok" if a["status"] == "clean" else "bad"
     t = a["totals"]
@@ -670,6 +707,9 @@ def _html(
         )
         if not e["results"]:
             parts.append("<p>No usable trials yet.</p>")
+        if e["id"] in positive:
+            pc = positive[e["id"]]
+            parts.append(f"<h3>{_e(pc.title)}</h3>" + _table(pc.rows) + f"<p>{_e(pc.note)}</p>")
         for s in (x for x in sections if x.exp["id"] == e["id"]):
             parts.append(f"<h3>{_e(s.heading)}</h3>")
             parts.append(
@@ -712,8 +752,15 @@ def _html(
     return "\n".join(parts)
 
 
-def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: str, scaling: str = "") -> str:
+def _markdown(
+    audit: dict[str, Any],
+    sections: list[PromptSection],
+    generated: str,
+    scaling: str = "",
+    positive: dict[str, PositiveSection] | None = None,
+) -> str:
     a, t = audit, audit["totals"]
+    positive = dict(positive or {})
     lines = [
         "# remote_introspect report",
         "",
@@ -727,6 +774,10 @@ def _markdown(audit: dict[str, Any], sections: list[PromptSection], generated: s
     for p in a["integrity"]["problems"]:
         lines.append(f"- integrity: `{p['kind']}` {p['object']} `{p['id']}`: {p['detail']}")
     for s in sections:
+        pc = positive.pop(s.exp["id"], None)  # before the experiment's first prompt, as on stdout
+        if pc is not None:
+            lines += ["", f"## {pc.title}", "", f"Experiment {s.exp['name']} [{s.exp['id']}].", ""]
+            lines += [_md_table(pc.rows), pc.note]
         lines += ["", f"## {s.heading}", "", f"Model {s.exp['model']}.", "", "```"]
         lines += format_results(s.res, "")
         lines += ["```", ""]
@@ -796,18 +847,19 @@ def build_report(
         from remote_introspect.reporting.self_prediction import report_sections
 
         extra_md, extra_html = extras(frame, tmp, judge, compare)
-        loc_html, loc_md, _ = report_section(frame.df, tmp)  # accuracy-vs-strength plots; "" if none
+        loc_html, loc_md, _ = report_section(frame, tmp)  # per experiment; "" if none
         scaling = scaling_sections(frame, tmp)  # scaling-<id>.png per set of experiments across models
         scaling_html = "".join(section_html(x) for x in scaling)
         scaling_md = "\n".join(line for x in scaling for line in section_markdown(x))
         sp = report_sections(root)  # self-prediction runs: their own section each
         extra_html += "".join(f"<h2>{_e(t)}</h2><pre>{_e(chr(10).join(lines))}</pre>" for t, lines in sp)
         extra_md += "".join(f"\n## {t}\n\n```\n" + "\n".join(lines) + "\n```\n" for t, lines in sp)
+        positive = {e["id"]: pc for e in audit["experiments"] if (pc := _positive(frame, e)) is not None}
         anchors = "<h2>Published anchors</h2>"
-        html = _html(audit, sections, generated, browser, scaling_html).replace(anchors, loc_html + anchors, 1)
+        html = _html(audit, sections, generated, browser, scaling_html, positive).replace(anchors, loc_html + anchors, 1)
         html = html.replace("</body>", extra_html + "</body>", 1)
         (tmp / "index.html").write_text(html, encoding="utf-8")
-        md = _markdown(audit, sections, generated, scaling_md)
+        md = _markdown(audit, sections, generated, scaling_md, positive)
         md = md.replace("## Published anchors", loc_md + "## Published anchors", 1)
         (tmp / "summary.md").write_text(md + extra_md, encoding="utf-8")
         (tmp / MARKER).write_text("written by remote_introspect report; safe to replace\n", encoding="utf-8")

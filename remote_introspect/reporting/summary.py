@@ -18,7 +18,6 @@ conditions; for a null, the one-sided upper bound it supports.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,21 @@ from rich.table import Table
 from remote_introspect.experiment.prompts import PROMPT_SETS
 from remote_introspect.experiment.spec import ExperimentSpec, Trial
 from remote_introspect.reporting.hit_listing import hits_text, success_line, verbatim_lines
-from remote_introspect.stats.analysis import RateCI, format_null, net_detection, rate_ci
-from remote_introspect.stats.cells import PER_CONCEPT, POOLED, cell_rates, passes_prereg
+from remote_introspect.reporting.positive_table import (
+    POSITIVE_COLUMNS,
+    positive_note,
+    positive_rows,
+    positive_title,
+)
+from remote_introspect.stats.analysis import format_null, net_detection, rate_ci
+from remote_introspect.stats.cells import (
+    PER_CONCEPT,
+    POOLED,
+    cell_rates,
+    controls_naming,
+    passes_prereg,
+    positive_control,
+)
 from remote_introspect.store.results_frame import load_frame, open_readonly
 
 
@@ -60,6 +72,7 @@ class RunView:
     responses: dict[str, str]
     usable: pl.DataFrame
     excluded: list[str]
+    rows: pl.DataFrame  # every row of the run (any status): what `cells` computes from
 
 
 def read_run(header: RunHeader) -> RunView:
@@ -81,7 +94,7 @@ def read_run(header: RunHeader) -> RunView:
         if row["usable"]:
             grades[key] = row
     return RunView(
-        header, statuses, grades, responses, df.filter(pl.col("usable")), [p.line() for p in frame.problems]
+        header, statuses, grades, responses, df.filter(pl.col("usable")), [p.line() for p in frame.problems], df
     )
 
 
@@ -106,69 +119,23 @@ def cell_label(prompt: str, cell: Cell) -> str:
     return f"'{prompt}' L{layer}{' ' + concept if concept is not None else ''} s{strength:g}"
 
 
-def mentions_word(response: str, concept: str) -> bool:
-    """Whether a word of `response` starts with the concept word's first five letters ("trump" for
-    trumpets, "satel" for satellites; shorter words whole). The positive control asks whether the
-    injection reaches the output at all, so repetition counts ("Dust Dust Dust" names dust),
-    unlike the detection grader's `identifies`; the same test scores the controls."""
-    stem = concept.lower().replace("_", " ")[:5]
-    return re.search(r"\b" + re.escape(stem), response.lower()) is not None
-
-
-def _mention_rate(view: RunView, trials: list[Trial]) -> RateCI:
-    done = [t for t in trials if view.statuses.get(t.key) == "done" and t.key in view.responses]
-    return rate_ci(sum(mentions_word(view.responses[t.key], t.concept or "") for t in done), len(done))
-
-
 def render_positive_control(view: RunView, console: Console) -> None:
-    """The positive control per layer × strength, against the controls on its prompt."""
-    report = view.header
-    spec = report.spec
-    pos = [t for t in report.trials if t.condition == "positive"]
-    if not pos:
+    """The positive control per layer × strength, against the controls on its prompt
+    (`cells.positive_control`, as the report's table)."""
+    spec = view.header.spec
+    cells = positive_control(view.rows)
+    if not cells:
         return
     prompt = spec.positive_prompt
     question = [text for role, text in PROMPT_SETS[prompt].messages if role == "user"][-1]
-    controls = [
-        t
-        for t in report.trials
-        if t.condition == "control"
-        and t.prompt_set == prompt
-        and view.statuses.get(t.key) == "done"
-        and t.key in view.responses
-    ]
-    named = [any(mentions_word(view.responses[t.key], c) for c in spec.concepts) for t in controls]
-    base = rate_ci(sum(named), len(named))
-    table = Table(
-        title=f"Positive control (Lindsey): '{question}', concept injected on every position (span "
-        f"{spec.positive_span}) — does the answer name the injected concept?"
-    )
-    cols = (
-        "layer",
-        "strength",
-        "n",
-        "names the concept [95% CI]",
-        "judge: identifies",
-        "controls naming one",
-    )
-    for col in cols:
+    base = controls_naming(view.rows, prompt, spec.concepts)
+    table = Table(title=positive_title(question, spec.positive_span))
+    for col in POSITIVE_COLUMNS:
         table.add_column(col, justify="right")
-    cells: dict[tuple[int, float], list[Trial]] = defaultdict(list)
-    for t in pos:
-        assert t.layer is not None
-        cells[(t.layer, t.strength)].append(t)
-    for (layer, strength), ts in sorted(cells.items()):
-        g = _graded(view, ts)
-        table.add_row(
-            str(layer), f"{strength:g}", str(len(g)), _mention_rate(view, ts).format(),
-            rate_ci(_count(g, "identifies"), len(g)).format(), base.format() if named else "—",
-        )  # fmt: skip
+    for row in positive_rows(cells, base):
+        table.add_row(*row.values())
     console.print(table)
-    console.print(
-        f"Controls on '{prompt}' (no injection) naming any of the {len(spec.concepts)} concepts: "
-        f"{base.format()}. A detection null below means something only at cells where the positive "
-        "control names the concept well above this."
-    )
+    console.print(positive_note(prompt, len(spec.concepts), base))
 
 
 def render_summary(report: RunHeader, console: Console) -> None:
@@ -184,10 +151,7 @@ def render_summary(report: RunHeader, console: Console) -> None:
     )
     render_positive_control(view, console)
     per_concept = spec.cells == "concept"
-    positive: dict[Cell, list[Trial]] = defaultdict(list)
-    for t in report.trials:
-        if t.condition == "positive":
-            positive[cell_of(t, per_concept)].append(t)
+    positive = positive_control(view.rows, per_concept)
     cells_tested = 0
     cells_passing: list[str] = []
     untestable: list[str] = []
@@ -241,7 +205,7 @@ def render_summary(report: RunHeader, console: Console) -> None:
             else:
                 row += ["—", "—", "—", "—"]
             if positive:
-                pos = _mention_rate(view, positive.get(cell, []))
+                pos = positive[cell][0] if cell in positive else rate_ci(0, 0)
                 row.append(pos.format() if pos.n else "—")
                 # A null is only informative where the injection demonstrably reaches the output.
                 if n and hits == 0 and (not pos.n or (pos.lo or 0.0) <= 0.0):

@@ -467,3 +467,52 @@ def preregistered_test(identifies_rate: float, coherent_rate: float, immediate_r
         and coherent_rate >= PREREG_COHERENT_MIN
         and immediate_rate >= PREREG_IMMEDIATE_MIN
     )
+
+
+# Paired difference (self − other, or B − A on the same trials graded twice): with b = units only
+# the first got right and c = the reverse, the exact McNemar test is the two-sided binomial test of
+# b in b + c at 1/2; its interval is conditional on the b + c discordant units: Clopper–Pearson
+# [πlo, πhi] for b/(b+c), mapped to ((b+c)/n)(2π − 1). It excludes 0 exactly when that binomial
+# test's interval excludes 1/2, so the interval and the test agree.
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    """self − other on n paired units: b units only self got right, c only the other."""
+
+    n: int
+    b: int
+    c: int
+    diff: float | None
+    lo: float | None
+    hi: float | None
+    p_value: float | None  # exact McNemar (two-sided)
+
+    def format(self) -> str:
+        if not self.n or self.diff is None or self.lo is None or self.hi is None:
+            return "—"
+        p = "1" if self.p_value is None else f"{self.p_value:.2g}"
+        return f"{100 * self.diff:+.1f}% [{100 * self.lo:+.1f}%, {100 * self.hi:+.1f}%] (b={self.b}, c={self.c}, p={p})"
+
+    def excludes_zero(self) -> bool:
+        return self.lo is not None and self.hi is not None and (self.lo > 0 or self.hi < 0)
+
+
+def paired_difference(self_correct: list[bool], other_correct: list[bool], confidence: float = 0.95) -> PairedDiff:
+    """Exact McNemar test and its conditional exact interval (see the module docstring)."""
+    if len(self_correct) != len(other_correct):
+        raise ValueError("paired lists must have the same length")
+    n = len(self_correct)
+    b = sum(1 for s, o in zip(self_correct, other_correct, strict=True) if s and not o)
+    c = sum(1 for s, o in zip(self_correct, other_correct, strict=True) if o and not s)
+    if n == 0:
+        return PairedDiff(0, 0, 0, None, None, None, None)
+    m = b + c
+    if m == 0:
+        return PairedDiff(n, 0, 0, 0.0, 0.0, 0.0, 1.0)
+    test = stats.binomtest(b, m, 0.5)
+    ci = test.proportion_ci(confidence_level=confidence, method="exact")
+    scale = m / n
+    return PairedDiff(
+        n, b, c, (b - c) / n, scale * (2 * float(ci.low) - 1), scale * (2 * float(ci.high) - 1), float(test.pvalue)
+    )

@@ -11,6 +11,7 @@ functions, so they cannot disagree.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -232,3 +233,47 @@ def experiment_results(usable: pl.DataFrame, concepts: Iterable[str]) -> list[di
         sub = usable.filter(pl.col("prompt_set") == ps)
         out.append({"prompt_set": ps, **arm_stats(sub, concepts), "other_conditions": condition_rates(sub)})
     return out
+
+
+# --------------------------------------------------------------------------- the positive control
+
+PositiveCell = tuple[int, str | None, float]  # (layer, concept or None when pooled, strength)
+
+
+def mentions_word(response: str, concept: str) -> bool:
+    """Whether a word of `response` starts with the concept word's first five letters ("trump" for
+    trumpets, "satel" for satellites; shorter words whole). The positive control asks whether the
+    injection reaches the output at all, so repetition counts ("Dust Dust Dust" names dust),
+    unlike the detection grader's `identifies`; the same test scores the controls."""
+    stem = concept.lower().replace("_", " ")[:5]
+    return re.search(r"\b" + re.escape(stem), response.lower()) is not None
+
+
+def _done_intact(rows: pl.DataFrame) -> pl.DataFrame:
+    return rows.filter((pl.col("status") == "done") & (pl.col("integrity") == "ok"))
+
+
+def positive_control(rows: pl.DataFrame, per_concept: bool = False) -> dict[PositiveCell, tuple[RateCI, RateCI]]:
+    """Lindsey's positive control per cell, from an experiment's (or a run's) frame rows: every
+    cell with a planned positive trial → (of its done, intact trials, how many name the injected
+    concept (`mentions_word`); of its usable ones, how many the judge says identify it)."""
+    by = PER_CONCEPT if per_concept else POOLED
+    out: dict[PositiveCell, tuple[RateCI, RateCI]] = {}
+    for key, sub in rows.filter(pl.col("condition") == "positive").group_by(by):
+        values = dict(zip(by, key, strict=True))
+        cell = (int(values["layer"]), values.get("concept"), float(values["strength"]))
+        done = _done_intact(sub)
+        named = sum(mentions_word(r or "", c or "") for r, c in zip(done["response"], done["concept"], strict=True))
+        graded = sub.filter(pl.col("usable"))
+        out[cell] = (rate_ci(named, done.height), rate_ci(_count(graded, pl.col("identifies")), graded.height))
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2])))
+
+
+def controls_naming(rows: pl.DataFrame, prompt: str, concepts: Iterable[str]) -> RateCI:
+    """Of the done, intact controls on `prompt` (no injection), how many name any of `concepts`:
+    what the positive control's rate must clearly exceed."""
+    concepts = list(concepts)
+    ctl = _done_intact(rows.filter((pl.col("condition") == "control") & (pl.col("prompt_set") == prompt)))
+    named = [any(mentions_word(r or "", c) for c in concepts) for r in ctl["response"].to_list()]
+    return rate_ci(sum(named), len(named))
+

@@ -14,7 +14,7 @@ from typing import Literal
 
 from scipy import stats
 
-from remote_introspect.stats.analysis import NetDetection, RateCI, net_detection, rate_ci
+from remote_introspect.stats.analysis import NetDetection, RateCI, net_detection, paired_difference, rate_ci
 
 ExactTest = Literal["fisher", "barnard"]
 
@@ -54,6 +54,20 @@ def compare_counts(k_a: int, n_a: int, k_b: int, n_b: int, test: ExactTest = "fi
         p=exact_p(k_a, n_a, k_b, n_b, test),
         test=test,
     )
+
+
+def compare_paired(a_hits: Sequence[bool], b_hits: Sequence[bool]) -> CellComparison:
+    """One cell whose A and B arms are the SAME trials (e.g. the rubric rung: one set of responses
+    graded twice; shared controls), aligned by trial: the samples are paired, so the independent-
+    samples test (Fisher/Barnard, Newcombe) is wrong (conservative: it can miss a real effect).
+    B − A with the exact McNemar test and its exact conditional interval (`paired_difference`)."""
+    if not a_hits or len(a_hits) != len(b_hits):
+        raise ValueError("a paired comparison needs the same, non-empty trials on both sides")
+    n = len(a_hits)
+    a, b = rate_ci(sum(a_hits), n), rate_ci(sum(b_hits), n)
+    d = paired_difference(list(b_hits), list(a_hits))
+    assert d.diff is not None and d.lo is not None and d.hi is not None and d.p_value is not None
+    return CellComparison(a=a, b=b, diff=NetDetection(b, a, d.diff, d.lo, d.hi), p=d.p_value, test="mcnemar")
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

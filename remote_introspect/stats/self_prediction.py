@@ -21,53 +21,9 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from scipy import stats
-
-from remote_introspect.stats.analysis import RateCI, rate_ci
+from remote_introspect.stats.analysis import PairedDiff, RateCI, paired_difference, rate_ci
 
 Unit = tuple[str, str, str]  # (task, property, item id)
-
-
-@dataclass(frozen=True)
-class PairedDiff:
-    """self − other on n paired units: b units only self got right, c only the other."""
-
-    n: int
-    b: int
-    c: int
-    diff: float | None
-    lo: float | None
-    hi: float | None
-    p_value: float | None  # exact McNemar (two-sided)
-
-    def format(self) -> str:
-        if not self.n or self.diff is None or self.lo is None or self.hi is None:
-            return "—"
-        p = "1" if self.p_value is None else f"{self.p_value:.2g}"
-        return f"{100 * self.diff:+.1f}% [{100 * self.lo:+.1f}%, {100 * self.hi:+.1f}%] (b={self.b}, c={self.c}, p={p})"
-
-    def excludes_zero(self) -> bool:
-        return self.lo is not None and self.hi is not None and (self.lo > 0 or self.hi < 0)
-
-
-def paired_difference(self_correct: list[bool], other_correct: list[bool], confidence: float = 0.95) -> PairedDiff:
-    """Exact McNemar test and its conditional exact interval (see the module docstring)."""
-    if len(self_correct) != len(other_correct):
-        raise ValueError("paired lists must have the same length")
-    n = len(self_correct)
-    b = sum(1 for s, o in zip(self_correct, other_correct, strict=True) if s and not o)
-    c = sum(1 for s, o in zip(self_correct, other_correct, strict=True) if o and not s)
-    if n == 0:
-        return PairedDiff(0, 0, 0, None, None, None, None)
-    m = b + c
-    if m == 0:
-        return PairedDiff(n, 0, 0, 0.0, 0.0, 0.0, 1.0)
-    test = stats.binomtest(b, m, 0.5)
-    ci = test.proportion_ci(confidence_level=confidence, method="exact")
-    scale = m / n
-    return PairedDiff(
-        n, b, c, (b - c) / n, scale * (2 * float(ci.low) - 1), scale * (2 * float(ci.high) - 1), float(test.pvalue)
-    )
 
 
 def mode_values(truth: Mapping[Unit, str]) -> dict[tuple[str, str], str]:

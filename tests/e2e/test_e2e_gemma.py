@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import GEMMA_FIRST_RUN, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +21,10 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return run_cli(args, cwd, timeout=1200)
 
 
-def test_gemma_270m_end_to_end(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    args = ["replicate-lindsey", "--model", "gemma-270m", "--concepts", "Dust,Trumpets", "--strengths", "8",
-            "--samples", "2", "--controls", "2", "--max-new-tokens", "24", "--temperature", "0",
-            "--cache", str(cache)]  # fmt: skip
-    first = _cli(args, tmp_path)
+def test_gemma_270m_end_to_end(gemma_first_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    cache, first = gemma_first_run  # a fresh cache: this run converted the GGUF
+    tmp_path = cache.parent
+    args = [*GEMMA_FIRST_RUN, "--cache", str(cache)]
     assert first.returncode == 0, first.stderr[-3000:]
     assert "BASE model" in first.stdout and "strict" in first.stdout
     assert "0 failed" in first.stdout

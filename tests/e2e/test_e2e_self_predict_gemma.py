@@ -13,8 +13,8 @@ from helpers import run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_self_predict_gemma_and_tiny(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
+def test_self_predict_gemma_and_tiny(tmp_path: Path, gemma_cache: Path) -> None:
+    cache = gemma_cache  # the session's converted Gemma, linked in
     args = ["self-predict", "--models", "gemma-270m,tiny", "--tasks", "numbers,choices", "--n", "4",
             "--cache", str(cache)]  # fmt: skip
     first = run_cli(args, tmp_path, timeout=1200)

@@ -14,8 +14,8 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 
-def test_scale_tiny_and_gemma_270m(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
+def test_scale_tiny_and_gemma_270m(tmp_path: Path, gemma_cache: Path) -> None:
+    cache = gemma_cache  # the session's converted Gemma, linked in
     args = ["scale", "--models", "tiny,gemma-270m", "--concepts", "Dust", "--strengths", "8", "--samples", "2",
             "--controls", "2", "--max-new-tokens", "16", "--conditions", "control", "--cache", str(cache)]  # fmt: skip
     res = run_cli(args, tmp_path, timeout=1200)

@@ -356,6 +356,35 @@ def _flip_bytes(path: Path, offset: int, n: int = 4) -> None:
     path.write_bytes(bytes(data))
 
 
+# Edits of one stored row, each caught by the hash or key it was written with: how → (the UPDATE,
+# with `?` the trial key; the problem kind audit must name).
+ROW_EDITS: dict[str, tuple[str, str]] = {
+    "edit response row": (
+        "UPDATE trials SET response = 'Yes, I detect an injected thought about dust.' WHERE key = ?",
+        "result_sha_mismatch",
+    ),
+    "truncate response row": ("UPDATE trials SET response = substr(response, 1, 5) WHERE key = ?", "result_sha_mismatch"),
+    "edit diagnostics row": (
+        "UPDATE trials SET diagnostics_json = replace(diagnostics_json, '0.5', '0.9') WHERE key = ?",
+        "result_sha_mismatch",
+    ),
+    "edit token ids row": ("UPDATE trials SET response_ids = '[1,2]' WHERE key = ?", "result_sha_mismatch"),
+    "edit trial spec row": (
+        "UPDATE trials SET trial_json = replace(trial_json, '\"strength\":1.0', '\"strength\":3.0') WHERE key = ?",
+        "trial_key_mismatch",
+    ),
+    "unparseable grade row": (
+        "UPDATE grades SET grade_json = '{\"affirmative\": tru' WHERE trial_key = ?",
+        "grade_unreadable",
+    ),
+    "inconsistent grade row": (
+        "UPDATE grades SET grade_json = replace(grade_json, '\"strict\":false', '\"strict\":true')"
+        " WHERE trial_key = ?",
+        "grade_unreadable",
+    ),
+}
+
+
 def corrupt(root: Path, how: str) -> tuple[str, str]:
     """Damage the cache one way; returns (problem kind expected, the id audit must name)."""
     db = root / "results.sqlite"
@@ -376,44 +405,11 @@ def corrupt(root: Path, how: str) -> tuple[str, str]:
             vid = c.execute("SELECT id FROM vectors LIMIT 1").fetchone()[0]
             c.execute("UPDATE vectors SET norm = norm * 2 WHERE id = ?", (vid,))
         return "vector_norm_mismatch", vid
-    key = _first_key(db)
-    if how == "edit response row":
-        _one(
-            db,
-            "UPDATE trials SET response = 'Yes, I detect an injected thought about dust.' WHERE key = ?",
-            key,
-        )
-        return "result_sha_mismatch", key
-    if how == "truncate response row":
-        _one(db, "UPDATE trials SET response = substr(response, 1, 5) WHERE key = ?", key)
-        return "result_sha_mismatch", key
-    if how == "edit diagnostics row":
-        _one(
-            db,
-            "UPDATE trials SET diagnostics_json = replace(diagnostics_json, '0.5', '0.9') WHERE key = ?",
-            key,
-        )
-        return "result_sha_mismatch", key
-    if how == "edit token ids row":
-        _one(db, "UPDATE trials SET response_ids = '[1,2]' WHERE key = ?", key)
-        return "result_sha_mismatch", key
-    if how == "edit trial spec row":
-        _one(
-            db,
-            "UPDATE trials SET trial_json = replace(trial_json, '\"strength\":1.0', '\"strength\":3.0') WHERE key = ?",
-            key,
-        )
-        return "trial_key_mismatch", key
-    if how == "unparseable grade row":
-        _one(db, "UPDATE grades SET grade_json = '{\"affirmative\": tru' WHERE trial_key = ?", key)
-        return "grade_unreadable", key
-    if how == "inconsistent grade row":
-        _one(
-            db,
-            "UPDATE grades SET grade_json = replace(grade_json, '\"strict\":false', '\"strict\":true') WHERE trial_key = ?",
-            key,
-        )
-        return "grade_unreadable", key
+    if how in ROW_EDITS:  # one UPDATE of the first concept trial's row (or its grade)
+        sql, kind = ROW_EDITS[how]
+        key = _first_key(db)
+        _one(db, sql, key)
+        return kind, key
     if how == "flip bytes of a response inside the database file":
         with sqlite3.connect(db) as c:
             c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -439,13 +435,7 @@ CORRUPTIONS = [
     "flip bytes in vector file",
     "delete vector file",
     "edit vector norm row",
-    "edit response row",
-    "truncate response row",
-    "edit diagnostics row",
-    "edit token ids row",
-    "edit trial spec row",
-    "unparseable grade row",
-    "inconsistent grade row",
+    *ROW_EDITS,
     "flip bytes of a response inside the database file",
     "truncate the database file",
 ]

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import run_cli, run_cli_forked
 
 CASES = {
     "unknown model": (["--model", "no-such-model"], "unknown model"),
@@ -28,11 +28,15 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return run_cli(["replicate-lindsey", *args], cwd)
 
 
+# The first case runs in a cold interpreter (`python -m`, as a user starts it: import-time output
+# counts), the others in processes forked from one that has imported the package (same process
+# behaviour, a fraction of the start-up).
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_one_line_nonzero_nothing_written(case: str, tmp_path: Path) -> None:
+def test_bad_input_one_line_nonzero_nothing_written(case: str, tmp_path: Path, fresh_forks) -> None:
     args, expected = CASES[case]
     cache = tmp_path / "cache"
-    res = _run([*args, "--cache", str(cache)], tmp_path)
+    argv = ["replicate-lindsey", *args, "--cache", str(cache)]
+    res = run_cli(argv, tmp_path) if case == next(iter(CASES)) else run_cli_forked(fresh_forks, argv, tmp_path)
     assert res.returncode != 0, res.stdout
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, res.stderr
@@ -42,7 +46,7 @@ def test_bad_input_one_line_nonzero_nothing_written(case: str, tmp_path: Path) -
     assert res.stdout == ""
 
 
-def test_unwritable_cache_dir(tmp_path: Path) -> None:
+def test_unwritable_cache_dir(tmp_path: Path, fresh_forks) -> None:
     if os.geteuid() == 0:
         # root ignores permission bits; a path under a regular file can never be created.
         blocker = tmp_path / "file"
@@ -52,7 +56,7 @@ def test_unwritable_cache_dir(tmp_path: Path) -> None:
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         target = locked / "cache"
-    res = _run(["--model", "tiny", "--cache", str(target)], tmp_path)
+    res = run_cli_forked(fresh_forks, ["replicate-lindsey", "--model", "tiny", "--cache", str(target)], tmp_path)
     assert res.returncode != 0
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "cache" in lines[0], res.stderr

@@ -13,6 +13,7 @@ import math
 import re
 from pathlib import Path
 
+import polars as pl
 import pytest
 from helpers import invoke
 from scipy import stats
@@ -22,8 +23,8 @@ from remote_introspect.execution.runner import RunOptions
 from remote_introspect.experiment.spec import ExperimentSpec, GenerationParams
 from remote_introspect.grading.base import Grade
 from remote_introspect.grading.heuristic import HeuristicGrader
-from remote_introspect.reporting.comparison import compare_cache
-from remote_introspect.stats.comparison import exact_p, holm
+from remote_introspect.reporting.comparison import PAIRED_NOTE, compare_cache, format_comparison
+from remote_introspect.stats.comparison import compare_paired, exact_p, holm
 from remote_introspect.store.database import Store
 
 SAMPLES = 6  # per concept × strength; 2 concepts → 12 trials per pooled cell
@@ -191,6 +192,26 @@ def test_same_trials_other_rubric_are_regraded_in_memory(tmp_path: Path) -> None
     assert c.b.regraded == len(b.trials) and c.a.regraded == 0
     assert set(c.b.rows["rubric"].to_list()) == {"merrill-405b"}
     assert set(c.a.rows["rubric"].to_list()) == {"lindsey"}
+    # The same trials graded twice are paired samples: every cell uses the exact McNemar test on
+    # the discordant trials (scipy's binomial test here), never Fisher on "independent" arms.
+    assert c.cells and all(r.cmp.test == "mcnemar" for r in (*c.cells, *c.controls))
+    hit = {
+        tag: {
+            k: bool(a_ and i_)
+            for k, a_, i_ in zip(rows.rows["key"], rows.rows["affirmative"], rows.rows["identifies"], strict=True)
+        }
+        for tag, rows in (("a", c.a), ("b", c.b))
+    }
+    concept_rows = c.a.rows.filter(pl.col("condition") == "concept")
+    assert len(c.cells) == 2  # one per strength
+    for cell in c.cells:
+        keys = concept_rows.filter(pl.col("strength") == float(cell.cell["strength"]))["key"].to_list()
+        only_b = sum(hit["b"][k] and not hit["a"][k] for k in keys)
+        only_a = sum(hit["a"][k] and not hit["b"][k] for k in keys)
+        want_p = 1.0 if only_a + only_b == 0 else stats.binomtest(only_b, only_a + only_b, 0.5).pvalue
+        assert cell.cmp.p == pytest.approx(want_p)
+        assert cell.cmp.diff.net == pytest.approx((only_b - only_a) / len(keys))
+    assert PAIRED_NOTE in "\n".join(format_comparison(c))
 
 
 def test_experiment_files_resolve_against_the_cache(tmp_path: Path) -> None:
@@ -213,3 +234,45 @@ def test_experiment_files_resolve_against_the_cache(tmp_path: Path) -> None:
     other.write_text('name = "never"\nmodel = "tiny"\n')
     code, _, err = invoke("compare", str(files[0]), str(other), "--cache", tmp_path / "c")
     assert code == 2 and "no experiment in this cache was run from that file's spec" in err
+
+
+def test_grid_knobs_compare_only_the_shared_cells(tmp_path: Path) -> None:
+    """Strengths 2,8 vs 8,16 (same semantics) compare strength 8 with strength 8 only, and layers
+    1,2 vs 2,3 (same model) layer 2 with layer 2: a cell is never set against another value of the
+    same axis because both experiments happen to have as many values."""
+    cache = tmp_path / "c"
+    base = _spec(1.0, "A").model_copy(update={"samples": 1, "controls": 1, "concepts": ("dust",)})
+    runs = {
+        "a": base,
+        "strengths": base.model_copy(update={"name": "S", "strengths": (8.0, 16.0)}),
+        "layers_a": base.model_copy(update={"name": "LA", "layers": (1, 2)}),
+        "layers_b": base.model_copy(update={"name": "LB", "layers": (2, 3)}),
+    }
+    ids = {}
+    for k, spec in runs.items():
+        rep = runner.run(spec, RunOptions(cache_root=cache))
+        assert rep.complete
+        ids[k] = rep.experiment_id
+    c = compare_cache(cache, ids["a"], ids["strengths"])
+    assert [k.knob for k in c.knobs] == ["strengths"]
+    assert [(row.cell["layer"], row.cell["strength"]) for row in c.cells] == [("2", "8")]
+    c = compare_cache(cache, ids["layers_a"], ids["layers_b"])
+    assert [k.knob for k in c.knobs] == ["layers"]
+    assert [(row.cell["layer"], row.cell["strength"]) for row in c.cells] == [("2", "2"), ("2", "8")]
+
+
+def test_paired_cells_match_an_independent_mcnemar() -> None:
+    """30/120 vs 20/120 on the same 120 trials with 10 one-way discordant pairs: exact McNemar
+    p = 2·P(Bin(10, 1/2) = 0) ≈ 0.002 (Fisher on the same counts, wrongly unpaired, says ≈ 0.15)."""
+    a = [True] * 30 + [False] * 90
+    b = [False] * 10 + [True] * 20 + [False] * 90
+    c = compare_paired(a, b)
+    assert (c.a.k, c.b.k, c.a.n) == (30, 20, 120)
+    assert c.p == pytest.approx(stats.binomtest(0, 10, 0.5).pvalue) and c.p < 0.003
+    assert exact_p(30, 120, 20, 120) > 0.1  # what the unpaired test would have said
+    assert c.diff.net == pytest.approx(-10 / 120)
+    ci = stats.binomtest(0, 10, 0.5).proportion_ci(method="exact")
+    assert (c.diff.lo, c.diff.hi) == pytest.approx((10 / 120 * (2 * ci.low - 1), 10 / 120 * (2 * ci.high - 1)))
+    assert c.diff.hi < 0  # the interval agrees with the test
+    with pytest.raises(ValueError):
+        compare_paired(a, b[:-1])

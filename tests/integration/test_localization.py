@@ -23,6 +23,7 @@ from remote_introspect.execution import runner
 from remote_introspect.execution.runner import RunOptions
 from remote_introspect.experiment import localization as L
 from remote_introspect.experiment.localization import LocalizationSpec
+from remote_introspect.experiment.prompts import CONCEPT_WORDS
 from remote_introspect.models.loading import resolve_model
 from remote_introspect.reporting.audit import run_audit
 from remote_introspect.reporting.localization import p_above_chance, summarize
@@ -137,7 +138,10 @@ def _results(cache: Path, keys: list[str]):
 
 @pytest.mark.parametrize("regions", ["sentences", "halves"])
 def test_planted_model_localizes_perfectly_and_prefer_stays_at_chance(model_dir, tmp_path, regions):
-    spec = _spec(model_dir, regions=regions, trials=6 if regions == "sentences" else 10)
+    if regions == "sentences":
+        spec = _spec(model_dir, regions=regions, trials=6)
+    else:  # one passage: a halves trial is one concept (more trials than concepts are refused)
+        spec = _spec(model_dir, regions=regions, trials=10, concepts=tuple(w.lower() for w in CONCEPT_WORDS[:10]))
     opts = _opts(tmp_path / "c")
     ref = resolve_model(spec.model)
     ex, ident = runner.make_executor(ref, opts)
@@ -264,6 +268,15 @@ def test_random_condition_uses_one_norm_matched_vector_per_trial(model_dir, tmp_
         assert norms[("random", sample)] == norms[("injected", sample)]  # norm-matched
 
 
+def test_halves_refuse_more_trials_than_concepts(model_dir):
+    """The passage is fixed: halves trials beyond the concepts would be identical rows (the same
+    answer twice, counted as two observations by the binomial test), so the spec refuses them."""
+    with pytest.raises(ValueError, match="would repeat identical rows"):
+        _spec(model_dir, regions="halves", trials=3)  # 2 concepts
+    assert _spec(model_dir, regions="halves", trials=2).trials == 2
+    assert _spec(model_dir, regions="sentences", trials=3).trials == 3  # sentences are drawn per trial
+
+
 def test_experiment_files_load_and_flags_override(tmp_path):
     for name in ("localization_gemma270m", "localization_8b", "localization_405b", "position_405b"):
         spec = L.build_localization_spec(REPO / "experiments" / f"{name}.toml", {})
@@ -359,15 +372,40 @@ def test_report_gains_the_accuracy_vs_strength_plot(model_dir, tmp_path):
 
     spec = _spec(model_dir, trials=1, strengths=(1.0, 4.0), regions="halves")
     opts = _opts(tmp_path / "c")
-    assert loc.run_localization(spec, opts).complete
+    rep = loc.run_localization(spec, opts)
+    assert rep.complete
     res = build_report(opts.cache_root, tmp_path / "report")
-    assert "localization-halves-accuracy.png" in res.files
-    png = (tmp_path / "report" / "localization-halves-accuracy.png").read_bytes()
+    name = f"{rep.experiment_id[:16]}-localization-halves-accuracy.png"
+    assert name in res.files
+    png = (tmp_path / "report" / name).read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     md = (tmp_path / "report" / "summary.md").read_text()
     assert "## Localization and position control" in md and "position control (2 halves): chance 50%" in md
     html = (tmp_path / "report" / "index.html").read_text()
-    assert "localization-halves-accuracy.png" in html
+    assert name in html
+
+
+def test_report_keeps_each_experiment_separate(model_dir, tmp_path):
+    """Two localization experiments in one cache (here two strength semantics at the same nominal
+    strength; equally two models) are two tables, never one pooled table."""
+    from remote_introspect.reporting.report import build_report
+
+    opts = _opts(tmp_path / "c")
+    reps = [
+        loc.run_localization(_spec(model_dir, trials=1, strength_mode=mode, name=f"loc-{mode}"), opts)
+        for mode in ("norm-matched", "absolute")
+    ]
+    assert all(r.complete for r in reps)
+    res = build_report(opts.cache_root, tmp_path / "report")
+    assert sorted(f for f in res.files if "localization" in f) == sorted(
+        f"{r.experiment_id[:16]}-localization-sentences-accuracy.png" for r in reps
+    )
+    md = (tmp_path / "report" / "summary.md").read_text()
+    section = md.split("## Localization and position control")[1]
+    assert section.count("10 usable of 10 planned rows") == 2  # 1 trial x 5 sentences x (where, prefer)
+    assert "20 usable" not in section and "/10 " not in section  # nothing pooled across the two
+    for mode in ("norm-matched", "absolute"):
+        assert f"### loc-{mode} [" in section
 
 
 def test_audit_json_carries_the_localization_counts(model_dir, tmp_path):
@@ -422,3 +460,13 @@ def test_interrupted_remote_run_reattaches_its_job_instead_of_resubmitting(model
         assert rep.complete
         assert srv.counters()["requests"] == 0  # collected by id, nothing resubmitted
     assert run_audit(opts.cache_root)["exit_code"] == 0
+
+
+def test_compare_refuses_localization_experiments_with_one_line(model_dir, tmp_path):
+    from remote_introspect.errors import UserError
+    from remote_introspect.reporting.comparison import compare_cache
+
+    opts = _opts(tmp_path / "c")
+    rep = loc.run_localization(_spec(model_dir, trials=1, regions="halves"), opts)
+    with pytest.raises(UserError, match="is a localization experiment: compare reads generation experiments"):
+        compare_cache(opts.cache_root, rep.experiment_id, rep.experiment_id)

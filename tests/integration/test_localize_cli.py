@@ -19,6 +19,7 @@ CASES = {
     "zero trials": (["--trials", "0"], "trials"),
     "remote-only preset locally": (["--model", "405b", "--backend", "local"], "remote-only"),
     "unknown vectors": (["--vectors", "pca"], "recipe"),
+    "halves trials beyond concepts": (["--regions", "halves", "--trials", "5"], "would repeat identical rows"),
 }
 
 

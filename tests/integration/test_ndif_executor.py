@@ -9,15 +9,12 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import tiny_spec
+from helpers import run_cli_forked, start_cli_forked, tiny_spec
 
 from remote_introspect.errors import FatalRemoteError
 from remote_introspect.execution import runner
@@ -363,7 +360,9 @@ def test_missing_key_is_fatal_before_any_request(server, model_dir, tmp_path, mo
 
 
 def test_job_timeout_splits_the_batch(server, model_dir, tmp_path, local_reference):
-    server.faults.update(timeout_rows=2)
+    # More than 4 rows times out: a 5-row batch splits into 2 + 3, and the vector extraction (one
+    # request of 103 prompts) halves down to requests of at most 4 rows.
+    server.faults.update(timeout_rows=4)
     rep = runner.run(_spec(model_dir), _opts(tmp_path / "c", server.url, batch_rows=5))
     assert rep.complete
     assert server.max_rows_seen >= 5  # the full batch was tried first
@@ -397,18 +396,18 @@ def test_nothing_to_run_sends_no_request(server, model_dir, tmp_path):
     assert server.gets == 0 and server.http_requests == 0
 
 
-def test_api_key_never_reaches_cache_or_output(model_dir, tmp_path):
+def test_api_key_never_reaches_cache_or_output(model_dir, tmp_path, fresh_forks):
     secret = "fake-ndif-SECRET-0123456789"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NDIF_API_KEY": secret}
     with LoopbackNDIF({str(model_dir): model_dir}, api_keys=(secret,)) as srv:
         srv.faults.update(job_errors=[EVICTED])
-        cmd = [sys.executable, "-m", "remote_introspect", "replicate-lindsey", "--model", str(model_dir),
+        cmd = ["replicate-lindsey", "--model", str(model_dir),
                "--backend", "ndif", "--ndif-host", srv.url, "--max-new-tokens", "3", "--concepts", "Dust",
                "--cache", str(tmp_path / "c")]  # fmt: skip
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        res = run_cli_forked(fresh_forks, cmd, tmp_path, timeout=300, env=env)
         assert res.returncode == 0, res.stderr
         srv.faults.update(reject_auth=True)
-        res2 = subprocess.run([*cmd, "--seed", "1"], capture_output=True, text=True, env=env, timeout=300)
+        res2 = run_cli_forked(fresh_forks, [*cmd, "--seed", "1"], tmp_path, timeout=300, env=env)
     assert res2.returncode == 3 and "API key" in res2.stderr
     for blob in (res.stdout, res.stderr, res2.stdout, res2.stderr):
         assert secret not in blob
@@ -417,40 +416,44 @@ def test_api_key_never_reaches_cache_or_output(model_dir, tmp_path):
             assert secret.encode() not in f.read_bytes(), f
 
 
-def test_sigkill_mid_run_reattaches_without_resubmitting(model_dir, tmp_path):
+def _kill_once_a_batch_is_submitted(ctx, cmd: list[str], env: dict[str, str], db: Path) -> None:  # type: ignore[no-untyped-def]
+    """Start the CLI and kill -9 it as soon as the store shows a batch submitted (a job in flight)."""
+    proc = start_cli_forked(ctx, cmd, db.parent.parent, db.parent.parent / "killed-run", env)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:  # read-only: never creates it
+                n = c.execute("SELECT COUNT(*) FROM batches WHERE status='submitted'").fetchone()[0]
+        except sqlite3.OperationalError:  # no database (or no batches table) yet
+            n = 0
+        if n:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("no batch was ever submitted")
+    proc.kill()  # SIGKILL
+    proc.join()
+
+
+def test_sigkill_mid_run_reattaches_without_resubmitting(model_dir, tmp_path, fresh_forks):
     """Kill -9 the client while a job is in flight; the re-run collects that job by its id."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NDIF_API_KEY": DEFAULT_API_KEY}
     cache = tmp_path / "c"
     with LoopbackNDIF({str(model_dir): model_dir}, preload=True) as srv:
-        cmd = [sys.executable, "-m", "remote_introspect", "replicate-lindsey", "--model", str(model_dir),
+        cmd = ["replicate-lindsey", "--model", str(model_dir),
                "--backend", "ndif", "--ndif-host", srv.url, "--max-new-tokens", "3", "--concepts", "3",
                "--batch-size", "4", "--cache", str(cache)]  # fmt: skip
         srv.faults.update(run_delay_s=1.5)
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         db = cache / "results.sqlite"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if db.exists():
-                try:
-                    with sqlite3.connect(db) as c:
-                        n = c.execute("SELECT COUNT(*) FROM batches WHERE status='submitted'").fetchone()[0]
-                except sqlite3.OperationalError:
-                    n = 0
-                if n:
-                    break
-            time.sleep(0.05)
-        else:
-            proc.kill()
-            pytest.fail("no batch was ever submitted")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        _kill_once_a_batch_is_submitted(fresh_forks, cmd, env, db)
         with sqlite3.connect(db) as c:
             inflight = c.execute("SELECT id, job_id FROM batches WHERE status='submitted'").fetchall()
             done_before = c.execute("SELECT COUNT(*) FROM batches WHERE status='done'").fetchone()[0]
         assert len(inflight) == 1
         submitted_before = srv.accepted
         srv.faults.update(run_delay_s=0.0)
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        res = run_cli_forked(fresh_forks, cmd, tmp_path, timeout=300, env=env)
         assert res.returncode == 0, res.stderr
         assert "reattached job" in res.stderr
         with sqlite3.connect(db) as c:
@@ -466,7 +469,7 @@ def test_sigkill_mid_run_reattaches_without_resubmitting(model_dir, tmp_path):
     assert trial_status == {"done"}
 
 
-def test_405b_preset_offline_preflight_names_the_deployed_base_model(tmp_path, tiny_tokenizer):
+def test_405b_preset_offline_preflight_names_the_deployed_base_model(tmp_path, tiny_tokenizer, fresh_forks):
     """The 405b preset builds offline (shipped config, stand-in tokenizer); when only the base
     model is deployed, the preflight says so, names it with its preset, and exits non-zero."""
     tok_dir = tmp_path / "tok"
@@ -474,10 +477,11 @@ def test_405b_preset_offline_preflight_names_the_deployed_base_model(tmp_path, t
     never = {model_key_for_dir("meta-llama/Llama-3.1-405B"): lambda: pytest.fail("must not load")}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NDIF_API_KEY": DEFAULT_API_KEY}
     with LoopbackNDIF(never) as srv:
-        res = subprocess.run(
-            [sys.executable, "-m", "remote_introspect", "replicate-lindsey", "--model", "405b",
-             "--tokenizer", str(tok_dir), "--ndif-host", srv.url, "--cache", str(tmp_path / "c")],  # fmt: skip
-            capture_output=True, text=True, env=env, timeout=300,
+        res = run_cli_forked(
+            fresh_forks,
+            ["replicate-lindsey", "--model", "405b", "--tokenizer", str(tok_dir), "--ndif-host", srv.url,
+             "--cache", str(tmp_path / "c")],
+            tmp_path, env=env,
         )  # fmt: skip
         assert srv.http_requests == 0
     assert res.returncode == 3
@@ -540,7 +544,7 @@ def test_server_restart_mid_job_is_detected_and_resubmitted(server, model_dir, t
     assert rep.complete and time.time() - t0 < 60
 
 
-def test_killed_client_and_restarted_server_rerun_resubmits_within_two_minutes(model_dir, tmp_path):
+def test_killed_client_and_restarted_server_rerun_resubmits_within_two_minutes(model_dir, tmp_path, fresh_forks):
     """kill -9 the client mid-job, restart the server (NDIF forgets the job and answers 500 for its
     id), rerun: the rerun notices the forgotten job and resubmits it promptly, with the CLI's
     default retry settings (the old code retried the reattach with minutes of backoff)."""
@@ -548,34 +552,21 @@ def test_killed_client_and_restarted_server_rerun_resubmits_within_two_minutes(m
     cache = tmp_path / "c"
     with LoopbackNDIF({str(model_dir): model_dir}, preload=True) as srv:
         srv.faults.update(unknown_id_status=500)
-        cmd = [sys.executable, "-m", "remote_introspect", "replicate-lindsey", "--model", str(model_dir),
+        cmd = ["replicate-lindsey", "--model", str(model_dir),
                "--backend", "ndif", "--ndif-host", srv.url, "--max-new-tokens", "3", "--concepts", "2",
                "--batch-size", "4", "--cache", str(cache)]  # fmt: skip
-        srv.faults.update(run_delay_s=30.0)
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # Every job (the vector extraction first) runs 3 s: the client is killed within ~0.1 s of
+        # its first batch's submission, and the restart below forgets that job while in flight.
+        srv.faults.update(run_delay_s=3.0)
         db = cache / "results.sqlite"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with sqlite3.connect(db) as c:
-                    n = c.execute("SELECT COUNT(*) FROM batches WHERE status='submitted'").fetchone()[0]
-            except sqlite3.OperationalError:
-                n = 0
-            if n:
-                break
-            time.sleep(0.05)
-        else:
-            proc.kill()
-            pytest.fail("no batch was ever submitted")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        _kill_once_a_batch_is_submitted(fresh_forks, cmd, env, db)
         with sqlite3.connect(db) as c:
             done_before = c.execute("SELECT COUNT(*) FROM batches WHERE status='done'").fetchone()[0]
         srv.faults.update(run_delay_s=0.0)
         srv.restart(lost="forget")
         accepted_before = srv.accepted
         t0 = time.time()
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=200)
+        res = run_cli_forked(fresh_forks, cmd, tmp_path, timeout=200, env=env)
         elapsed = time.time() - t0
         print(f"\nrerun after kill + restart: {elapsed:.0f}s, {srv.accepted - accepted_before} POSTs accepted")
         assert res.returncode == 0, res.stderr

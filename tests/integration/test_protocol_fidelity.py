@@ -178,7 +178,7 @@ def test_protocol_presets_name_every_issue_11_knob() -> None:
 
 
 def test_positive_control_counts_the_word_reaching_the_output() -> None:
-    from remote_introspect.reporting.summary import mentions_word
+    from remote_introspect.stats.cells import mentions_word
 
     assert mentions_word("Dust Dust Dust Dust", "dust")  # repetition still shows the injection
     assert mentions_word("trump trump trump", "trumpets") and mentions_word("satell Sat", "satellites")

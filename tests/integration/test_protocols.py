@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import run_cli_forked
 
 from remote_introspect.errors import UserError
 from remote_introspect.execution import concept_vectors, runner
@@ -86,22 +86,21 @@ def test_file_and_flags_give_identical_specs_and_keys(tmp_path: Path) -> None:
     assert a == b
 
 
-_cli = run_cli
 
 
-def test_cli_run_file_and_flags_share_trials(tmp_path: Path) -> None:
+def test_cli_run_file_and_flags_share_trials(tmp_path: Path, fresh_forks) -> None:
     f = tmp_path / "e.toml"
     f.write_text('model = "tiny"\nconcepts = ["Dust"]\nstrengths = [2.0]\nsamples = 1\ncontrols = 2\n'
                  'conditions = ["control", "random"]\n[generation]\nmax_new_tokens = 3\n')  # fmt: skip
     cache = tmp_path / "c"
-    a = _cli(["run", str(f), "--cache", str(cache)], tmp_path)
+    a = run_cli_forked(fresh_forks, ["run", str(f), "--cache", str(cache)], tmp_path)
     assert a.returncode == 0, a.stderr
     with sqlite3.connect(cache / "results.sqlite") as c:
         before = c.execute("SELECT COUNT(*), MAX(updated_at) FROM trials").fetchone()
         batches = c.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
-    b = _cli(["replicate-lindsey", "--model", "tiny", "--concepts", "Dust", "--strengths", "2", "--samples", "1",
-              "--controls", "2", "--conditions", "control,random", "--max-new-tokens", "3", "--cache", str(cache)],
-             tmp_path)  # fmt: skip
+    flags = ["replicate-lindsey", "--model", "tiny", "--concepts", "Dust", "--strengths", "2", "--samples", "1",
+             "--controls", "2", "--conditions", "control,random", "--max-new-tokens", "3", "--cache", str(cache)]  # fmt: skip
+    b = run_cli_forked(fresh_forks, flags, tmp_path)
     assert b.returncode == 0, b.stderr
     with sqlite3.connect(cache / "results.sqlite") as c:
         assert c.execute("SELECT COUNT(*), MAX(updated_at) FROM trials").fetchone() == before
@@ -122,20 +121,20 @@ def test_cli_run_file_and_flags_share_trials(tmp_path: Path) -> None:
     ],
 )
 def test_malformed_experiment_file_one_line_nothing_written(
-    tmp_path: Path, content: bytes, expected: str
+    tmp_path: Path, content: bytes, expected: str, fresh_forks
 ) -> None:
     f = tmp_path / "bad.toml"
     f.write_bytes(content)
     cache = tmp_path / "c"
-    res = _cli(["run", str(f), "--cache", str(cache)], tmp_path)
+    res = run_cli_forked(fresh_forks, ["run", str(f), "--cache", str(cache)], tmp_path)
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert res.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:"), res.stderr
     assert expected in lines[0]
     assert not cache.exists()
 
 
-def test_missing_experiment_file(tmp_path: Path) -> None:
-    res = _cli(["run", str(tmp_path / "nope.toml"), "--cache", str(tmp_path / "c")], tmp_path)
+def test_missing_experiment_file(tmp_path: Path, fresh_forks) -> None:
+    res = run_cli_forked(fresh_forks, ["run", str(tmp_path / "nope.toml"), "--cache", str(tmp_path / "c")], tmp_path)
     assert res.returncode != 0 and "cannot read experiment file" in res.stderr
 
 

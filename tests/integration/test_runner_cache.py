@@ -4,15 +4,12 @@ trials, a failure is recorded as failed (never a negative) and retried next time
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
 import pytest
-from helpers import tiny_spec
+from helpers import run_cli_forked, tiny_spec
 
 from remote_introspect.execution import runner
 from remote_introspect.execution.backends.local import LocalExecutor
@@ -110,12 +107,11 @@ def test_diagnostics_are_recorded_per_trial(cache_dir: Path) -> None:
     assert rep.complete
 
 
-def test_cli_stdout_identical_on_rerun_and_exit_zero(tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "remote_introspect", "replicate-lindsey", "--model", "tiny",
-           "--max-new-tokens", "4", "--concepts", "Dust,Oceans", "--cache", str(tmp_path / "c")]  # fmt: skip
-    a = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    b = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+def test_cli_stdout_identical_on_rerun_and_exit_zero(tmp_path: Path, fresh_forks) -> None:
+    cmd = ["replicate-lindsey", "--model", "tiny", "--max-new-tokens", "4", "--concepts", "Dust,Oceans",
+           "--cache", str(tmp_path / "c")]  # fmt: skip
+    a = run_cli_forked(fresh_forks, cmd, tmp_path)
+    b = run_cli_forked(fresh_forks, cmd, tmp_path)
     assert a.returncode == 0 and b.returncode == 0, a.stderr
     assert a.stdout == b.stdout
     assert "strict" in a.stdout and "Controls" in a.stdout and "0 failed" in a.stdout

@@ -102,6 +102,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "reporting",
             "reporting.hit_listing",
+            "reporting.positive_table",
             "reporting.browser",
             "reporting.judge_agreement",
             "reporting.audit",
@@ -119,7 +120,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "cli",
-        ("cli", "cli.app", "cli.options", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.localize",
+        ("cli", "cli.app", "cli.options", "cli.running", "cli.experiments", "cli.results", "cli.compare", "cli.ladder", "cli.localize",
          "cli.scale", "cli.probe_report", "cli.self_predict", "__main__"),
     ),
     ("testing", ("testing.judge_loopback", "testing.ndif_loopback", "testing.planted_self_model")),
