@@ -210,11 +210,11 @@ def run_localization(
     if isinstance(context, int) and longest > context:
         raise UserError(f"the {longest}-token prompt exceeds the model's context of {context} tokens")
     exp_id = keys.experiment_id(spec.model_dump(mode="json"), identity.model_dump(mode="json"))
-    store = Store(opts.cache_root)
+    store, check = runner.open_store(opts.cache_root, executor, notice)
     try:
         pending = not_done(store, trials)
         if pending:
-            runner.preflight(executor, notice)  # a refused preflight registers nothing
+            check()  # a refused preflight registers nothing
         store.register(exp_id, spec.name, spec.model_dump_json(), {t.key: t.model_dump_json() for t in trials})
         report = LocalizationReport(
             exp_id, spec, layers, trials, {}, ref.name, ref.preset.instruct if ref.preset else True,
@@ -222,7 +222,7 @@ def run_localization(
         )  # fmt: skip
         model_key = keys.model_key(identity.model_dump(mode="json"))
         wanted = {t.vector_ref for t in trials}
-        before = (lambda: runner.preflight(executor, notice)) if not pending else None
+        before = check if not pending else None
         runner.ensure_vectors(vspec, opts, executor, store, model_key, wanted, progress, notice, before)
         if pending:
             vectors = store.load_vectors(model_key, spec.recipe.id, {t.vector_ref for t in pending})

@@ -291,14 +291,14 @@ def run_probe_report(
         exp_id, spec, layers, ref.name, ref.preset.instruct if ref.preset else True, len(trials)
     )
     wanted = {(layer, c) for layer in layers for c in spec.concepts}
-    store = Store(opts.cache_root)
+    store, check = runner.open_store(opts.cache_root, executor, notice)
     try:
         pending = not_done(store, trials)
         for name, n in store.drop_broken_vector_files(model_key, recipe_id, wanted):
             notice(f"probe file {name} is missing or corrupt (sha256 mismatch): refitting its {n} probe(s)")
         missing = sorted(store.missing_vectors(model_key, recipe_id, wanted))
         if pending or missing:
-            runner.preflight(executor, notice)  # a refused preflight registers nothing
+            check()  # a refused preflight registers nothing
         store.register(
             exp_id, spec.name, spec.model_dump_json(), {t.key: canonical_json(t.data) for t in trials}
         )

@@ -439,11 +439,11 @@ def _run_phase(
     trials = unique_trials(plan_trials(keyed, identity, {k: r.ids_hash for k, r in rendered.items()}, layers))
     check_context(spec, ref, rendered)
     exp_id = experiment_id(spec, identity)
-    store = Store(opts.cache_root)
+    store, check = open_store(opts.cache_root, executor, notice)
     try:
         pending = not_done(store, trials)
         if pending:
-            preflight(executor, notice)  # a refused preflight registers nothing
+            check()  # a refused preflight registers nothing
         store.register(
             exp_id, spec.name, spec.model_dump_json(), {t.key: t.model_dump_json() for t in trials}
         )
@@ -456,7 +456,7 @@ def _run_phase(
         else:  # every trial done: still verify (and repair) this experiment's vector files
             model_key = keys.model_key(identity.model_dump(mode="json"))
             ensure_vectors(spec, opts, executor, store, model_key, _vector_refs(trials), progress, notice,
-                           before_extract=lambda: preflight(executor, notice))  # fmt: skip
+                           before_extract=check)  # fmt: skip
         store.settle_batches()
         store.prune_claims()
         grade_trials(store, trials, opts.judge, progress, protocol=spec.protocol)
@@ -464,6 +464,23 @@ def _run_phase(
         return report
     finally:
         store.close()
+
+
+def open_store(root: Path, executor: Executor, notice: Callable[[str], None]) -> tuple[Store, Callable[[], None]]:
+    """The store, and `check()`: the executor's preflight, run at most once. A new cache holds
+    nothing, so every trial is pending: the preflight runs before the database is created, and a
+    refused one (no API key, a model not hosted) leaves nothing behind, not even an empty cache."""
+    checked = False
+
+    def check() -> None:
+        nonlocal checked
+        if not checked:
+            preflight(executor, notice)
+            checked = True
+
+    if not Store.exists(root):
+        check()
+    return Store(root), check
 
 
 def preflight(executor: Executor, notice: Callable[[str], None]) -> None:

@@ -31,7 +31,7 @@ from remote_introspect.execution.runner import (
     RunOptions,
     eos_ids,
     load_model,
-    preflight,
+    open_store,
     vector_dtype_for,
 )
 from remote_introspect.execution.traces import hf_generation
@@ -220,11 +220,11 @@ def _run_model(
     trials = [p.trial for p in planned]
     exp_id = experiment_id(config, ref.name, identity)
     report = ModelRun(ref.name, exp_id, trials)
-    store = Store(opts.cache_root)
+    store, check = open_store(opts.cache_root, executor, notice)
     try:
         pending = not_done(store, planned)
         if pending:
-            preflight(executor, notice)  # a refused preflight registers nothing
+            check()  # a refused preflight registers nothing
         spec_json = keys.canonical_json({**config.spec(), "model": ref.name})
         store.register(exp_id, f"self-predict {ref.name}", spec_json, {t.key: t.model_dump_json() for t in trials})
         if pending:
