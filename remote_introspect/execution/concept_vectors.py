@@ -33,6 +33,27 @@ def recipe_prompt(tokenizer: object, recipe: VectorRecipe, word: str) -> list[in
     return ids
 
 
+class VectorTable:
+    """A batch's distinct vectors, each shipped once ([V, H] in the shipped dtype); each row of
+    the batch carries its entry's index. Vectors are the same when their bytes are."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self._index: dict[bytes, int] = {}
+        self.rows: list[torch.Tensor] = []
+
+    def index(self, v: torch.Tensor) -> int:
+        v = v.to(self.dtype).contiguous()
+        key = v.view(torch.uint8).numpy().tobytes()
+        if key not in self._index:
+            self._index[key] = len(self.rows)
+            self.rows.append(v)
+        return self._index[key]
+
+    def stacked(self) -> torch.Tensor:
+        return torch.stack(self.rows)
+
+
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

@@ -20,21 +20,23 @@ validate → probes (extract, fit, store) → steered readout trials → store �
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from remote_introspect import keys
-from remote_introspect.errors import BatchTooLargeError, UserError
+from remote_introspect.errors import UserError
 from remote_introspect.execution import runner
 from remote_introspect.execution.backends.base import Executor
+from remote_introspect.execution.batch_loop import BatchLoop, Decoded, chunk_batches, extract, not_done
 from remote_introspect.execution.concept_vectors import left_pad
 from remote_introspect.execution.runner import RunOptions
 from remote_introspect.execution.traces.readout import ReadoutBatch
+from remote_introspect.execution.validation import check_cache, check_options, model_and_layers
+from remote_introspect.experiment.planner import Batch, make_batch
 from remote_introspect.experiment.probe_prompts import (
     TRAIN_PAIRS,
     Example,
@@ -44,15 +46,11 @@ from remote_introspect.experiment.probe_prompts import (
     split,
 )
 from remote_introspect.experiment.probe_spec import ProbeReportSpec
-from remote_introspect.experiment.prompts import tokenizer_fingerprint
 from remote_introspect.experiment.spec import ModelIdentity
 from remote_introspect.keys import canonical_json
-from remote_introspect.models.loading import ModelRef, resolve_model
-from remote_introspect.retry_policy import call_with_retries
+from remote_introspect.models.loading import ModelRef
 from remote_introspect.stats.coupling import Coupling, coupling, fit_probe, report_from_logprobs
-from remote_introspect.store.database import Store, check_writable, refuse_empty_database
-
-log = logging.getLogger(__name__)
+from remote_introspect.store.database import Store
 
 TRIAL_VERSION = 1
 _MODE_COLUMN = {"absolute": 0, "norm-matched": 1, "relative": 3}
@@ -85,24 +83,9 @@ Progress = Callable[[str, int, int], None]
 
 def validate(spec: ProbeReportSpec, opts: RunOptions) -> tuple[ModelRef, tuple[int, ...]]:
     """Everything that can be rejected before loading a model or writing a byte."""
-    ref = resolve_model(spec.model)
-    try:
-        layers = spec.resolve_layers(ref.num_layers)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    backend = opts.backend or ref.default_backend
-    if backend not in ("local", "ndif"):
-        raise UserError(f"unknown backend {backend!r}; choose local or ndif")
-    if backend == "local" and ref.preset is not None and ref.preset.backend == "ndif":
-        raise UserError(
-            f"{ref.name} is a remote-only preset (too large for this machine); use --backend ndif"
-        )
-    if opts.batch_rows is not None and opts.batch_rows < 1:
-        raise UserError("--batch-size must be at least 1")
-    if opts.dtype is not None and opts.dtype not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"unknown dtype {opts.dtype!r}; choose one of fp32, bf16, fp16")
-    check_writable(opts.cache_root)
-    refuse_empty_database(opts.cache_root / "results.sqlite")
+    ref, layers = model_and_layers(spec)
+    check_options(opts, [ref])
+    check_cache(opts.cache_root)
     return ref, layers
 
 
@@ -155,24 +138,6 @@ def plan(
     return out
 
 
-def _extract(
-    executor: Executor, opts: RunOptions, ids: torch.Tensor, mask: torch.Tensor, layers: list[int]
-) -> Any:
-    try:
-        return call_with_retries(lambda: executor.extract(ids, mask, layers), opts.retry)
-    except BatchTooLargeError:
-        if ids.shape[0] < 2:
-            raise
-        h = ids.shape[0] // 2
-        return torch.cat(
-            [
-                _extract(executor, opts, ids[:h], mask[:h], layers),
-                _extract(executor, opts, ids[h:], mask[h:], layers),
-            ],
-            dim=1,
-        )
-
-
 def fit_probes(
     executor: Executor,
     opts: RunOptions,
@@ -190,7 +155,7 @@ def fit_probes(
     prompts = [list(rendered[(ex.concept, ex.statement)].input_ids) for ex in examples]
     acts = torch.cat(
         [
-            _extract(executor, opts, *left_pad(prompts[i : i + rows], pad_id), layers)
+            extract(executor, opts.retry, *left_pad(prompts[i : i + rows], pad_id), layers)
             for i in range(0, len(prompts), rows)
         ],
         dim=1,
@@ -300,22 +265,12 @@ def run_probe_report(
     notice: Callable[[str], None] | None = None,
     request_status: Callable[[str], None] | None = None,
 ) -> ProbeReportResult:
-    progress = progress or (lambda stage, done, total: None)
-    notice = notice or (lambda line: log.info("%s", line))
+    hooks = runner.Hooks.of(progress, notice)
+    progress, notice = hooks.progress, hooks.notice
     ref, layers = validate(spec, opts)
-    progress("loading model", 0, 1)
-    executor, (weights_id, dtype_label) = runner.make_executor(ref, opts)
-    if request_status is not None:
-        executor.on_status = request_status
-    progress("loading model", 1, 1)
+    executor, identity = runner.load_model(ref, opts, progress, request_status)
     tok = executor.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    identity = ModelIdentity(
-        repo_id=ref.repo_id,
-        weights_id=weights_id,
-        dtype=dtype_label,
-        tokenizer_sha=tokenizer_fingerprint(tok),
-    )
     model_key = keys.model_key(identity.model_dump(mode="json"))
     try:
         rendered = {
@@ -336,15 +291,14 @@ def run_probe_report(
         exp_id, spec, layers, ref.name, ref.preset.instruct if ref.preset else True, len(trials)
     )
     wanted = {(layer, c) for layer in layers for c in spec.concepts}
-    store = Store(opts.cache_root)
+    store, check = runner.open_store(opts.cache_root, executor, notice)
     try:
-        statuses = store.statuses(t.key for t in trials)
-        pending = [t for t in trials if statuses.get(t.key) != "done"]
+        pending = not_done(store, trials)
         for name, n in store.drop_broken_vector_files(model_key, recipe_id, wanted):
             notice(f"probe file {name} is missing or corrupt (sha256 mismatch): refitting its {n} probe(s)")
         missing = sorted(store.missing_vectors(model_key, recipe_id, wanted))
         if pending or missing:
-            runner.preflight(executor, notice)  # a refused preflight registers nothing
+            check()  # a refused preflight registers nothing
         store.register(
             exp_id, spec.name, spec.model_dump_json(), {t.key: canonical_json(t.data) for t in trials}
         )
@@ -364,7 +318,7 @@ def run_probe_report(
                 pending,
                 rendered,
                 probes,
-                dtype_label,
+                identity.dtype,
                 pad_id,
                 rows,
                 result,
@@ -393,80 +347,26 @@ def _run_trials(
     progress: Progress,
     notice: Callable[[str], None],
 ) -> None:
+    """Every pending trial through the shared batch loop (reattach, claims, retries, splitting)."""
     vdtype = runner._VECTOR_DTYPES[runner.vector_dtype_for(dtype_label)]
-    by_key = {t.key: t for t in pending}
-    done = 0
-    total = len(pending)
-    progress("readout", 0, total)
 
-    def finish(batch_id: str, trials: list[_Trial], cols: list[int], out: Any) -> None:
-        nonlocal done
-        results, bad = _results(trials, rendered, probes, cols, out)
-        store.readout_done(batch_id, results, executor.name, executor.versions())
-        if bad:
-            store.batch_failed(batch_id, bad, runner.NONFINITE_ERROR, "NonFiniteError")
-            result.failed += len(bad)
-            result.nonfinite += len(bad)
-        done += len(trials)
-        progress("readout", done, total)
+    def make(trials: list[_Trial]) -> Batch[_Trial]:
+        return replace(make_batch(trials), seed=spec.seed)  # the batches table records the run's seed
 
-    handled: set[str] = set()
-    reattach = getattr(executor, "reattach_readout", None)
-    if executor.supports_reattach and reattach is not None:
-        for row in store.open_batches():
-            ks = json.loads(row["trial_keys"])
-            if row["backend"] != executor.name or not set(ks) <= set(by_key):
-                continue
-            trials = [by_key[k] for k in ks]
-            _, cols = build_batch(trials, rendered, probes, spec.strength_mode, vdtype, pad_id)
-            try:
-                out = call_with_retries(lambda jid=row["job_id"]: reattach(jid), opts.retry)
-            except UserError:
-                raise
-            except Exception:  # noqa: BLE001 - resubmitted below
-                out = None
-            if out is not None:
-                notice(f"reattached job {row['job_id']} ({len(ks)} trials)")
-                finish(row["id"], trials, cols, out)
-                handled |= set(ks)
-    queue = [t for t in pending if t.key not in handled]
-    chunks = [queue[i : i + rows] for i in range(0, len(queue), rows)]
-    while chunks:
-        trials = chunks.pop(0)
-        ks = [t.key for t in trials]
-        batch_id = keys.batch_id(ks)
-        batch, cols = build_batch(trials, rendered, probes, spec.strength_mode, vdtype, pad_id)
+    def build(batch: Batch[_Trial]) -> tuple[ReadoutBatch, list[int]]:
+        return build_batch(list(batch.trials), rendered, probes, spec.strength_mode, vdtype, pad_id)
 
-        def submitted(job_id: str | None, batch_id: str = batch_id, ks: list[str] = ks) -> None:
-            store.batch_submitted(batch_id, ks, spec.seed, executor.name, job_id)
+    def decode(batch: Batch[_Trial], request: tuple[ReadoutBatch, list[int]], out: Any) -> Decoded:
+        return _results(list(batch.trials), rendered, probes, request[1], out)  # type: ignore[return-value]
 
-        try:
-            out = call_with_retries(lambda b=batch, cb=submitted: executor.readout(b, cb), opts.retry)
-        except UserError:
-            raise
-        except BatchTooLargeError as err:
-            if len(trials) > 1:
-                notice(f"batch of {len(trials)} too large for the server ({err}); splitting")
-                store.batch_failed(batch_id, [], f"split: {err}", "BatchTooLargeError")
-                half = len(trials) // 2
-                chunks[:0] = [trials[:half], trials[half:]]
-                continue
-            _failed(store, result, batch_id, ks, err)
-            continue
-        except Exception as err:  # noqa: BLE001 - recorded failed (never a result)
-            _failed(store, result, batch_id, ks, err)
-            continue
-        finish(batch_id, trials, cols, out)
-
-
-def _failed(
-    store: Store, result: ProbeReportResult, batch_id: str, ks: list[str], err: BaseException
-) -> None:
-    msg = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-    log.error("batch %s failed: %s", batch_id[:12], msg)
-    store.batch_failed(batch_id, ks, msg, type(err).__name__)
-    result.failed += len(ks)
-    result.errors.append(msg)
+    tally = BatchLoop(
+        store, executor, opts, build, lambda request, cb: executor.readout(request[0], cb), decode,
+        lambda trials: chunk_batches(trials, rows, make), executor.reattach_readout,
+        readout=True, progress=progress, notice=notice, stage="readout", make=make,
+    ).run(pending)  # fmt: skip
+    result.failed += tally.failed_trials
+    result.nonfinite += tally.nonfinite_trials
+    result.errors += tally.errors
 
 
 def read_results(result: ProbeReportResult, cache_root: Path, trial_keys: list[str]) -> None:

@@ -6,11 +6,9 @@ layers, strengths, concepts, cache directory) is checked before the first byte i
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +17,15 @@ from typing import Any
 import torch
 
 from remote_introspect import keys
-from remote_introspect.errors import BatchTooLargeError, UserError
-from remote_introspect.execution import concept_vectors
+from remote_introspect.errors import UserError
+from remote_introspect.execution import batch_loop, concept_vectors
 from remote_introspect.execution.backends.base import Executor
+from remote_introspect.execution.batch_loop import BatchLoop, Decoded, nonfinite_rows, not_done
 from remote_introspect.execution.traces import generation_batch, hf_generation
 from remote_introspect.execution.traces.generation_batch import GenerationBatch
+from remote_introspect.execution.validation import check_cache, check_options, model_and_layers
 from remote_introspect.experiment.planner import (
     Batch,
-    make_batch,
     plan_batches,
     plan_trials,
     prompt_sets_used,
@@ -39,13 +38,12 @@ from remote_introspect.experiment.prompts import (
 )
 from remote_introspect.experiment.spec import ExperimentSpec, ModelIdentity, Trial
 from remote_introspect.keys import canonical_json
-from remote_introspect.models.loading import ModelRef, resolve_model
-from remote_introspect.retry_policy import RetrySettings, call_with_retries
-from remote_introspect.store.database import ClaimOwner, Store, check_writable, refuse_empty_database
+from remote_introspect.models.loading import ModelRef
+from remote_introspect.retry_policy import RetrySettings
+from remote_introspect.store.database import Store
 
 log = logging.getLogger(__name__)
 
-NONFINITE_ERROR = "non-finite activations/logits (NaN or inf in the steered hidden states or the logits)"
 _MODE_COLUMN = {"absolute": 0, "norm-matched": 1, "mlp-norm-matched": 2, "relative": 3}
 _EOS_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<eos>")
 
@@ -110,27 +108,14 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 def validate(spec: ExperimentSpec, opts: RunOptions) -> tuple[ModelRef, tuple[int, ...]]:
     """Everything that can be rejected without loading a model or writing a byte."""
-    ref = resolve_model(spec.model)
-    try:
-        layers = spec.resolve_layers(ref.num_layers)
-    except ValueError as err:
-        raise UserError(str(err)) from err
-    backend = opts.backend or ref.default_backend
-    if backend not in ("local", "ndif"):
-        raise UserError(f"unknown backend {backend!r}; choose local or ndif")
-    if backend == "local" and ref.preset is not None and ref.preset.backend == "ndif":
-        raise UserError(
-            f"{ref.name} is a remote-only preset (too large for this machine); use --backend ndif"
-        )
-    if opts.batch_rows is not None and opts.batch_rows < 1:
-        raise UserError("--batch-size must be at least 1")
+    ref, layers = model_and_layers(spec)
+    check_options(opts, [ref])
     validate_numerics(spec, opts, ref)
     if opts.judge != "heuristic":  # a bad judge spec or missing key fails before any model work
         from remote_introspect.grading.service import close_grader, make_grader
 
         close_grader(make_grader(opts.judge))
-    check_writable(opts.cache_root)
-    refuse_empty_database(opts.cache_root / "results.sqlite")
+    check_cache(opts.cache_root)
     return ref, layers
 
 
@@ -139,9 +124,7 @@ MAX_TRIALS = 1_000_000
 
 
 def validate_numerics(spec: ExperimentSpec, opts: RunOptions, ref: ModelRef) -> None:
-    """dtype, context length and the size of the grid: checked before anything is loaded."""
-    if opts.dtype is not None and opts.dtype not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"unknown dtype {opts.dtype!r}; choose one of fp32, bf16, fp16")
+    """Context length and the size of the grid: checked before anything is loaded."""
     context = ref.config.get("max_position_embeddings")
     if isinstance(context, int) and spec.generation.max_new_tokens >= context:
         raise UserError(
@@ -207,6 +190,30 @@ def make_executor(ref: ModelRef, opts: RunOptions) -> tuple[Executor, Any]:
     return ex, (ex.weights_id, ex.dtype_label)
 
 
+def load_model(
+    ref: ModelRef,
+    opts: RunOptions,
+    progress: Progress,
+    request_status: Callable[[str], None] | None = None,
+    executor_bundle: tuple[Executor, Any] | None = None,
+    stage: str = "loading model",
+) -> tuple[Executor, ModelIdentity]:
+    """The executor (`executor_bundle`, from `make_executor`, reuses a loaded one) and the model
+    identity that goes into every trial key; `request_status` hears the remote request's state."""
+    progress(stage, 0, 1)
+    executor, (weights_id, dtype_label) = executor_bundle or make_executor(ref, opts)
+    if request_status is not None:
+        executor.on_status = request_status
+    progress(stage, 1, 1)
+    identity = ModelIdentity(
+        repo_id=ref.repo_id,
+        weights_id=weights_id,
+        dtype=dtype_label,
+        tokenizer_sha=tokenizer_fingerprint(executor.tokenizer),
+    )
+    return executor, identity
+
+
 def eos_ids(tokenizer: Any) -> set[int]:
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     vocab = tokenizer.get_vocab()
@@ -256,20 +263,11 @@ def build_generation_batch(
     B = len(trials)
     starts = torch.zeros(B, dtype=torch.long)
     row_layers = torch.full((B,), -1, dtype=torch.long)
-    table: dict[bytes, int] = {}
-    rows_v: list[torch.Tensor] = []
+    table = concept_vectors.VectorTable(vdtype)
     vector_index = torch.zeros(B, dtype=torch.long)
     coefs = torch.zeros(B, 4)
     scale = torch.ones(B)
     raw_starts: list[int] = []
-
-    def index_of(v: torch.Tensor) -> int:
-        v = v.to(vdtype).contiguous()
-        key = v.view(torch.uint8).numpy().tobytes()
-        if key not in table:
-            table[key] = len(rows_v)
-            rows_v.append(v)
-        return table[key]
 
     for i, (t, p) in enumerate(zip(trials, prompts, strict=True)):
         raw = p.span_start(t.span)
@@ -289,10 +287,10 @@ def build_generation_batch(
             v = concept_vectors.random_vector(v, seed=int(t.key[:8], 16))
         if t.strength_mode != "absolute":
             v = v / v.norm().clamp(min=1e-12)
-        vector_index[i] = index_of(v)
+        vector_index[i] = table.index(v)
         coefs[i, _MODE_COLUMN[t.strength_mode]] = t.strength
     if (vector_index < 0).any():  # rows without a vector point at one zero row
-        vector_index[vector_index < 0] = index_of(torch.zeros(hidden))
+        vector_index[vector_index < 0] = table.index(torch.zeros(hidden))
     uniforms = (
         torch.stack([generation_batch.row_uniforms(t.key, g.max_new_tokens) for t in trials])
         if g.do_sample
@@ -303,7 +301,7 @@ def build_generation_batch(
         attention_mask=mask,
         starts=starts,
         row_layers=row_layers,
-        vectors=torch.stack(rows_v),
+        vectors=table.stacked(),
         coefs=coefs,
         scale=scale,
         max_new_tokens=g.max_new_tokens,
@@ -359,12 +357,23 @@ def experiment_id(spec: ExperimentSpec, identity: ModelIdentity) -> str:
 
 
 @dataclass(frozen=True)
-class _Hooks:
+class Hooks:
     """Where a run reports: stage progress, one-line notices, the remote request's state."""
 
     progress: Progress
     notice: Callable[[str], None]
     request_status: Callable[[str], None] | None
+
+    @classmethod
+    def of(
+        cls,
+        progress: Progress | None,
+        notice: Callable[[str], None] | None,
+        request_status: Callable[[str], None] | None = None,
+    ) -> Hooks:
+        """The caller's hooks; where it gives none, progress is dropped and notices are logged."""
+        return cls(progress or (lambda stage, done, total: None), notice or (lambda line: log.info("%s", line)),
+                   request_status)  # fmt: skip
 
 
 def run(
@@ -382,9 +391,7 @@ def run(
     With `spec.dense_grid`: find the crossover on the coarse grid, then run a dense grid (fresh
     seed) bracketing it at each layer, on the same loaded model. Controls come from the coarse
     phase."""
-    hooks = _Hooks(
-        progress or (lambda stage, done, total: None), notice or (lambda line: log.info("%s", line)), request_status
-    )
+    hooks = Hooks.of(progress, notice, request_status)
     if not spec.dense_grid:
         return _run_phase(spec, opts, hooks, executor_bundle)
     ref, _layers = validate(spec, opts)
@@ -418,36 +425,25 @@ run_with_grid = run
 
 
 def _run_phase(
-    spec: ExperimentSpec, opts: RunOptions, hooks: _Hooks, executor_bundle: tuple[Executor, Any] | None
+    spec: ExperimentSpec, opts: RunOptions, hooks: Hooks, executor_bundle: tuple[Executor, Any] | None
 ) -> RunReport:
     """One grid of `run`: validate → plan → vectors → batches → store → grade."""
     progress, notice = hooks.progress, hooks.notice
     ref, layers = validate(spec, opts)
-    progress("loading model", 0, 1)
-    executor, (weights_id, dtype_label) = executor_bundle or make_executor(ref, opts)
-    if hooks.request_status is not None:
-        executor.on_status = hooks.request_status
-    progress("loading model", 1, 1)
+    executor, identity = load_model(ref, opts, progress, hooks.request_status, executor_bundle)
     tok = executor.tokenizer
     rendered = {
         name: render_prompt(tok, PROMPT_SETS[name], spec.double_bos) for name in prompt_sets_used(spec)
     }
-    identity = ModelIdentity(
-        repo_id=ref.repo_id,
-        weights_id=weights_id,
-        dtype=dtype_label,
-        tokenizer_sha=tokenizer_fingerprint(tok),
-    )
-    keyed = generation_for(spec, executor, dtype_label)  # stop ids and vector dtype go into keys
+    keyed = generation_for(spec, executor, identity.dtype)  # stop ids and vector dtype go into keys
     trials = unique_trials(plan_trials(keyed, identity, {k: r.ids_hash for k, r in rendered.items()}, layers))
     check_context(spec, ref, rendered)
     exp_id = experiment_id(spec, identity)
-    store = Store(opts.cache_root)
+    store, check = open_store(opts.cache_root, executor, notice)
     try:
-        statuses = store.statuses(t.key for t in trials)
-        pending = [t for t in trials if statuses.get(t.key) != "done"]
+        pending = not_done(store, trials)
         if pending:
-            preflight(executor, notice)  # a refused preflight registers nothing
+            check()  # a refused preflight registers nothing
         store.register(
             exp_id, spec.name, spec.model_dump_json(), {t.key: t.model_dump_json() for t in trials}
         )
@@ -460,7 +456,7 @@ def _run_phase(
         else:  # every trial done: still verify (and repair) this experiment's vector files
             model_key = keys.model_key(identity.model_dump(mode="json"))
             ensure_vectors(spec, opts, executor, store, model_key, _vector_refs(trials), progress, notice,
-                           before_extract=lambda: preflight(executor, notice))  # fmt: skip
+                           before_extract=check)  # fmt: skip
         store.settle_batches()
         store.prune_claims()
         grade_trials(store, trials, opts.judge, progress, protocol=spec.protocol)
@@ -468,6 +464,23 @@ def _run_phase(
         return report
     finally:
         store.close()
+
+
+def open_store(root: Path, executor: Executor, notice: Callable[[str], None]) -> tuple[Store, Callable[[], None]]:
+    """The store, and `check()`: the executor's preflight, run at most once. A new cache holds
+    nothing, so every trial is pending: the preflight runs before the database is created, and a
+    refused one (no API key, a model not hosted) leaves nothing behind, not even an empty cache."""
+    checked = False
+
+    def check() -> None:
+        nonlocal checked
+        if not checked:
+            preflight(executor, notice)
+            checked = True
+
+    if not Store.exists(root):
+        check()
+    return Store(root), check
 
 
 def preflight(executor: Executor, notice: Callable[[str], None]) -> None:
@@ -545,15 +558,7 @@ def ensure_vectors(
         miss_concepts = sorted({c for _, c in missing})
 
         def extract(ids: torch.Tensor, mask: torch.Tensor, layers: list[int]) -> torch.Tensor:
-            try:
-                return call_with_retries(lambda: executor.extract(ids, mask, layers), opts.retry)
-            except BatchTooLargeError:
-                if ids.shape[0] < 2:
-                    raise
-                h = ids.shape[0] // 2  # too big for the server: halve and concatenate the rows
-                return torch.cat(
-                    [extract(ids[:h], mask[:h], layers), extract(ids[h:], mask[h:], layers)], dim=1
-                )
+            return batch_loop.extract(executor, opts.retry, ids, mask, layers)
 
         vecs = concept_vectors.compute_vectors(extract, tok, spec.recipe, miss_concepts, miss_layers, pad_id)
         store.save_vectors(model_key, spec.recipe.id, canonical_json(spec.recipe.identity()), vecs)
@@ -571,12 +576,13 @@ class _Phase:
     store: Store
     rendered: dict[str, RenderedPrompt]
     report: RunReport
-    hooks: _Hooks
+    hooks: Hooks
 
 
 def _execute(ph: _Phase, identity: ModelIdentity, pending: list[Trial]) -> None:
-    """Preflight, vectors, reattach, then every pending batch with retries and splitting."""
-    spec, opts, executor, store, report = ph.spec, ph.opts, ph.executor, ph.store, ph.report
+    """Vectors, then every pending batch through the shared loop (reattach, claims, retries,
+    splitting, failures recorded)."""
+    spec, opts, ref, executor, store, report = ph.spec, ph.opts, ph.ref, ph.executor, ph.store, ph.report
     progress, notice = ph.hooks.progress, ph.hooks.notice
     tok = executor.tokenizer
     model_key = keys.model_key(identity.model_dump(mode="json"))
@@ -587,165 +593,26 @@ def _execute(ph: _Phase, identity: ModelIdentity, pending: list[Trial]) -> None:
     ensure_vectors(spec, opts, executor, store, model_key, _vector_refs(report.trials), progress, notice)
     vectors = store.load_vectors(model_key, spec.recipe.id, wanted) if wanted else {}
     stop_ids = eos_ids(tok)
-    total = len(pending)
-    done_rows = [0]
-    progress("generating", 0, total)
+    rows = batch_rows(opts, ref, ph.rendered, spec)
 
-    def finish(batch: Batch, gb: GenerationBatch, raw_starts: list[int], out: Any) -> None:
+    def build(batch: Batch[Trial]) -> tuple[GenerationBatch, list[int]]:
+        return build_generation_batch(batch, ph.rendered, vectors, ref.hidden_size, pad_id)
+
+    def decode(batch: Batch[Trial], request: tuple[GenerationBatch, list[int]], out: Any) -> Decoded:
+        gb, raw_starts = request
         results = decode_rows(batch, gb, out.ids, out.diagnostics, raw_starts, tok, stop_ids | set(gb.stop_ids))
-        bad = getattr(out, "nonfinite", None)
-        bad_keys = [t.key for i, t in enumerate(batch.trials) if bad is not None and bool(bad[i])]
-        store.batch_done(
-            batch.id, {k: r for k, r in results.items() if k not in bad_keys}, executor.name, executor.versions()
-        )
-        if bad_keys:  # never done, never graded: failed with the reason (retried on the next run)
-            store.batch_failed(batch.id, bad_keys, NONFINITE_ERROR, "NonFiniteError")
-            report.failed_trials += len(bad_keys)
-            report.nonfinite_trials += len(bad_keys)
-        report.executed_batches += 1
-        done_rows[0] += len(batch.trials)
-        progress("generating", done_rows[0], total)
+        return results, nonfinite_rows(batch.trials, out)  # type: ignore[return-value]
 
-    # Jobs an earlier (killed) run submitted and never collected: reattach, don't resubmit.
-    owner = ClaimOwner.this_process()
-    try:
-        _run_batches(ph, pending, vectors, pad_id, finish, owner, total, done_rows)
-    finally:
-        try:
-            store.release(owner)
-        except UserError:
-            pass
-
-
-def _run_batches(
-    ph: _Phase,
-    pending: list[Trial],
-    vectors: dict[tuple[int, str], torch.Tensor],
-    pad_id: int,
-    finish: Callable[..., None],
-    owner: ClaimOwner,
-    total: int,
-    done_rows: list[int],
-) -> None:
-    """Reattach orphaned jobs, then run every pending batch. Each batch's trials are claimed in
-    SQLite first (`claim_batch`), so concurrent runs on one cache never generate the same trial."""
-    spec, opts, ref, executor, store, rendered, report = (
-        ph.spec, ph.opts, ph.ref, ph.executor, ph.store, ph.rendered, ph.report
-    )
-    progress, notice = ph.hooks.progress, ph.hooks.notice
-    pending_keys = {t.key for t in pending}
-    by_key = {t.key: t for t in pending}
-    handled: set[str] = set()
-    if executor.supports_reattach:
-        for row in store.open_batches():
-            keys = json.loads(row["trial_keys"])
-            if row["backend"] != executor.name or not set(keys) <= pending_keys:
-                continue
-            mine, others, _ = store.claim(keys, owner, opts.claim_lease_s)
-            if others or len(mine) != len(keys):
-                continue  # another live run holds it (or part is done): not ours to collect
-            batch = make_batch([by_key[k] for k in keys])
-            gb, raw_starts = build_generation_batch(batch, rendered, vectors, ref.hidden_size, pad_id)
-            try:
-                out = call_with_retries(lambda jid=row["job_id"]: executor.reattach(jid), opts.retry)
-            except Exception as err:  # noqa: BLE001 - fall back to resubmitting
-                if isinstance(err, UserError):
-                    raise
-                out = None
-            if out is not None:
-                notice(f"reattached job {row['job_id']} ({len(keys)} trials)")
-                finish(batch, gb, raw_starts, out)
-                handled |= set(keys)
-            store.release(owner, keys)
-
-    rows = batch_rows(opts, ref, rendered, spec)
-    queue = plan_batches([t for t in pending if t.key not in handled], rows)
-    deferred: list[Trial] = []
-    while queue or deferred:
-        if not queue:
-            freed = wait_for_claims(store, owner, deferred, opts, progress, total, done_rows)
-            deferred = []
-            queue = plan_batches(freed, rows)
-            continue
-        claimed, waiting = claim_batch(store, owner, queue.pop(0), opts, notice)
-        deferred += waiting
-        if claimed is None:
-            continue
-        batch = claimed
-        try:
-            gb, raw_starts = build_generation_batch(batch, rendered, vectors, ref.hidden_size, pad_id)
-
-            def submitted(job_id: str | None, batch: Batch = batch) -> None:
-                store.batch_submitted(batch.id, batch.keys, batch.seed, executor.name, job_id)
-
-            try:
-                out = call_with_retries(lambda gb=gb, cb=submitted: executor.generate(gb, cb), opts.retry)
-            except UserError:
-                raise
-            except BatchTooLargeError as err:
-                if len(batch.trials) > 1:
-                    half = len(batch.trials) // 2
-                    notice(f"batch of {len(batch.trials)} too large for the server ({err}); splitting")
-                    store.batch_failed(batch.id, [], f"split: {err}", "BatchTooLargeError")
-                    queue[:0] = [make_batch(list(batch.trials[:half])), make_batch(list(batch.trials[half:]))]
-                    continue
-                _record_failure(store, report, batch, err)
-                progress("failed (retried on the next run)", report.failed_trials, total)
-                continue
-            except Exception as err:  # noqa: BLE001 - recorded as failed (never as a negative)
-                _record_failure(store, report, batch, err)
-                progress("failed (retried on the next run)", report.failed_trials, total)
-                continue
-            finish(batch, gb, raw_starts, out)
-        finally:
-            store.release(owner, batch.keys)  # done, failed or split: free for others
-
-
-def claim_batch(
-    store: Store, owner: ClaimOwner, batch: Batch, opts: RunOptions, notice: Callable[[str], None]
-) -> tuple[Batch | None, list[Trial]]:
-    """Claim a batch's trials before running them: (the batch of trials now ours or None, the
-    trials another live run holds, to wait for). Trials that became done meanwhile are dropped."""
-    mine, others, taken = store.claim(batch.keys, owner, opts.claim_lease_s)
-    if taken:
-        notice(f"took over {taken} trial(s) claimed by a run that is no longer alive")
-    held = set(others)
-    waiting = [t for t in batch.trials if t.key in held]
-    ours = set(mine)
-    trials = [t for t in batch.trials if t.key in ours]
-    if not trials:
-        return None, waiting
-    return (batch if len(trials) == len(batch.trials) else make_batch(trials)), waiting
-
-
-def wait_for_claims(
-    store: Store,
-    owner: ClaimOwner,
-    trials: list[Trial],
-    opts: RunOptions,
-    progress: Progress,
-    total: int,
-    done_rows: list[int],
-) -> list[Trial]:
-    """Wait while other live runs hold `trials`; returns those that are free and still not done
-    (the other run failed them, or died: its claims are then taken over at once)."""
-    remaining = list(trials)
-    delay = opts.claim_poll_s
-    while remaining:
-        statuses = store.statuses(t.key for t in remaining)
-        done = [t for t in remaining if statuses.get(t.key) == "done"]
-        if done:
-            done_rows[0] += len(done)
-            progress("generating", done_rows[0], total)
-        remaining = [t for t in remaining if statuses.get(t.key) != "done"]
-        held = store.live_claims_by_others((t.key for t in remaining), owner)
-        free = [t for t in remaining if t.key not in held]
-        if free or not remaining:
-            return free
-        progress("waiting for another run's claimed trials", len(remaining), len(remaining))
-        time.sleep(delay)
-        delay = min(delay * 1.5, 5.0)
-    return []
+    tally = BatchLoop(
+        store, executor, opts, build, lambda request, cb: executor.generate(request[0], cb), decode,
+        lambda trials: plan_batches(trials, rows), executor.reattach, readout=False, progress=progress,
+        notice=notice, stage="generating", failure_stage="failed (retried on the next run)",
+    ).run(pending)  # fmt: skip
+    report.executed_batches += tally.executed_batches
+    report.failed_batches += tally.failed_batches
+    report.failed_trials += tally.failed_trials
+    report.nonfinite_trials += tally.nonfinite_trials
+    report.errors += tally.errors
 
 
 # The presets' row counts are sized for ~350 tokens per row (the Lindsey prompt + 200 new tokens).
@@ -761,15 +628,6 @@ def batch_rows(
         return opts.batch_rows
     tokens = max(len(r.input_ids) for r in rendered.values()) + spec.generation.max_new_tokens
     return max(1, min(ref.batch_rows, ref.batch_rows * _BUDGET_TOKENS // max(tokens, 1)))
-
-
-def _record_failure(store: Store, report: RunReport, batch: Batch, err: BaseException) -> None:
-    report.failed_trials += len(batch.trials)
-    msg = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-    log.error("batch %s failed: %s", batch.id[:12], msg)
-    store.batch_failed(batch.id, batch.keys, msg, type(err).__name__)
-    report.failed_batches += 1
-    report.errors.append(msg)
 
 
 def crossover_by_layer(report: RunReport) -> dict[tuple[int, str | None], Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,27 +22,28 @@ from typing import Any
 import torch
 
 from remote_introspect import keys
-from remote_introspect.errors import BatchTooLargeError, UserError
+from remote_introspect.errors import UserError
 from remote_introspect.execution.backends.base import Executor
+from remote_introspect.execution.batch_loop import BatchLoop, Decoded, nonfinite_rows, not_done
 from remote_introspect.execution.concept_vectors import left_pad
 from remote_introspect.execution.runner import (
-    NONFINITE_ERROR,
+    Hooks,
     RunOptions,
     eos_ids,
-    make_executor,
-    preflight,
+    load_model,
+    open_store,
     vector_dtype_for,
 )
 from remote_introspect.execution.traces import hf_generation
 from remote_introspect.execution.traces.generation_batch import GenerationBatch
+from remote_introspect.execution.validation import check_cache, check_options
 from remote_introspect.experiment import self_prediction as sp
-from remote_introspect.experiment.prompts import encode_rendered, render_chat, tokenizer_fingerprint
+from remote_introspect.experiment.planner import Batch, make_batch
+from remote_introspect.experiment.prompts import encode_rendered, render_chat
 from remote_introspect.experiment.spec import ModelIdentity
 from remote_introspect.models.loading import ModelRef, resolve_model
-from remote_introspect.retry_policy import call_with_retries
-from remote_introspect.store.database import ClaimOwner, Store, check_writable, refuse_empty_database
+from remote_introspect.store.database import Store
 
-log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -74,6 +74,10 @@ class SelfPredictConfig:
 class PlannedTrial:
     trial: sp.SelfPredictTrial
     input_ids: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        return self.trial.key
 
 
 @dataclass
@@ -126,19 +130,8 @@ def validate(config: SelfPredictConfig, opts: RunOptions) -> list[ModelRef]:
     if config.n > longest:
         raise UserError(f"--n {config.n} exceeds the largest task ({longest} prompts)")
     refs = [resolve_model(m) for m in config.models]
-    backend = opts.backend
-    if backend not in (None, "local", "ndif"):
-        raise UserError(f"unknown backend {backend!r}; choose local or ndif")
-    for ref in refs:
-        b = backend or ref.default_backend
-        if b == "local" and ref.preset is not None and ref.preset.backend == "ndif":
-            raise UserError(f"{ref.name} is a remote-only preset (too large for this machine); use --backend ndif")
-    if opts.batch_rows is not None and opts.batch_rows < 1:
-        raise UserError("--batch-size must be at least 1")
-    if opts.dtype is not None and opts.dtype not in _DTYPES:
-        raise UserError(f"unknown dtype {opts.dtype!r}; choose one of fp32, bf16, fp16")
-    check_writable(opts.cache_root)
-    refuse_empty_database(opts.cache_root / "results.sqlite")
+    check_options(opts, refs)
+    check_cache(opts.cache_root)
     return refs
 
 
@@ -194,19 +187,17 @@ def run(
     progress: Progress | None = None,
     notice: Callable[[str], None] | None = None,
 ) -> SelfPredictRun:
-    progress = progress or (lambda stage, done, total: None)
-    notice = notice or (lambda line: log.info("%s", line))
+    hooks = Hooks.of(progress, notice)
+    progress, notice = hooks.progress, hooks.notice
     refs = validate(config, opts)
     items = planned_items(config)
     result = SelfPredictRun(
         config, [], {(t, i["id"]): i for t, chosen in items.items() for i in chosen}, Path(opts.cache_root)
     )
     for ref in refs:
-        progress(f"{ref.name}: loading model", 0, 1)
-        executor, (weights_id, dtype_label) = make_executor(ref, opts)
-        progress(f"{ref.name}: loading model", 1, 1)
+        executor, identity = load_model(ref, opts, progress, stage=f"{ref.name}: loading model")
         try:
-            result.runs.append(_run_model(config, opts, ref, executor, weights_id, dtype_label, items, progress, notice))
+            result.runs.append(_run_model(config, opts, ref, executor, identity, items, progress, notice))
         finally:
             del executor  # one model in memory at a time
             gc.collect()
@@ -218,31 +209,26 @@ def _run_model(
     opts: RunOptions,
     ref: ModelRef,
     executor: Executor,
-    weights_id: str,
-    dtype_label: str,
+    identity: ModelIdentity,
     items: dict[str, list[dict[str, Any]]],
     progress: Progress,
     notice: Callable[[str], None],
 ) -> ModelRun:
     tok = executor.tokenizer
-    identity = ModelIdentity(
-        repo_id=ref.repo_id, weights_id=weights_id, dtype=dtype_label, tokenizer_sha=tokenizer_fingerprint(tok)
-    )
     stop_ids = hf_generation.stop_token_ids(tok, executor.model_eos_ids())
     planned = plan_model(config, ref, tok, identity, stop_ids, items)
     trials = [p.trial for p in planned]
     exp_id = experiment_id(config, ref.name, identity)
     report = ModelRun(ref.name, exp_id, trials)
-    store = Store(opts.cache_root)
+    store, check = open_store(opts.cache_root, executor, notice)
     try:
-        statuses = store.statuses(t.key for t in trials)
-        pending = [p for p in planned if statuses.get(p.trial.key) != "done"]
+        pending = not_done(store, planned)
         if pending:
-            preflight(executor, notice)  # a refused preflight registers nothing
+            check()  # a refused preflight registers nothing
         spec_json = keys.canonical_json({**config.spec(), "model": ref.name})
         store.register(exp_id, f"self-predict {ref.name}", spec_json, {t.key: t.model_dump_json() for t in trials})
         if pending:
-            _execute(opts, ref, executor, store, dtype_label, pending, report, progress, notice)
+            _execute(opts, ref, executor, store, identity.dtype, pending, report, progress, notice)
         store.settle_batches()
         store.prune_claims()
         report.statuses = store.statuses(t.key for t in trials)
@@ -316,99 +302,24 @@ def _execute(
     progress: Progress,
     notice: Callable[[str], None],
 ) -> None:
+    """Every pending trial through the shared batch loop (reattach, claims, retries, splitting)."""
     tok = executor.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     stop_ids = pending[0].trial.stop_ids
     stops = eos_ids(tok) | set(stop_ids)
-    stage = f"{ref.name}: generating"
-    total, done = len(pending), 0
-    progress(stage, 0, total)
-    owner = ClaimOwner.this_process()
+    size = opts.batch_rows or ref.batch_rows
 
-    def finish(rows: list[PlannedTrial], batch_id: str, gb: GenerationBatch, out: Any) -> None:
-        results = decode(rows, gb, out.ids, tok, stops)
-        bad = getattr(out, "nonfinite", None)
-        bad_keys = [r.trial.key for i, r in enumerate(rows) if bad is not None and bool(bad[i])]
-        store.batch_done(batch_id, {k: v for k, v in results.items() if k not in bad_keys}, executor.name,
-                         executor.versions())  # fmt: skip
-        if bad_keys:
-            store.batch_failed(batch_id, bad_keys, NONFINITE_ERROR, "NonFiniteError")
-        report.executed_batches += 1
+    def build(batch: Batch[PlannedTrial]) -> GenerationBatch:
+        return build_batch(list(batch.trials), ref.hidden_size, pad_id, dtype_label, stop_ids)
 
-    by_key = {p.trial.key: p for p in pending}
-    handled: set[str] = set()
-    try:
-        if executor.supports_reattach:  # jobs a killed run submitted and never collected
-            for row in store.open_batches():
-                bkeys = json.loads(row["trial_keys"])
-                if row["backend"] != executor.name or not set(bkeys) <= set(by_key):
-                    continue
-                mine, others, _ = store.claim(bkeys, owner, opts.claim_lease_s)
-                if not others and len(mine) == len(bkeys):
-                    rows = [by_key[k] for k in bkeys]
-                    gb = build_batch(rows, ref.hidden_size, pad_id, dtype_label, stop_ids)
-                    try:
-                        out = call_with_retries(lambda jid=row["job_id"]: executor.reattach(jid), opts.retry)
-                    except UserError:
-                        raise
-                    except Exception:  # noqa: BLE001 - resubmitted below
-                        out = None
-                    if out is not None:
-                        notice(f"reattached job {row['job_id']} ({len(bkeys)} trials)")
-                        finish(rows, row["id"], gb, out)
-                        handled |= set(bkeys)
-                store.release(owner, bkeys)
-        size = opts.batch_rows or ref.batch_rows
-        queue = _batches([p for p in pending if p.trial.key not in handled], size)
-        done = len(handled)
-        while queue:
-            rows = queue.pop(0)
-            mine, others, _ = store.claim([r.trial.key for r in rows], owner, opts.claim_lease_s)
-            if others:
-                notice(f"{len(others)} trial(s) are being run by another process; left to it")
-            ours = set(mine)
-            rows = [r for r in rows if r.trial.key in ours]
-            if not rows:
-                continue
-            bkeys = [r.trial.key for r in rows]
-            batch_id = keys.batch_id(bkeys)
-            try:
-                gb = build_batch(rows, ref.hidden_size, pad_id, dtype_label, stop_ids)
+    def decoded(batch: Batch[PlannedTrial], gb: GenerationBatch, out: Any) -> Decoded:
+        return decode(list(batch.trials), gb, out.ids, tok, stops), nonfinite_rows(batch.trials, out)  # type: ignore[return-value]
 
-                def submitted(job_id: str | None, b: str = batch_id, k: list[str] = bkeys) -> None:
-                    store.batch_submitted(b, k, int(b[:15], 16), executor.name, job_id)
-
-                try:
-                    out = call_with_retries(lambda gb=gb, cb=submitted: executor.generate(gb, cb), opts.retry)
-                except UserError:
-                    raise
-                except BatchTooLargeError as err:
-                    if len(rows) > 1:
-                        notice(f"batch of {len(rows)} too large for the server ({err}); splitting")
-                        store.batch_failed(batch_id, [], f"split: {err}", "BatchTooLargeError")
-                        half = len(rows) // 2
-                        queue[:0] = [rows[:half], rows[half:]]
-                        continue
-                    _failed(store, report, batch_id, bkeys, err)
-                    continue
-                except Exception as err:  # noqa: BLE001 - recorded failed, never scored
-                    _failed(store, report, batch_id, bkeys, err)
-                    continue
-                finish(rows, batch_id, gb, out)
-                done += len(rows)
-                progress(stage, done, total)
-            finally:
-                store.release(owner, bkeys)
-    finally:
-        try:
-            store.release(owner)
-        except UserError:
-            pass
-
-
-def _failed(store: Store, report: ModelRun, batch_id: str, bkeys: list[str], err: BaseException) -> None:
-    msg = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-    log.error("batch %s failed: %s", batch_id[:12], msg)
-    store.batch_failed(batch_id, bkeys, msg, type(err).__name__)
-    report.failed_batches += 1
-    report.errors.append(msg)
+    tally = BatchLoop(
+        store, executor, opts, build, executor.generate, decoded,
+        lambda trials: [make_batch(rows) for rows in _batches(trials, size)], executor.reattach,
+        readout=False, progress=progress, notice=notice, stage=f"{ref.name}: generating",
+    ).run(pending)  # fmt: skip
+    report.executed_batches += tally.executed_batches
+    report.failed_batches += tally.failed_batches
+    report.errors += tally.errors

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import tomllib
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from remote_introspect import keys
 from remote_introspect.errors import UserError
+from remote_introspect.experiment import validators
 from remote_introspect.experiment.prompts import (
     ASSISTANT_ACK,
     CONCEPT_WORDS,
@@ -41,13 +41,11 @@ from remote_introspect.experiment.prompts import (
     render_chat,
 )
 from remote_introspect.experiment.spec import (
-    MAX_CONCEPT_CHARS,
-    MAX_CONCEPTS,
-    MAX_GRID_VALUES,
     MAX_STRENGTH,
     ModelIdentity,
     VectorRecipe,
 )
+from remote_introspect.experiment.validators import Concepts, LayerFractions, Layers, Strengths
 
 Regions = Literal["sentences", "halves"]
 LocCondition = Literal["injected", "prefer", "random"]
@@ -114,59 +112,22 @@ class LocalizationSpec(BaseModel):
     protocol: Literal["localization"] = "localization"
     model: str = "gemma-270m"
     regions: Regions = "sentences"
-    concepts: tuple[str, ...] = tuple(w.lower() for w in CONCEPT_WORDS[:4])
-    strengths: tuple[float, ...] = (4.0, 16.0)
-    layers: tuple[int, ...] | None = None
-    layer_fractions: tuple[float, ...] | None = (0.25,)
+    concepts: Concepts = tuple(w.lower() for w in CONCEPT_WORDS[:4])
+    strengths: Strengths = (4.0, 16.0)
+    layers: Layers = None
+    layer_fractions: LayerFractions = (0.25,)
     trials: int = Field(4, ge=1, le=10_000)
     conditions: tuple[str, ...] = ("prefer",)
     strength_mode: Literal["absolute", "norm-matched", "relative"] = "absolute"
     recipe: VectorRecipe = VectorRecipe()
     seed: int = 0
 
-    @field_validator("concepts")
-    @classmethod
-    def _concepts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        out = tuple(dict.fromkeys(c.strip().lower() for c in v if c.strip()))
-        if not out:
-            raise ValueError("at least one concept is needed")
-        if len(out) > MAX_CONCEPTS:
-            raise ValueError(f"{len(out)} concepts: above the limit of {MAX_CONCEPTS}")
-        for c in out:
-            if len(c) > MAX_CONCEPT_CHARS or any(ord(ch) < 32 for ch in c):
-                raise ValueError(f"concept {c[:40]!r}: at most {MAX_CONCEPT_CHARS} characters, no control characters")
-        return out
-
-    @field_validator("strengths")
-    @classmethod
-    def _strengths(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        out = tuple(dict.fromkeys(float(x) for x in v))
-        if not out or len(out) > MAX_GRID_VALUES:
-            raise ValueError(f"give 1 to {MAX_GRID_VALUES} strengths")
-        for x in out:
-            if math.isnan(x) or math.isinf(x) or x < 0:
-                raise ValueError(f"strengths must be finite and non-negative, got {x!r}")
-        return out
-
-    @field_validator("layer_fractions")
-    @classmethod
-    def _fractions(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if v is None:
-            return v
-        out = tuple(dict.fromkeys(float(x) for x in v))
-        if not out or len(out) > MAX_GRID_VALUES or any(not 0 <= x <= 1 for x in out):
-            raise ValueError("layer fractions must be 1 to 100 numbers in [0, 1]")
-        return out
-
     @field_validator("layers")
     @classmethod
     def _layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if v is None:
-            return v
-        out = tuple(dict.fromkeys(int(x) for x in v))
-        if not out or len(out) > MAX_GRID_VALUES:
-            raise ValueError("give 1 to 100 layers")
-        return out
+        if v == ():  # nothing to read out
+            raise ValueError("the layers list is empty")
+        return v
 
     @field_validator("conditions")
     @classmethod
@@ -211,13 +172,7 @@ class LocalizationSpec(BaseModel):
         return 1.0 / self.n_regions()
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
-        if self.layers is not None:
-            bad = [layer for layer in self.layers if not 0 <= layer < num_layers]
-            if bad:
-                raise ValueError(f"layer {bad[0]} is out of range: the model has layers 0..{num_layers - 1}")
-            return tuple(sorted(self.layers))
-        fractions = self.layer_fractions or (0.25,)
-        return tuple(sorted({min(num_layers - 1, round(f * num_layers)) for f in fractions}))
+        return validators.resolve_layers(self.layers, self.layer_fractions, num_layers, 0.25)
 
 
 @dataclass(frozen=True)
@@ -276,16 +231,25 @@ def prefilled_answers(tokenizer: Any, text: str, answers: tuple[str, ...]) -> tu
     return text[:-1], answer_token_ids(tokenizer, text[:-1], tuple(" " + a for a in answers))
 
 
+def _conversation(
+    tokenizer: Any, setup: str, body: str, prefill: str, answers: tuple[str, ...]
+) -> tuple[str, tuple[int, ...], list[int], list[tuple[int, int]]]:
+    """Setup, the model's acknowledgement, then `body`, with the prefilled answer start: (text,
+    each answer's token id, ids, character offsets of each id)."""
+    messages = [
+        {"role": "user", "content": setup},
+        {"role": "assistant", "content": ASSISTANT_ACK},
+        {"role": "user", "content": body},
+    ]
+    text, candidates = prefilled_answers(tokenizer, render_chat(tokenizer, messages) + prefill, answers)
+    ids, offsets = encode_rendered(tokenizer, text)
+    return text, candidates, ids, offsets
+
+
 def render_sentences(tokenizer: Any, sentence_ids: tuple[int, ...], question: str, prefill: str) -> RenderedLocalization:
     texts = [neutral_text()["sentences"][i] for i in sentence_ids]
     listing = " ".join(f"SENTENCE {k + 1}: {s}" for k, s in enumerate(texts))
-    messages = [
-        {"role": "user", "content": LOCALIZATION_SETUP},
-        {"role": "assistant", "content": ASSISTANT_ACK},
-        {"role": "user", "content": f"{listing}\n{question}"},
-    ]
-    text, candidates = prefilled_answers(tokenizer, render_chat(tokenizer, messages) + prefill, DIGITS)
-    ids, offsets = encode_rendered(tokenizer, text)
+    text, candidates, ids, offsets = _conversation(tokenizer, LOCALIZATION_SETUP, f"{listing}\n{question}", prefill, DIGITS)
     body = text.rindex(listing)
     regions = []
     cursor = body
@@ -302,13 +266,7 @@ def render_halves(tokenizer: Any, question: str, prefill: str, setup: str = POSI
     """The passage prompt; its two halves are equal numbers of the passage's tokens (an odd
     middle token belongs to neither), so both see the same amount of steering."""
     passage = neutral_text()["passage"]
-    messages = [
-        {"role": "user", "content": setup},
-        {"role": "assistant", "content": ASSISTANT_ACK},
-        {"role": "user", "content": f"PASSAGE: {passage}\n{question}"},
-    ]
-    text, candidates = prefilled_answers(tokenizer, render_chat(tokenizer, messages) + prefill, HALVES)
-    ids, offsets = encode_rendered(tokenizer, text)
+    text, candidates, ids, offsets = _conversation(tokenizer, setup, f"PASSAGE: {passage}\n{question}", prefill, HALVES)
     at = text.rindex(passage)
     a, b = _token_span(offsets, at, at + len(passage))
     half = (b - a) // 2

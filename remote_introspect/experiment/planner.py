@@ -9,6 +9,7 @@ own layer), and controls ride in the same batches as injected rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from remote_introspect import keys
 from remote_introspect.experiment.spec import ExperimentSpec, ModelIdentity, Trial
@@ -94,10 +95,20 @@ def prompt_sets_used(spec: ExperimentSpec) -> list[str]:
     return names
 
 
+class Keyed(Protocol):
+    """Anything a batch can hold: every protocol's trial has a key (`keys.trial_key`)."""
+
+    @property
+    def key(self) -> str: ...
+
+
+T = TypeVar("T", bound=Keyed)
+
+
 @dataclass(frozen=True)
-class Batch:
+class Batch(Generic[T]):
     id: str
-    trials: tuple[Trial, ...]
+    trials: tuple[T, ...]
     seed: int
 
     @property
@@ -105,19 +116,19 @@ class Batch:
         return [t.key for t in self.trials]
 
 
-def make_batch(trials: list[Trial]) -> Batch:
+def make_batch(trials: list[T]) -> Batch[T]:
     """A batch's id and sampling seed come from its trial keys: a retried batch is identical."""
     digest = keys.batch_id([t.key for t in trials])
     return Batch(id=digest, trials=tuple(trials), seed=int(digest[:15], 16))
 
 
-def plan_batches(pending: list[Trial], max_rows: int) -> list[Batch]:
+def plan_batches(pending: list[Trial], max_rows: int) -> list[Batch[Trial]]:
     if max_rows < 1:
         raise ValueError("batch size must be at least 1")
     groups: dict[str, list[Trial]] = {}
     for t in pending:
         groups.setdefault(t.prompt_ids_sha, []).append(t)
-    batches: list[Batch] = []
+    batches: list[Batch[Trial]] = []
     for group in groups.values():
         for i in range(0, len(group), max_rows):
             batches.append(make_batch(group[i : i + max_rows]))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from remote_introspect.experiment import validators
 from remote_introspect.experiment.probe_prompts import CONCEPTS
+from remote_introspect.experiment.validators import Concepts, LayerFractions, Layers
 
 STRENGTH_MODES = ("absolute", "norm-matched", "relative")
 # relative: h + s·r·v̂ with r the mean residual norm over the steered span, so one grid suits
@@ -22,9 +22,9 @@ class ProbeReportSpec(BaseModel):
     name: str = "probe-report"
     protocol: str = "probe-report"
     model: str = "gemma-270m"
-    concepts: tuple[str, ...] = CONCEPTS
-    layers: tuple[int, ...] | None = None
-    layer_fractions: tuple[float, ...] | None = None
+    concepts: Concepts = CONCEPTS
+    layers: Layers = None
+    layer_fractions: LayerFractions = None
     strengths: tuple[float, ...] = DEFAULT_STRENGTHS
     strength_mode: str = "relative"
     seed: int = 0  # the held-out split and the bootstrap
@@ -35,36 +35,20 @@ class ProbeReportSpec(BaseModel):
     @field_validator("concepts")
     @classmethod
     def _concepts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        words = tuple(dict.fromkeys(w.strip().lower() for w in v if w.strip()))
-        if not words:
-            raise ValueError("the concept list is empty")
-        bad = [w for w in words if w not in CONCEPTS]
+        bad = [w for w in v if w not in CONCEPTS]
         if bad:
             raise ValueError(f"no probe prompts for {', '.join(bad)}; choose from {', '.join(CONCEPTS)}")
-        return words
+        return v
 
     @field_validator("strengths")
     @classmethod
     def _strengths(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        for x in v:
-            if not isinstance(x, int | float) or math.isnan(x) or math.isinf(x):
-                raise ValueError(f"strengths must be finite numbers, got {x!r}")
-        out = tuple(sorted(set(float(x) for x in v) | {0.0}))
+        out = tuple(sorted(set(validators.finite(v, "strengths", non_negative=False)) | {0.0}))
         if len(out) < 3:
             raise ValueError("give at least two non-zero strengths (0 is always added)")
         if len(out) > 100:
             raise ValueError(f"{len(out)} strengths is more than the limit of 100")
         return out
-
-    @field_validator("layer_fractions")
-    @classmethod
-    def _fractions(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if v is not None:
-            for f in v:
-                if not 0.0 <= f <= 1.0 or math.isnan(f):
-                    raise ValueError(f"layer fractions must be between 0 and 1, got {f}")
-            v = tuple(dict.fromkeys(v))
-        return v
 
     @model_validator(mode="after")
     def _check(self) -> ProbeReportSpec:
@@ -81,12 +65,4 @@ class ProbeReportSpec(BaseModel):
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
         """Absolute decoder layers; default: half of depth."""
-        if self.layers is not None:
-            bad = [x for x in self.layers if not 0 <= x < num_layers]
-            if bad:
-                raise ValueError(
-                    f"layer {bad[0]} is out of range: the model has {num_layers} layers (0-{num_layers - 1})"
-                )
-            return tuple(sorted(set(self.layers)))
-        fractions = self.layer_fractions or (0.5,)
-        return tuple(sorted({min(num_layers - 1, round(f * num_layers)) for f in fractions}))
+        return validators.resolve_layers(self.layers, self.layer_fractions, num_layers, 0.5)

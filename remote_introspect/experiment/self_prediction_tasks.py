@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,30 +66,25 @@ CHOICE_FRAMES = (
 CHOICE_SUFFIX = " Answer with one of the two options."
 
 
-def _animals(rng: random.Random) -> list[dict[str, Any]]:
+def _sequences(rng: random.Random, draw: Callable[[random.Random], list[str]], what: str) -> list[dict[str, Any]]:
+    """N_PER_TASK distinct sequences, each `draw(rng)` joined, each to be continued by one `what`."""
     seen: set[str] = set()
     out = []
     while len(out) < N_PER_TASK:
-        seq = rng.sample(ANIMALS, 4)
-        text = ", ".join(seq)
+        text = ", ".join(draw(rng))
         if text in seen:
             continue
         seen.add(text)
-        out.append({"prompt": f"Continue this sequence with one more animal: {text},"})
+        out.append({"prompt": f"Continue this sequence {what}: {text},"})
     return out
+
+
+def _animals(rng: random.Random) -> list[dict[str, Any]]:
+    return _sequences(rng, lambda r: r.sample(ANIMALS, 4), "with one more animal")
 
 
 def _countries(rng: random.Random) -> list[dict[str, Any]]:
-    seen: set[str] = set()
-    out = []
-    while len(out) < N_PER_TASK:
-        seq = rng.sample(COUNTRIES, 4)
-        text = ", ".join(seq)
-        if text in seen:
-            continue
-        seen.add(text)
-        out.append({"prompt": f"Continue this sequence with one more country: {text},"})
-    return out
+    return _sequences(rng, lambda r: r.sample(COUNTRIES, 4), "with one more country")
 
 
 def _sentences(rng: random.Random) -> list[dict[str, Any]]:
@@ -111,16 +107,7 @@ def _choices(rng: random.Random) -> list[dict[str, Any]]:
 
 
 def _numbers(rng: random.Random) -> list[dict[str, Any]]:
-    seen: set[str] = set()
-    out = []
-    while len(out) < N_PER_TASK:
-        seq = [rng.randint(0, 99) for _ in range(5)]
-        text = ", ".join(str(x) for x in seq)
-        if text in seen:
-            continue
-        seen.add(text)
-        out.append({"prompt": f"Continue this sequence of numbers with one more number: {text},"})
-    return out
+    return _sequences(rng, lambda r: [str(r.randint(0, 99)) for _ in range(5)], "of numbers with one more number")
 
 
 GENERATORS = {

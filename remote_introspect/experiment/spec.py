@@ -8,13 +8,12 @@ Transport settings (backend, host, timeouts, retries, batch size) are deliberate
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from remote_introspect import keys
+from remote_introspect.experiment import validators
 from remote_introspect.experiment.prompts import (
     BASELINE_WORDS,
     CONCEPT_WORDS,
@@ -22,7 +21,18 @@ from remote_introspect.experiment.prompts import (
     SPAN_MODES,
     VECTOR_PROMPT_TEMPLATE,
 )
+from remote_introspect.experiment.validators import (
+    MAX_CONCEPT_CHARS,
+    MAX_CONCEPTS,
+    MAX_GRID_VALUES,
+    Concepts,
+    LayerFractions,
+    Layers,
+    Strengths,
+)
 from remote_introspect.keys import canonical_json, sha256_hex
+
+__all__ = ["MAX_CONCEPT_CHARS", "MAX_CONCEPTS", "MAX_GRID_VALUES"]  # re-exported: specs import them from here
 
 StrengthMode = Literal["absolute", "norm-matched", "mlp-norm-matched", "relative"]
 # concept: the injected concept on the experiment's prompt; control: no injection; random: a
@@ -40,10 +50,8 @@ CellKey = Literal["pooled", "concept"]
 VectorPosition = Literal["end-of-prompt", "end-of-user"]
 
 
-# Input bounds (README "Reliability"): anything past them is refused before any work or write.
-MAX_CONCEPT_CHARS = 100
-MAX_CONCEPTS = 500
-MAX_GRID_VALUES = 100  # strengths, scale factors, layers, layer fractions
+# Input bounds (README "Reliability"; the concept and grid bounds are in `validators`): anything
+# past them is refused before any work or write.
 MAX_TEMPERATURE = 100.0
 # |strength| per strength mode: absolute h + s·v (v a raw concept vector); the other modes scale
 # a unit direction by s times a norm of the model's own activations, so 1e3 is already 1000×.
@@ -105,23 +113,6 @@ class VectorRecipe(BaseModel):
         return keys.recipe_id(self.identity())
 
 
-def _finite_nonneg(values: list[float], what: str) -> list[float]:
-    for v in values:
-        if not isinstance(v, int | float) or math.isnan(v) or math.isinf(v):
-            raise ValueError(f"{what} must be finite numbers, got {v!r}")
-        if v < 0:
-            raise ValueError(f"{what} must be non-negative, got {v!r}")
-    return values
-
-
-def _grid(values: Iterable[Any], what: str) -> tuple[Any, ...]:
-    """A grid axis with duplicates dropped (a value runs once), within MAX_GRID_VALUES."""
-    v = tuple(dict.fromkeys(values))
-    if len(v) > MAX_GRID_VALUES:
-        raise ValueError(f"{len(v)} {what} is more than the limit of {MAX_GRID_VALUES}")
-    return v
-
-
 class ConfirmatoryCell(BaseModel):
     """The one cell an experiment file names in advance for its confirmatory test."""
 
@@ -144,10 +135,10 @@ class ExperimentSpec(BaseModel):
     name: str = "lindsey"
     protocol: str = "lindsey"
     model: str = "gemma-270m"
-    concepts: tuple[str, ...] = Field(CONCEPT_WORDS[:5], validate_default=True)
-    strengths: tuple[float, ...] = (2.0, 8.0)
-    layers: tuple[int, ...] | None = None
-    layer_fractions: tuple[float, ...] | None = None
+    concepts: Concepts = Field(CONCEPT_WORDS[:5], validate_default=True)
+    strengths: Strengths = (2.0, 8.0)
+    layers: Layers = None
+    layer_fractions: LayerFractions = None
     samples: int = Field(2, ge=1, le=10_000)
     controls: int = Field(4, ge=0, le=100_000)  # per prompt set
     seed: int = 0
@@ -183,50 +174,13 @@ class ExperimentSpec(BaseModel):
                 data = {**data, "recipe": {**recipe, "double_bos": bool(data.get("double_bos", False))}}
         return data
 
-    @field_validator("concepts")
+    @field_validator("scale_factors")
     @classmethod
-    def _concepts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        # Lowercase (Lindsey writes the word in lowercase; the judge gets it so): "Dust" and
-        # "dust" are one concept, one vector, one set of trials (duplicates run once).
-        words = tuple(dict.fromkeys(w.strip().lower() for w in v if w.strip()))
-        if not words:
-            raise ValueError("the concept list is empty")
-        if len(words) > MAX_CONCEPTS:
-            raise ValueError(f"{len(words)} concepts is more than the limit of {MAX_CONCEPTS} per experiment")
-        for w in words:
-            if len(w) > MAX_CONCEPT_CHARS:
-                raise ValueError(
-                    f"concept {w[:20]!r}… is {len(w):,} characters long; the limit is {MAX_CONCEPT_CHARS}"
-                )
-            if any(not ch.isprintable() for ch in w):
-                raise ValueError(f"concept {w!r} contains a control character")
-        return words
-
-    @field_validator("strengths", "scale_factors")
-    @classmethod
-    def _strengths(cls, v: tuple[float, ...], info) -> tuple[float, ...]:  # type: ignore[no-untyped-def]
-        what = info.field_name.replace("_", " ")
-        if not v:
-            raise ValueError(f"the {what} list is empty")
-        v = _grid((float(x) for x in _finite_nonneg(list(v), what)), what)
-        if info.field_name == "scale_factors" and max(v) > MAX_SCALE_FACTOR:
+    def _scale_factors(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        v = validators.strength_grid(v, "scale factors")
+        if max(v) > MAX_SCALE_FACTOR:
             raise ValueError(f"scale factor {max(v):g} is above the limit of {MAX_SCALE_FACTOR:g}")
         return v
-
-    @field_validator("layer_fractions")
-    @classmethod
-    def _fractions(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if v is not None:
-            _finite_nonneg(list(v), "layer fractions")
-            if any(f > 1 for f in v) or not v:
-                raise ValueError("layer fractions must be in [0, 1]")
-            v = _grid(v, "layer fractions")
-        return v
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        return None if v is None else _grid(v, "layers")
 
     @field_validator("prompt_sets")
     @classmethod
@@ -287,13 +241,7 @@ class ExperimentSpec(BaseModel):
 
     def resolve_layers(self, num_layers: int) -> tuple[int, ...]:
         """Absolute decoder-layer indices; default: Lindsey's ~2/3 of depth."""
-        if self.layers is not None:
-            bad = [layer for layer in self.layers if not 0 <= layer < num_layers]
-            if bad:
-                raise ValueError(f"layer {bad[0]} is out of range: the model has layers 0..{num_layers - 1}")
-            return tuple(sorted(set(self.layers)))
-        fractions = self.layer_fractions or (2 / 3,)
-        return tuple(sorted({min(num_layers - 1, round(f * num_layers)) for f in fractions}))
+        return validators.resolve_layers(self.layers, self.layer_fractions, num_layers, 2 / 3)
 
 
 class ModelIdentity(BaseModel):

@@ -41,6 +41,7 @@ class LadderRow:
     n: int
     rates: dict[str, RateCI]  # COLUMNS → rate
     regraded: int = 0
+    injected_norm: float | None = None  # mean injected norm at the injection start (diagnostics)
 
 
 def _k(df: pl.DataFrame, expr: pl.Expr) -> int:
@@ -59,7 +60,11 @@ def ladder_row(index: int, knob: str | None, rows: ExperimentRows) -> LadderRow:
         "control FP": rate_ci(_k(ctl, pl.col("affirmative")), ctl.height),
     }
     strengths = ",".join(f"{s:g}" for s in (rows.exp.spec or {}).get("strengths", []))
-    return LadderRow(index, knob, rows.exp, strengths, n, rates, rows.regraded)
+    # A rung that changes no strength semantics can still move the injected norm (the BOS rung
+    # re-extracts its vectors): the column makes such a drift visible.
+    norms = inj["diag_injected_norm"].drop_nulls() if "diag_injected_norm" in inj.columns else None
+    norm = float(norms.mean()) if norms is not None and norms.len() else None  # type: ignore[arg-type]
+    return LadderRow(index, knob, rows.exp, strengths, n, rates, rows.regraded, norm)
 
 
 def ladder_rows(
@@ -77,6 +82,7 @@ def table_rows(rows: list[LadderRow]) -> list[dict[str, str]]:
             "knob changed": r.knob or "— (from)",
             "strengths": r.strengths,
             "n": str(r.n),
+            "mean ‖injected‖": "—" if r.injected_norm is None else f"{r.injected_norm:.4g}",
             **{c: r.rates[c].format() for c in COLUMNS},
         }
         for r in rows

@@ -50,6 +50,7 @@ class LocalizationResults:
     not_done: int = 0
     excluded: int = 0
     conditions: list[str] = field(default_factory=list)
+    ties: int = 0  # usable rows whose top log-probability is shared by several answers
 
 
 def p_above_chance(k: int, n: int, chance: float) -> float | None:
@@ -72,10 +73,11 @@ def localization_rows(df: pl.DataFrame) -> list[dict[str, Any]]:
         readout = None
         if r["usable"] and r.get("readout_json"):
             readout = json.loads(r["readout_json"])
-        pred = None
+        pred, tie = None, False
         if readout is not None:
             logp = readout["logprobs"]
             pred = max(range(len(logp)), key=lambda j: logp[j]) + 1
+            tie = sum(x == logp[pred - 1] for x in logp) > 1  # the argmax took the first of them
         out.append(
             {
                 "key": r["key"],
@@ -89,6 +91,7 @@ def localization_rows(df: pl.DataFrame) -> list[dict[str, Any]]:
                 "target": int(trial["target"]),
                 "n_regions": len(trial["candidates"]),
                 "prediction": pred,
+                "tie": tie,
             }
         )
     return out
@@ -131,6 +134,7 @@ def summarize(df: pl.DataFrame) -> list[LocalizationResults]:
                 not_done=len(mine) - st["done"] - st["failed"],
                 excluded=sum(1 for r in mine if r["status"] == "done" and not r["usable"]),
                 conditions=conditions,
+                ties=sum(1 for r in usable if r["tie"]),
             )
         )
     return out
@@ -155,6 +159,11 @@ def format_results(res: LocalizationResults) -> list[str]:
         "accuracy = argmax over the answer tokens equals the steered region; exact 95% CI; "
         "p = exact one-sided binomial test against chance",
     ]
+    if res.ties:  # bf16 logits can tie exactly; such a row is scored as the first tied answer
+        lines.append(
+            f"ties: {res.ties} of {res.usable} usable rows have several answers at the top log-probability "
+            "(scored as the lowest-numbered of them: a pile-up there is ties, not a preference)"
+        )
     header = f"{'layer':>5} {'strength':>8}  {'accuracy (where)':<30} {'p':>7}"
     extra = [c for c in res.conditions if c != "injected"]
     for c in extra:
@@ -270,7 +279,7 @@ def localization_json(df: pl.DataFrame) -> list[dict[str, Any]]:
         out.append(
             {
                 "regions": res.regions, "chance": res.chance, "planned": res.planned, "usable": res.usable,
-                "failed": res.failed, "not_run": res.not_done, "excluded": res.excluded, "cells": cells,
+                "failed": res.failed, "not_run": res.not_done, "excluded": res.excluded, "ties": res.ties, "cells": cells,
                 "confusion": res.confusion, "lines": format_results(res),
             }
         )  # fmt: skip

@@ -227,6 +227,11 @@ def _create_database(db_path: Path) -> None:
 class Store:
     """One cache root: `<root>/results.sqlite` and `<root>/vectors/*.safetensors`."""
 
+    @staticmethod
+    def exists(root: Path) -> bool:
+        """Whether `root` already holds a results database (a new cache: every trial is pending)."""
+        return (Path(root) / "results.sqlite").exists()
+
     def __init__(self, root: Path, *, create: bool = True) -> None:
         self.root = Path(root)
         self.db_path = self.root / "results.sqlite"

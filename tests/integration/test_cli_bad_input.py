@@ -67,3 +67,35 @@ def test_verbose_flag_is_refused(tmp_path: Path) -> None:
     """nnsight turns on debug mode for -v/--verbose in argv; we refuse it with a clear line."""
     res = _run(["--model", "tiny", "-v"], tmp_path)
     assert res.returncode == 2 and "verbose" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_localization import build_model_dir  # a tokenizer whose answers are one token each
+
+    return build_model_dir(tmp_path_factory.mktemp("models"), num_layers=2)[0]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["replicate-lindsey", "--model", "{model}", "--layers", "1", "--samples", "1", "--controls", "1"],
+        ["localize", "--model", "{model}", "--layers", "1", "--trials", "1"],
+        ["probe-report", "--model", "{model}", "--layers", "1"],
+        ["self-predict", "--models", "{model}", "--n", "2"],
+    ],
+    ids=["run", "localize", "probe-report", "self-predict"],
+)
+def test_missing_ndif_key_one_line_and_no_cache_written(command, tmp_path, monkeypatch, tiny_model_dir) -> None:
+    """A remote run without NDIF_API_KEY stops at the preflight, before the cache database exists:
+    nothing is written, not even an empty results.sqlite."""
+    from helpers import invoke
+
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    cache = tmp_path / "cache"
+    args = [a.replace("{model}", str(tiny_model_dir)) for a in command]
+    code, out, err = invoke(*args, "--backend", "ndif", "--ndif-host", "http://127.0.0.1:9", "--cache", cache)
+    assert code != 0
+    errors = [line for line in err.splitlines() if "error" in line.lower()]  # (the rest: progress)
+    assert len(errors) == 1 and errors[0].startswith("error: NDIF_API_KEY is not set"), err
+    assert not (cache / "results.sqlite").exists(), sorted(p.name for p in cache.rglob("*"))

@@ -48,8 +48,9 @@ def test_every_rung_runs_one_row_each(ran) -> None:
     assert [r.split()[0] for r in rows] == [str(i) for i in range(8)]
     assert [r.split()[1] for r in rows[1:]] == order
     for r in rows:
-        n = r.split()[4 if r.split()[1] == "—" else 3]
-        assert n == "12"  # 2 concepts × 3 strengths × 2 samples
+        at = 4 if r.split()[1] == "—" else 3
+        assert r.split()[at] == "12"  # 2 concepts × 3 strengths × 2 samples
+        assert float(r.split()[at + 1]) > 0  # the rung's mean injected norm at the injection start
         # affirmative ∧ identifies, Lindsey success, strict (k/12) and control FP (k/2), each with a CI
         assert len(re.findall(r"\d+/12 \d+\.\d% \[\d+\.\d%, \d+\.\d%\]", r)) == 3
         assert len(re.findall(r"\d+/2 \d+\.\d% \[\d+\.\d%, \d+\.\d%\]", r)) == 1

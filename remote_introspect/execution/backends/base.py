@@ -58,6 +58,10 @@ class Executor(Protocol):
         """The result of a job submitted by an earlier run, or None when it is gone."""
         ...
 
+    def reattach_readout(self, job_id: str) -> ReadoutOutput | None:
+        """`reattach` for a readout job (`readout`)."""
+        ...
+
     def model_eos_ids(self) -> list[int]:
         """The model's own end-of-sequence ids (from its generation config)."""
         ...

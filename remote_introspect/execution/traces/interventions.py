@@ -95,6 +95,28 @@ def start_diagnostics(
     return torch.where(rows.to(dev).unsqueeze(1), diag, nan)
 
 
+def steer_rows(
+    h: torch.Tensor,
+    mask: torch.Tensor,
+    rows: torch.Tensor,
+    vector_index: torch.Tensor,
+    vectors: torch.Tensor,
+    coefs: torch.Tensor,
+    scale: torch.Tensor,
+    rel: torch.Tensor,
+    mlp_out: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`steer` on `mask` for the `rows` [B] (bool) that chose this layer; the others pass through
+    unchanged. Returns (new h, [B] non-finite flag of the steered span). Every tensor but `vectors`
+    is already on h's device."""
+    sel_coefs = coefs * rows.unsqueeze(1).to(coefs.dtype)
+    sel_scale = torch.where(rows, scale, torch.ones_like(scale))
+    row_vectors = vectors.to(h.device).index_select(0, vector_index)
+    new = steer(h, mask, row_vectors, sel_coefs, sel_scale, rel, mlp_out)
+    in_span = new.float().masked_fill(mask.bool().logical_not(), 0.0)
+    return new, rows & torch.isfinite(in_span).flatten(1).all(dim=1).logical_not()
+
+
 def steer_layer(
     h: torch.Tensor,
     mlp_out: torch.Tensor | None,
@@ -119,15 +141,10 @@ def steer_layer(
         t.to(dev) for t in (starts, row_layers, vector_index, coefs, scale, rel)
     )
     rows = row_layers == layer
-    sel_coefs = coefs * rows.unsqueeze(1).to(coefs.dtype)
-    sel_scale = torch.where(rows, scale, torch.ones_like(scale))
-    row_vectors = vectors.to(dev).index_select(0, vector_index)
     mask = span_mask(h.shape[1], starts, prefill, h.dtype)
     if prefill:
         rel = torch.where(rows, prompt_span_norm(h, starts), rel)
-    new = steer(h, mask, row_vectors, sel_coefs, sel_scale, rel, mlp_out)
-    in_span = new.float().masked_fill(mask.bool().logical_not(), 0.0)
-    bad = rows & torch.isfinite(in_span).flatten(1).all(dim=1).logical_not()
+    new, bad = steer_rows(h, mask, rows, vector_index, vectors, coefs, scale, rel, mlp_out)
     diag = start_diagnostics(h, new, starts, rows) if prefill else None
     return new, rel, diag, bad
 
@@ -233,16 +250,8 @@ def steer_range(
     starts, ends, row_layers, vector_index, coefs, scale = (
         t.to(dev) for t in (starts, ends, row_layers, vector_index, coefs, scale)
     )
-    rows = row_layers == layer
-    sel_coefs = coefs * rows.unsqueeze(1).to(coefs.dtype)
-    sel_scale = torch.where(rows, scale, torch.ones_like(scale))
-    row_vectors = vectors.to(dev).index_select(0, vector_index)
     mask = range_mask(h.shape[1], starts, ends, h.dtype)
-    rel = range_norm(h, mask)
-    new = steer(h, mask, row_vectors, sel_coefs, sel_scale, rel, mlp_out)
-    in_span = new.float().masked_fill(mask.bool().logical_not(), 0.0)
-    bad = rows & torch.isfinite(in_span).flatten(1).all(dim=1).logical_not()
-    return new, bad
+    return steer_rows(h, mask, row_layers == layer, vector_index, vectors, coefs, scale, range_norm(h, mask), mlp_out)
 
 
 def probe_project(
