@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +44,15 @@ class LocalizationResults:
     n_regions: int
     cells: list[Cell]
     confusion: dict[str, list[list[int]]]  # condition -> [steered region][predicted region]
-    planned: int = 0
-    usable: int = 0
-    failed: int = 0
-    not_done: int = 0
-    excluded: int = 0
-    conditions: list[str] = field(default_factory=list)
-    ties: int = 0  # usable rows whose top log-probability is shared by several answers
+    # Row counts, all required: `summarize` derives every one from the rows, and a count left at
+    # a default would read as "none failed" rather than as a bug.
+    planned: int
+    usable: int
+    failed: int
+    not_done: int
+    excluded: int
+    conditions: list[str]
+    ties: int  # usable rows whose top log-probability is shared by several answers
 
 
 def p_above_chance(k: int, n: int, chance: float) -> float | None:
