@@ -61,7 +61,7 @@ def _run_spec(spec: ExperimentSpec, opts: RunOptions) -> None:
 
     checked(runner.validate, spec, opts)  # reject bad input before any display or write
     with run_display(opts.cache_root) as hooks:
-        report = runner.run_with_grid(spec, opts, hooks.progress, hooks.notice, hooks.request_status)
+        report = runner.run_with_grid(spec, opts, hooks)
     render_summary(report, out)
     excluded = len(report.excluded)
     finish(

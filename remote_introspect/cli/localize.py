@@ -77,7 +77,7 @@ def _run(spec: Any, opts: RunOptions) -> None:
 
     checked(loc.validate, spec, opts)  # reject bad input before any display or write
     with run_display(opts.cache_root) as hooks:
-        report = loc.run_localization(spec, opts, hooks.progress, hooks.notice, hooks.request_status)
+        report = loc.run_localization(spec, opts, hooks)
     conn = open_readonly(opts.cache_root)
     try:
         frame = load_frame(conn, keys=report.keys)

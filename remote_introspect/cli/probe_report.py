@@ -55,7 +55,7 @@ def probe_report(
 
     spec = checked(build)
     with run_display(opts.cache_root) as hooks:
-        result = run_probe_report(spec, opts, hooks.progress, hooks.notice, hooks.request_status)
+        result = run_probe_report(spec, opts, hooks)
     render_probe_report(
         result.rows, result.model_label, result.instruct, spec.strengths, spec.strength_mode, out
     )

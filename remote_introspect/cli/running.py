@@ -4,7 +4,7 @@ with the exit code the run's outcome calls for.
 
     checked(runner.validate, spec, opts)
     with run_display(opts.cache_root) as hooks:
-        report = runner.run(spec, opts, hooks.progress, hooks.notice, hooks.request_status)
+        report = runner.run(spec, opts, hooks)
     ...print the results...
     finish(nonfinite=..., integrity=..., complete=..., errors=...)
 """
@@ -15,15 +15,17 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 
 from remote_introspect.cli.app import _fail, _validation_message, err, progress_bar
 from remote_introspect.errors import UserError
+
+if TYPE_CHECKING:  # the CLI imports torch and the runner only once a command runs
+    from remote_introspect.execution.runner import Hooks
 
 T = TypeVar("T")
 
@@ -54,17 +56,8 @@ def checked(fn: Callable[..., T], *args: Any) -> T:
     raise AssertionError("unreachable: _fail exits")  # pragma: no cover
 
 
-@dataclass(frozen=True)
-class RunHooks:
-    """Where a run reports: stage progress, one-line notices, the remote request's state."""
-
-    progress: Callable[[str, int, int], None]
-    notice: Callable[[str], None]
-    request_status: Callable[[str], None]
-
-
 @contextmanager
-def run_display(cache_root: Path) -> Iterator[RunHooks]:
+def run_display(cache_root: Path) -> Iterator[Hooks]:
     """A progress bar per stage on stderr (and one for the remote request in flight) while the
     block runs; errors raised in it end the command with one line (`one_line_errors`)."""
     with progress_bar("{task.description}", transient=False) as bar:
@@ -84,7 +77,9 @@ def run_display(cache_root: Path) -> Iterator[RunHooks]:
             bar.console.print(line, highlight=False, markup=False)
 
         with one_line_errors(cache_root):
-            yield RunHooks(progress, notice, request_status)
+            from remote_introspect.execution.runner import Hooks
+
+            yield Hooks(progress, notice, request_status)
 
 
 _RETRY = "some trials failed or did not run; re-run the same command to retry them."

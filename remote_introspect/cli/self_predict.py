@@ -59,7 +59,9 @@ def self_predict(
 
     with one_line_errors(opts.cache_root):
         run_sp.validate(config, opts)
-        result = run_sp.run(config, opts, progress, notice)
+        from remote_introspect.execution.runner import Hooks
+
+        result = run_sp.run(config, opts, Hooks.of(progress, notice))
         conn = open_readonly(opts.cache_root)
         try:
             answers = rep.load_answers(conn, [(r.entry, [t.key for t in r.trials]) for r in result.runs])

@@ -239,7 +239,7 @@ def run_ladder(
     for rung in ladder.rungs:
         spec, line = rung.spec, ""
         if rung.calibrate and previous is not None:
-            probe = runner.run(probe_spec(spec), opts, progress, notice, request_status, bundle)
+            probe = runner.run(probe_spec(spec), opts, runner.Hooks.of(progress, notice, request_status), bundle)
             if not probe.complete:
                 out.runs.append(RungRun(rung, spec, probe))
                 return out
@@ -251,7 +251,7 @@ def run_ladder(
             notice(f"rung {rung.index} ({rung.knob}): {line}")
         elif previous is not None:  # the knob keeps strength semantics: the previous rung's strengths
             spec = spec.model_copy(update={"strengths": previous.spec.strengths})
-        report = runner.run(spec, opts, progress, notice, request_status, bundle)
+        report = runner.run(spec, opts, runner.Hooks.of(progress, notice, request_status), bundle)
         out.runs.append(RungRun(rung, spec, report, line))
         if not report.complete:
             return out

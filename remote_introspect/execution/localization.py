@@ -50,12 +50,7 @@ Progress = Callable[[str, int, int], None]
 
 
 @dataclass
-class LocalizationReport:
-    experiment_id: str
-    spec: LocalizationSpec
-    layers: tuple[int, ...]
-    trials: list[LocalizationTrial]
-    statuses: dict[str, str]
+class LocalizationReport(runner.ExperimentRun[LocalizationSpec, LocalizationTrial]):
     model_label: str
     instruct: bool
     cache_root: Path
@@ -67,10 +62,6 @@ class LocalizationReport:
     @property
     def keys(self) -> list[str]:
         return [t.key for t in self.trials]
-
-    @property
-    def complete(self) -> bool:
-        return all(self.statuses.get(k) == "done" for k in self.keys)
 
 
 def validate(spec: LocalizationSpec, opts: RunOptions) -> tuple[ModelRef, tuple[int, ...]]:
@@ -178,15 +169,10 @@ def decode_readout(
 
 
 def run_localization(
-    spec: LocalizationSpec,
-    opts: RunOptions,
-    progress: Progress | None = None,
-    notice: Callable[[str], None] | None = None,
-    request_status: Callable[[str], None] | None = None,
-    executor_bundle: tuple[Executor, Any] | None = None,
+    spec: LocalizationSpec, opts: RunOptions, hooks: runner.Hooks | None = None, executor_bundle: Any = None
 ) -> LocalizationReport:
-    hooks = runner.Hooks.of(progress, notice)
-    progress, notice = hooks.progress, hooks.notice
+    hooks = hooks or runner.Hooks.of()
+    progress, notice, request_status = hooks.progress, hooks.notice, hooks.request_status
     ref, layers = validate(spec, opts)
     vspec = vector_spec(spec)
     executor, identity = runner.load_model(ref, opts, progress, request_status, executor_bundle)

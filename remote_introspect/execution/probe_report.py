@@ -49,7 +49,7 @@ from remote_introspect.experiment.probe_spec import ProbeReportSpec
 from remote_introspect.experiment.spec import ModelIdentity
 from remote_introspect.keys import canonical_json
 from remote_introspect.models.loading import ModelRef
-from remote_introspect.stats.coupling import Coupling, coupling, fit_probe, report_from_logprobs
+from remote_introspect.stats.coupling import Coupling, couplings, fit_probe, report_from_logprobs
 from remote_introspect.store.database import Store
 
 TRIAL_VERSION = 1
@@ -258,15 +258,9 @@ def _finite(x: float) -> bool:
     return x == x and abs(x) != float("inf")
 
 
-def run_probe_report(
-    spec: ProbeReportSpec,
-    opts: RunOptions,
-    progress: Progress | None = None,
-    notice: Callable[[str], None] | None = None,
-    request_status: Callable[[str], None] | None = None,
-) -> ProbeReportResult:
-    hooks = runner.Hooks.of(progress, notice)
-    progress, notice = hooks.progress, hooks.notice
+def run_probe_report(spec: ProbeReportSpec, opts: RunOptions, hooks: runner.Hooks | None = None) -> ProbeReportResult:
+    hooks = hooks or runner.Hooks.of()
+    progress, notice, request_status = hooks.progress, hooks.notice, hooks.request_status
     ref, layers = validate(spec, opts)
     executor, identity = runner.load_model(ref, opts, progress, request_status)
     tok = executor.tokenizer
@@ -384,37 +378,7 @@ def read_results(result: ProbeReportResult, cache_root: Path, trial_keys: list[s
     result.excluded = [p.line() for p in frame.problems]
     ok = df.filter(pl.col("usable") & pl.col("readout_json").is_not_null())
     result.done = ok.height
-    groups: dict[tuple[int, str], list[tuple[float, float, float, int, int, float]]] = {}
-    for tj, rj in ok.select("trial_json", "readout_json").iter_rows():
-        t, r = json.loads(tj), json.loads(rj)
-        groups.setdefault((int(t["layer"]), str(t["concept"])), []).append(
-            (
-                r["probe_readout"],
-                r["report"],
-                float(t["strength"]),
-                int(t["sample"]),
-                int(t["pole"]),
-                r["digit_mass"],
-            )
-        )
+    # The same function `audit` and `report` read the cache back with: one analysis path.
+    pairs = [(json.loads(tj), json.loads(rj)) for tj, rj in ok.select("trial_json", "readout_json").iter_rows()]
     spec = result.spec
-    for layer in result.layers:
-        for concept in spec.concepts:
-            g = groups.get((layer, concept), [])
-            if len(g) < 3:
-                continue
-            cols = list(zip(*g, strict=True))
-            result.rows.append(
-                coupling(
-                    concept,
-                    layer,
-                    cols[0],
-                    cols[1],
-                    cols[2],
-                    cols[3],
-                    cols[4],
-                    cols[5],
-                    n_boot=spec.bootstrap,
-                    seed=spec.seed,
-                )  # fmt: skip
-            )
+    result.rows.extend(couplings(pairs, result.layers, spec.concepts, n_boot=spec.bootstrap, seed=spec.seed))

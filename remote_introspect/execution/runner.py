@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -76,13 +76,28 @@ class RunOptions:
     claim_poll_s: float = 0.5  # how often a run waiting on another run's claims looks again
 
 
+S = TypeVar("S")
+T = TypeVar("T")
+
+
 @dataclass
-class RunReport:
+class ExperimentRun(Generic[S, T]):
+    """What every protocol's run reports first: its experiment, layers, trials and their stored
+    statuses (complete when every trial is done; failed ones are retried by the next run)."""
+
     experiment_id: str
-    spec: ExperimentSpec
+    spec: S
     layers: tuple[int, ...]
-    trials: list[Trial]
+    trials: list[T]
     statuses: dict[str, str]
+
+    @property
+    def complete(self) -> bool:
+        return all(self.statuses.get(t.key) == "done" for t in self.trials)  # type: ignore[attr-defined]
+
+
+@dataclass
+class RunReport(ExperimentRun[ExperimentSpec, Trial]):
     grades: dict[str, dict[str, Any]]
     instruct: bool
     model_label: str
@@ -97,10 +112,6 @@ class RunReport:
     # Where the summary reads the run's results (the same read-only frame as `report`).
     cache_root: Path = Path(".")
     judge: str = "heuristic"
-
-    @property
-    def complete(self) -> bool:
-        return all(self.statuses.get(t.key) == "done" for t in self.trials)
 
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -367,8 +378,8 @@ class Hooks:
     @classmethod
     def of(
         cls,
-        progress: Progress | None,
-        notice: Callable[[str], None] | None,
+        progress: Progress | None = None,
+        notice: Callable[[str], None] | None = None,
         request_status: Callable[[str], None] | None = None,
     ) -> Hooks:
         """The caller's hooks; where it gives none, progress is dropped and notices are logged."""
@@ -377,12 +388,7 @@ class Hooks:
 
 
 def run(
-    spec: ExperimentSpec,
-    opts: RunOptions,
-    progress: Progress | None = None,
-    notice: Callable[[str], None] | None = None,
-    request_status: Callable[[str], None] | None = None,
-    executor_bundle: tuple[Executor, Any] | None = None,
+    spec: ExperimentSpec, opts: RunOptions, hooks: Hooks | None = None, executor_bundle: tuple[Executor, Any] | None = None
 ) -> RunReport:
     """Run (or finish) an experiment. `notice` gets one-line messages (preflight, reattach...),
     `request_status` the state of the remote request in flight (queued, running, downloaded);
@@ -391,7 +397,7 @@ def run(
     With `spec.dense_grid`: find the crossover on the coarse grid, then run a dense grid (fresh
     seed) bracketing it at each layer, on the same loaded model. Controls come from the coarse
     phase."""
-    hooks = Hooks.of(progress, notice, request_status)
+    hooks = hooks or Hooks.of()
     if not spec.dense_grid:
         return _run_phase(spec, opts, hooks, executor_bundle)
     ref, _layers = validate(spec, opts)

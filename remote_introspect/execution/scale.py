@@ -160,9 +160,8 @@ def run_scale(
             continue
         notice(f"{p.entry.label}: running on {backend}")
         try:
-            out.report = runner.run_with_grid(
-                p.spec, p.opts, progress, lambda line, m=p.entry.label: notice(f"{m}: {line}"), request_status
-            )
+            prefixed = runner.Hooks.of(progress, lambda line, m=p.entry.label: notice(f"{m}: {line}"), request_status)
+            out.report = runner.run_with_grid(p.spec, p.opts, prefixed)
         except UserError as err:  # weights/tokenizer missing, not hosted, no key, refused: a row
             if err.exit_code == 4:  # a corrupt cache is the cache's problem, not the model's
                 raise

@@ -181,13 +181,8 @@ def experiment_id(config: SelfPredictConfig, entry: str, identity: ModelIdentity
     return keys.experiment_id({**config.spec(), "model": entry}, identity.model_dump(mode="json"))
 
 
-def run(
-    config: SelfPredictConfig,
-    opts: RunOptions,
-    progress: Progress | None = None,
-    notice: Callable[[str], None] | None = None,
-) -> SelfPredictRun:
-    hooks = Hooks.of(progress, notice)
+def run(config: SelfPredictConfig, opts: RunOptions, hooks: Hooks | None = None) -> SelfPredictRun:
+    hooks = hooks or Hooks.of()
     progress, notice = hooks.progress, hooks.notice
     refs = validate(config, opts)
     items = planned_items(config)

@@ -390,7 +390,7 @@ def test_run_takes_over_a_dead_runs_claims(cache_dir: Path) -> None:
     _insert_claim(cache_dir, keys[0], socket.gethostname(), _dead_pid(), time.time() + 3600)
     notices: list[str] = []
     t0 = time.time()
-    rep = runner.run(spec, opts, notice=notices.append)
+    rep = runner.run(spec, opts, runner.Hooks.of(notice=notices.append))
     assert time.time() - t0 < 60 and rep.complete
     assert any("took over 1 trial" in n for n in notices)
 
@@ -473,7 +473,7 @@ def test_broken_vector_file_is_re_extracted(cache_dir: Path) -> None:
     vec.write_bytes(vec.read_bytes()[:100])  # truncated
     assert run_audit(cache_dir)["exit_code"] == 4
     notices: list[str] = []
-    rep = runner.run(_spec(samples=1, controls=1, strengths=(2.0, 8.0, 4.0)), opts, notice=notices.append)
+    rep = runner.run(_spec(samples=1, controls=1, strengths=(2.0, 8.0, 4.0)), opts, runner.Hooks.of(notice=notices.append))
     assert rep.complete
     assert any("re-extracting" in n and vec.name in n for n in notices), notices
     assert run_audit(cache_dir)["exit_code"] == 0
@@ -493,7 +493,7 @@ def test_broken_vector_file_is_repaired_by_the_same_command_when_every_trial_is_
     vec.write_bytes(original[:100])  # truncated
     assert run_audit(cache_dir)["exit_code"] == 4
     notices: list[str] = []
-    rep = runner.run(spec, opts, notice=notices.append)
+    rep = runner.run(spec, opts, runner.Hooks.of(notice=notices.append))
     assert rep.complete and rep.executed_batches == 0  # no trial re-run
     repaired = [n for n in notices if "re-extracting" in n]
     assert len(repaired) == 1 and vec.name in repaired[0], notices
@@ -503,7 +503,7 @@ def test_broken_vector_file_is_repaired_by_the_same_command_when_every_trial_is_
     assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)  # deterministic
     assert run_audit(cache_dir)["exit_code"] == 0
     notices.clear()
-    runner.run(spec, opts, notice=notices.append)  # intact now: nothing to say
+    runner.run(spec, opts, runner.Hooks.of(notice=notices.append))  # intact now: nothing to say
     assert not [n for n in notices if "re-extracting" in n]
 
 
