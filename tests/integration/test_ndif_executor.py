@@ -306,7 +306,7 @@ def test_client_python_newer_than_the_server_is_accepted(model_dir, tmp_path, mo
     lines = []
     with LoopbackNDIF({str(model_dir): model_dir}, server_python_version="3.10.4 (main)", preload=True) as srv:
         rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),
-                         _opts(tmp_path / "c", srv.url), notice=lines.append)  # fmt: skip
+                         _opts(tmp_path / "c", srv.url), runner.Hooks.of(notice=lines.append))  # fmt: skip
     assert rep.complete
     assert any("python 3.10" in line and "ok" in line for line in lines), lines
 
@@ -318,7 +318,7 @@ def test_older_server_patch_release_is_accepted(model_dir, tmp_path, monkeypatch
     lines = []
     with LoopbackNDIF({str(model_dir): model_dir}, server_nnsight_version="0.8.0", preload=True) as srv:
         rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),
-                         _opts(tmp_path / "c", srv.url), notice=lines.append)  # fmt: skip
+                         _opts(tmp_path / "c", srv.url), runner.Hooks.of(notice=lines.append))  # fmt: skip
     assert rep.complete
     assert any("server 0.8.0" in line and "ok" in line for line in lines), lines
 
@@ -337,7 +337,7 @@ def test_missing_preflight_endpoints_are_not_checked_and_the_run_goes_on(server,
     server.faults.update(missing_endpoints=frozenset({"/env", "/status", "/whoami"}))
     lines = []
     rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),
-                     _opts(tmp_path / "c", server.url), notice=lines.append)  # fmt: skip
+                     _opts(tmp_path / "c", server.url), runner.Hooks.of(notice=lines.append))  # fmt: skip
     assert rep.complete
     checks = [line for line in lines if line.startswith("preflight:")]
     assert len(checks) == 3 and all("not checked" in line and "404" in line for line in checks), checks
@@ -347,7 +347,7 @@ def test_warm_deployment_counts_as_available(server, model_dir, tmp_path):
     server.faults.update(warm_models=frozenset({model_key_for_dir(model_dir)}))
     lines = []
     rep = runner.run(_spec(model_dir, concepts=("Dust",), strengths=(2.0,), samples=1, controls=0),
-                     _opts(tmp_path / "c", server.url), notice=lines.append)  # fmt: skip
+                     _opts(tmp_path / "c", server.url), runner.Hooks.of(notice=lines.append))  # fmt: skip
     assert rep.complete
     assert any("WARM" in line for line in lines), lines
 

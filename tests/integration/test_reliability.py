@@ -517,6 +517,10 @@ def test_failed_preflight_leaves_no_experiment(cache_dir: Path) -> None:
         raise FatalRemoteError("the NDIF API key was rejected (401)")
 
     executor.preflight = refuse  # type: ignore[attr-defined]
+    with pytest.raises(FatalRemoteError):  # a fresh cache: not even the database is created
+        runner.run(spec, opts, executor_bundle=(executor, identity))
+    assert not (cache_dir / "results.sqlite").exists()
+    Store(cache_dir).close()  # an existing cache: nothing is registered in it
     with pytest.raises(FatalRemoteError):
         runner.run(spec, opts, executor_bundle=(executor, identity))
     audit = run_audit(cache_dir)
