@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, computed_field
@@ -117,6 +118,13 @@ def empty_response_grade(rubric: str) -> Grade:
     )
 
 
+# What every grader's `grade_many` takes, declared once: (response, concept) rows; the question
+# each was asked (None: the protocol's default); the protocol per row, or one for all.
+Items = Sequence[tuple[str, str | None]]
+Questions = Sequence[str | None] | None
+Protocols = Sequence[str | None] | str | None
+
+
 @runtime_checkable
 class Grader(Protocol):
     """A grader's name + version go into the grade's cache key: a new version regrades."""
@@ -126,9 +134,4 @@ class Grader(Protocol):
 
     def grade(self, response: str, concept: str | None) -> Grade: ...
 
-    def grade_many(
-        self,
-        items: list[tuple[str, str | None]],
-        questions: list[str | None] | None = None,
-        protocols: list[str | None] | str | None = None,
-    ) -> list[Grade]: ...
+    def grade_many(self, items: Items, questions: Questions = None, protocols: Protocols = None) -> list[Grade]: ...

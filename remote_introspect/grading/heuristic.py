@@ -30,7 +30,14 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from remote_introspect.grading.base import Grade, empty_response_grade, rubric_for
+from remote_introspect.grading.base import (
+    Grade,
+    Items,
+    Protocols,
+    Questions,
+    empty_response_grade,
+    rubric_for,
+)
 from remote_introspect.grading.lexicon import concept_alternatives, concept_terms, lemma, morph_related
 
 # ---------------------------------------------------------------------------------------------
@@ -840,17 +847,12 @@ class HeuristicGrader:
         toks = _tokens(low)
         return list(_detect(low, toks, _analyse(low, toks)).review)
 
-    def grade_many(
-        self,
-        items: list[tuple[str, str | None]],
-        questions: list[str | None] | None = None,
-        protocols: list[str | None] | str | None = None,
-    ) -> list[Grade]:
+    def grade_many(self, items: Items, questions: Questions = None, protocols: Protocols = None) -> list[Grade]:
         if self._emb is not None:
             # One batched embedding pass over every candidate word, instead of a model call per row.
             self._emb.prefetch(items)
         qs = questions if questions is not None else [None] * len(items)
-        ps = protocols if isinstance(protocols, list) else [protocols] * len(items)
+        ps = [protocols] * len(items) if protocols is None or isinstance(protocols, str) else protocols
         return [self.grade(r, c, q, p) for (r, c), q, p in zip(items, qs, ps, strict=True)]
 
 

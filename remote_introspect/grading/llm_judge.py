@@ -56,7 +56,14 @@ import httpx
 from tenacity import RetryCallState
 
 from remote_introspect.errors import UserError, scrub
-from remote_introspect.grading.base import Grade, default_question, empty_response_grade
+from remote_introspect.grading.base import (
+    Grade,
+    Items,
+    Protocols,
+    Questions,
+    default_question,
+    empty_response_grade,
+)
 from remote_introspect.keys import canonical_json, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -708,12 +715,7 @@ class LLMJudge:
             grades.append(Grade(**fields, rubric=rubric))
         return GradeOutcome(grades, failures, total, cached)
 
-    def grade_many(
-        self,
-        items: list[tuple[str, str | None]],
-        questions: Sequence[str | None] | None = None,
-        protocols: Sequence[str | None] | str | None = None,
-    ) -> list[Grade]:
+    def grade_many(self, items: Items, questions: Questions = None, protocols: Protocols = None) -> list[Grade]:
         outcome = self.grade_many_partial(items, questions, protocols=protocols)
         if outcome.failures:
             n = len(outcome.failures)
