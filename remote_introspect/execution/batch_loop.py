@@ -231,7 +231,15 @@ class BatchLoop(Generic[T, R]):
         self._finish(batch, request, out)
 
     def _finish(self, batch: Batch[T], request: R, out: Any) -> None:
-        results, bad = self.decode(batch, request, out)
+        try:
+            results, bad = self.decode(batch, request, out)
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - an output we cannot read (malformed, wrong shape):
+            # the batch failed (retried by the next run), never an answer, and the run goes on;
+            # left `submitted`, every rerun would reattach the same unreadable job.
+            self._failed(batch, err)
+            return
         done = {k: r for k, r in results.items() if k not in bad}
         if self.readout:
             self.store.readout_done(batch.id, done, self.executor.name, self.executor.versions())  # type: ignore[arg-type]

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS trials (
   attempts INTEGER NOT NULL DEFAULT 0,
   error TEXT, error_class TEXT,
   response_ids TEXT, response TEXT, diagnostics_json TEXT,
-  backend TEXT, result_sha TEXT, updated_at TEXT NOT NULL
+  backend TEXT, result_sha TEXT, updated_at TEXT NOT NULL,
+  readout_json TEXT
 );
 CREATE TABLE IF NOT EXISTS experiment_trials (
   experiment_id TEXT NOT NULL, trial_key TEXT NOT NULL, PRIMARY KEY (experiment_id, trial_key)
@@ -260,20 +261,28 @@ class Store:
         except OSError as err:
             raise cache_error(err, self.root) from None
 
-    def _migrate(self) -> None:
-        """Bring an older cache to SCHEMA_VERSION (refusing a newer one)."""
-        row = self.conn.execute("SELECT v FROM meta WHERE k='schema_version'").fetchone()
+    def _schema_state(self, c: sqlite3.Connection) -> tuple[int, set[str], set[str]]:
+        """(schema version, grades' columns, trials' columns) as the database holds them now."""
+        row = c.execute("SELECT v FROM meta WHERE k='schema_version'").fetchone()
         version = int(row[0]) if row is not None else SCHEMA_VERSION
         if version > SCHEMA_VERSION:
             raise UserError(
                 f"the cache at {self.root} has schema version {version}; this version of "
                 f"remote_introspect reads up to {SCHEMA_VERSION}: upgrade the package"
             )
-        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(grades)")}
-        trial_cols = {r[1] for r in self.conn.execute("PRAGMA table_info(trials)")}
+        cols = {r[1] for r in c.execute("PRAGMA table_info(grades)")}
+        trial_cols = {r[1] for r in c.execute("PRAGMA table_info(trials)")}
+        return version, cols, trial_cols
+
+    def _migrate(self) -> None:
+        """Bring an older cache to SCHEMA_VERSION (refusing a newer one)."""
+        version, cols, trial_cols = self._schema_state(self.conn)
         if "grade_sha" in cols and "readout_json" in trial_cols and version == SCHEMA_VERSION:
             return
         with self.tx() as c:
+            # Read again under the write lock: another process opening the same cache may have
+            # migrated it in between (a second ALTER would fail on the duplicate column).
+            version, cols, trial_cols = self._schema_state(c)
             if "grade_sha" not in cols:
                 c.execute("ALTER TABLE grades ADD COLUMN grade_sha TEXT")
             if "readout_json" not in trial_cols:

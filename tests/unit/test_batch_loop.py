@@ -138,3 +138,21 @@ def test_a_user_error_stops_the_run(tmp_path: Path) -> None:
     ex.send = refuse  # type: ignore[method-assign]
     with pytest.raises(UserError):
         _run(tmp_path, ex, [Item("k0")], rows=1)
+
+
+def test_an_unreadable_output_fails_its_batch_and_the_run_goes_on(tmp_path: Path, monkeypatch) -> None:
+    """A server output the decoder cannot read fails that batch (never stored as an answer, not
+    left `submitted` for every rerun to reattach) and the other batches still run."""
+    items = [Item(f"k{i}") for i in range(4)]
+    readable = _decode
+
+    def decode(batch: Batch[Item], request: list[str], out: Out) -> Decoded:
+        if "k0" in out.keys:
+            raise ValueError("expected [B, K] log-probabilities, got []")
+        return readable(batch, request, out)
+
+    monkeypatch.setattr(__import__(__name__), "_decode", decode)
+    store, tally, _ = _run(tmp_path, FakeExecutor(), items, rows=2)
+    assert store.statuses(t.key for t in items) == {"k0": "failed", "k1": "failed", "k2": "done", "k3": "done"}
+    assert tally.failed_batches == 1 and tally.errors == ["ValueError: expected [B, K] log-probabilities, got []"]
+    assert store.open_batches() == []  # nothing left for a rerun to reattach

@@ -65,3 +65,47 @@ def test_result_hash_without_readout_is_unchanged() -> None:
     assert keys.result_sha("k", [1, 2], "text", {"a": 1}) == keys.sha256_hex(
         keys.canonical_json(["k", [1, 2], "text", {"a": 1}])
     )
+
+
+def test_a_new_cache_is_created_at_the_current_schema_without_migrating(tmp_path: Path, monkeypatch) -> None:
+    """A new database has every column from the start: nothing to ALTER on first open (so two
+    runs opening a new cache together cannot race on the migration)."""
+    altered: list[str] = []
+    real_tx = Store.tx
+
+    def spy_tx(self: Store):  # type: ignore[no-untyped-def]
+        altered.append("tx")
+        return real_tx(self)
+
+    monkeypatch.setattr(Store, "tx", spy_tx)
+    Store(tmp_path).close()
+    assert altered == []  # created current: no migration, no write lock taken
+    with sqlite3.connect(tmp_path / "results.sqlite") as c:
+        assert "readout_json" in {r[1] for r in c.execute("PRAGMA table_info(trials)")}
+    c.close()
+
+
+def test_migration_rereads_the_schema_under_the_write_lock(tmp_path: Path, monkeypatch) -> None:
+    """Another process migrates between our first look and our write lock: the migration must
+    notice (a second ALTER TABLE would fail on the duplicate column and end the run)."""
+    Store(tmp_path).close()
+    with sqlite3.connect(tmp_path / "results.sqlite") as c:
+        c.execute("ALTER TABLE trials DROP COLUMN readout_json")
+        c.execute("UPDATE meta SET v='2' WHERE k='schema_version'")
+    c.close()
+    real = Store._schema_state
+    calls: list[int] = []
+
+    def stale_first(self: Store, c: sqlite3.Connection):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:  # our first look: still version 2; then the other process migrates
+            state = real(self, c)
+            Store(tmp_path).close()
+            return state
+        return real(self, c)
+
+    monkeypatch.setattr(Store, "_schema_state", stale_first)
+    Store(tmp_path).close()  # would raise "duplicate column name" without the re-read
+    with sqlite3.connect(tmp_path / "results.sqlite") as c:
+        assert int(c.execute("SELECT v FROM meta WHERE k='schema_version'").fetchone()[0]) == SCHEMA_VERSION
+    c.close()
