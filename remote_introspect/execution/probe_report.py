@@ -320,6 +320,7 @@ def run_probe_report(spec: ProbeReportSpec, opts: RunOptions, hooks: runner.Hook
                 notice,
             )
         store.settle_batches()
+        store.prune_claims()  # as every protocol's run ends: no stale leases left behind
     finally:
         store.close()
     read_results(result, opts.cache_root, [t.key for t in trials])

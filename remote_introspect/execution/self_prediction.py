@@ -5,8 +5,8 @@ Per model: load (or connect) once, render each prompt in the model's chat format
 `SelfPredictTrial`s, register them, then run only the ones not done: unsteered rows of the
 standard batched generation trace (`steered_generation`, no layer steered, greedy), one generate
 call — one NDIF request — per batch. A batch that fails is recorded failed (retried on the next
-run) and its trials are never scored; a rerun with everything done loads no model and sends no
-request.
+run) and its trials are never scored; a rerun with everything done generates nothing and sends no
+request (a local model is still loaded: its weights id is part of every trial key).
 """
 
 from __future__ import annotations
