@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,16 @@ def run_cli_forked(
         return subprocess.CompletedProcess(
             args, proc.exitcode, (Path(tmp) / "stdout").read_text(), (Path(tmp) / "stderr").read_text()
         )
+
+
+CHROMIUM = shutil.which("chromium")  # Debian's package; .ci/run installs it with apt
+
+
+def chromium_flags(profile: Path, budget_ms: int) -> list[str]:
+    """Headless Chromium for the report's tests: no sandbox, GPU, network or first-run noise; a
+    throwaway profile; `budget_ms` of virtual time for the page's scripts and images to settle."""
+    return [
+        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+        f"--virtual-time-budget={budget_ms}",
+    ]  # fmt: skip

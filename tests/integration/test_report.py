@@ -5,20 +5,18 @@ marked; bad output paths write nothing; a failure half-way leaves no partial rep
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import CHROMIUM, chromium_flags
 from PIL import Image
 from typer.testing import CliRunner
 
 from remote_introspect.cli import app
 from remote_introspect.errors import UserError
 from remote_introspect.reporting import report as report_mod
-
-CHROMIUM = shutil.which("chromium")
 
 
 @pytest.fixture(scope="module")
@@ -75,17 +73,7 @@ def test_files_and_plot_titles(built: Path) -> None:
     reason="chromium not installed (Debian package `chromium`; .ci/run installs it with apt)",
 )
 def test_plots_render_in_headless_chromium(built: Path, tmp_path: Path) -> None:
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=10000",
-    ]
+    flags = chromium_flags(tmp_path / "profile", 10000)
     url = (built / "index.html").resolve().as_uri()
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import CHROMIUM, chromium_flags
 
 from remote_introspect.grading.base import Grade
 from remote_introspect.reporting.browser import cell_label
@@ -20,7 +21,6 @@ from remote_introspect.reporting.report import build_report
 from remote_introspect.store.database import Store
 from remote_introspect.store.results_frame import judge_identity, load_frame
 
-CHROMIUM = shutil.which("chromium")
 JUDGE = "anthropic:browser-test"
 HIT_TEXT = "Yes, I detect an injected thought. It is about dust, fine grey dust."
 FP_TEXT = "Yes, I notice something unusual."
@@ -85,17 +85,7 @@ def test_browser_lists_every_done_trial_with_its_fields(built: tuple[Path, dict]
 
 def _dump(url: str, tmp_path: Path) -> str:
     assert CHROMIUM is not None
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=5000",
-    ]
+    flags = chromium_flags(tmp_path / "profile", 5000)
     res = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout
